@@ -1,0 +1,310 @@
+"""Typed configuration loaded from TOML and validated at load time.
+
+Defaults are the embedded offline setup (synthetic twin served on localhost, SQLite, CPU); the file
+`config/default.toml` spells the same values out and a test keeps the two equal. Secrets never live in
+the file: they come from the environment, systemd credentials or `.netrc`, and are masked on display.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nrt.errors import ConfigError
+from nrt.grids import Domain
+
+SECRET_ENV = {
+    "database_url": "NRT_DB_URL",
+    "pps_email": "NRT_PPS_EMAIL",
+    "earthdata_token": "NRT_EARTHDATA_TOKEN",
+    "earthdata_username": "NRT_EARTHDATA_USERNAME",
+    "earthdata_password": "NRT_EARTHDATA_PASSWORD",
+}
+MASK = "********"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class GeneralConfig(Section):
+    workdir: Path = Field(Path("~/.local/share/nrt"), validate_default=True)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+    @field_validator("workdir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expandvars(str(value))).expanduser()
+
+
+class DomainConfig(Section):
+    """Bounding box in degrees. The default covers Iowa."""
+
+    west: float = Field(-96.7, ge=-180, le=180)
+    south: float = Field(40.3, ge=-90, le=90)
+    east: float = Field(-90.1, ge=-180, le=180)
+    north: float = Field(43.6, ge=-90, le=90)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.west >= self.east:
+            raise ValueError(f"west ({self.west}) must be less than east ({self.east})")
+        if self.south >= self.north:
+            raise ValueError(f"south ({self.south}) must be less than north ({self.north})")
+        return self
+
+    def box(self) -> Domain:
+        return Domain(self.west, self.south, self.east, self.north)
+
+
+class TimelineConfig(Section):
+    cycle_minutes: int = Field(30, gt=0)
+    cycle_delay_minutes: float = Field(5, ge=0)
+    imerg_latency_minutes: float = Field(240, ge=0)
+    motion_granules: int = Field(3, ge=2)
+    geosfp_latency_hours: float = Field(5, ge=0)
+
+
+class HttpConfig(Section):
+    connect_timeout_s: float = Field(10, gt=0)
+    read_timeout_s: float = Field(60, gt=0)
+    retries: int = Field(4, ge=0)
+    backoff_s: float = Field(2, ge=0)
+    backoff_max_s: float = Field(60, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+    max_bad_attempts: int = Field(3, ge=1)
+    netrc: Path | None = None
+
+
+class ImergConfig(Section):
+    server: Literal["pps", "gesdisc"] = "pps"
+    pps_url: str = "http://127.0.0.1:8765/pps"
+    gesdisc_url: str = "http://127.0.0.1:8765/gesdisc/data/GPM_L3"
+    versions: list[str] = ["V07B", "V07C"]
+    extra_variables: list[Literal["randomError", "probabilityLiquidPrecipitation"]] = ["randomError"]
+
+
+class DprConfig(Section):
+    enabled: bool = True
+    pps_url: str = "http://127.0.0.1:8765/pps"
+    versions: list[str] = ["V07A", "V07B"]
+
+
+class GeosfpConfig(Section):
+    enabled: bool = True
+    url: str = "http://127.0.0.1:8765/nccs/datashare/gmao/geos-fp"
+    slv_variables: list[str] = ["TQV", "TQL", "T2M", "QV2M", "U10M", "V10M", "SLP"]
+    flx_variables: list[str] = ["PRECTOT"]
+
+
+class DemConfig(Section):
+    url: str = "http://127.0.0.1:8765/dem/nrt_twin_dem.nc"
+
+
+class SourcesConfig(Section):
+    imerg: ImergConfig = ImergConfig()
+    dpr: DprConfig = DprConfig()
+    geosfp: GeosfpConfig = GeosfpConfig()
+    dem: DemConfig = DemConfig()
+    http: HttpConfig = HttpConfig()
+
+
+class CatalogConfig(Section):
+    url: str = "sqlite:///{workdir}/catalog.sqlite"
+    busy_timeout_s: float = Field(30, gt=0)
+
+
+class NowcastConfig(Section):
+    method: Literal["steps", "extrapolation", "sprog"] = "steps"
+    motion: Literal["lucaskanade", "vet", "darts"] = "lucaskanade"
+    members: int = Field(30, ge=1)
+    steps: int = Field(8, ge=1)
+    rain_threshold_mmh: float = Field(0.1, gt=0)
+    buffer_degrees: float = Field(2.0, ge=0)
+    max_speed_kmh: float = Field(80.0, gt=0)
+    seed: int = 20250101
+
+
+class ModelConfig(Section):
+    checkpoint: str = "builtin:demo"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    members: int = Field(30, ge=1)
+    sampler_steps: int = Field(18, ge=1)
+    solver: Literal["heun", "euler"] = "heun"
+    patch_size: int = Field(64, ge=16)
+    patch_overlap: int = Field(8, ge=4)
+    bf16: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 20250101
+
+
+class ProductsConfig(Section):
+    directory: Path | None = None  # default: <workdir>/products
+    thresholds_mmh: list[float] = [1.0, 5.0, 10.0, 25.0]
+    accumulation_hours: list[int] = [1, 3, 6]
+    quantize: bool = True
+    deflate_level: int = Field(4, ge=0, le=9)
+    ef5_export: bool = False
+    quicklook: bool = True
+    retention_days: float = Field(30, gt=0)
+    granule_retention_days: float = Field(7, gt=0)
+
+    @field_validator("thresholds_mmh")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("thresholds must be positive")
+        return sorted(values)
+
+
+class AlertArea(Section):
+    name: str
+    west: float = Field(ge=-180, le=180)
+    south: float = Field(ge=-90, le=90)
+    east: float = Field(ge=-180, le=180)
+    north: float = Field(ge=-90, le=90)
+    threshold_mmh: float = Field(10.0, gt=0)
+    probability: float = Field(0.5, gt=0, le=1)
+
+
+class AlertsConfig(Section):
+    areas: list[AlertArea] = [
+        AlertArea(name="des_moines", west=-94.0, south=41.3, east=-93.3, north=41.9, threshold_mmh=10.0, probability=0.5)
+    ]
+
+
+class ServiceConfig(Section):
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9309, ge=0, le=65535)
+    lease_seconds: float = Field(600, gt=0)
+    heartbeat_seconds: float = Field(30, gt=0)
+    poll_backoff_s: float = Field(60, gt=0)
+    ingest_cutoff_minutes: float = Field(20, ge=0)
+    misfire_grace_s: float = Field(600, gt=0)
+    catchup_order: Literal["newest", "oldest"] = "newest"
+    catchup_max_cycles: int = Field(48, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    shutdown_timeout_s: float = Field(60, gt=0)
+
+
+class VerifyConfig(Section):
+    thresholds_mmh: list[float] = [1.0, 5.0]
+    min_swath_cells: int = Field(50, ge=1)
+
+
+class Secrets(Section):
+    """Filled from the environment / credential files, never from the TOML file."""
+
+    database_url: str | None = None
+    pps_email: str | None = None
+    earthdata_token: str | None = None
+    earthdata_username: str | None = None
+    earthdata_password: str | None = None
+
+
+class Config(Section):
+    general: GeneralConfig = GeneralConfig()
+    domain: DomainConfig = DomainConfig()
+    timeline: TimelineConfig = TimelineConfig()
+    sources: SourcesConfig = SourcesConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    nowcast: NowcastConfig = NowcastConfig()
+    model: ModelConfig = ModelConfig()
+    products: ProductsConfig = ProductsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    service: ServiceConfig = ServiceConfig()
+    verify: VerifyConfig = VerifyConfig()
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+    source_file: str | None = Field(default=None, exclude=True)
+
+    @property
+    def workdir(self) -> Path:
+        return self.general.workdir
+
+    @property
+    def product_dir(self) -> Path:
+        return self.products.directory or self.workdir / "products"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def database_url(self) -> str:
+        url = self.secrets.database_url or self.catalog.url
+        return url.replace("{workdir}", str(self.workdir))
+
+    def masked(self) -> dict:
+        """The effective configuration as plain data, with every secret masked."""
+        data = self.model_dump(mode="json")
+        data["catalog"]["url"] = mask_url(self.database_url)
+        data["secrets"] = {key: (MASK if value else None) for key, value in self.secrets.model_dump().items()}
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a database URL (`postgresql://user:pw@host/db` -> `user:********@`)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands; show nothing of it
+        return MASK
+
+
+def _credential(name: str) -> str | None:
+    """A secret from the environment or from systemd's $CREDENTIALS_DIRECTORY (LoadCredential=)."""
+    value = os.environ.get(SECRET_ENV[name])
+    if value:
+        return value
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / name
+        if path.is_file():
+            return path.read_text().strip() or None
+    return None
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        reason = "unknown key"
+    else:
+        reason = first["msg"].removeprefix("Value error, ")
+        if "input" in first and kind not in ("missing",) and not isinstance(first["input"], dict):
+            reason += f" (got {first['input']!r})"
+    return f"{source}: {key}: {reason}"
+
+
+def from_dict(data: dict, source: str = "<config>") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_error(source, exc).split(": ", 1)[1]) from None
+    cfg.source_file = source
+    cfg.secrets = Secrets(**{name: _credential(name) for name in SECRET_ENV})
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a TOML file; `None` gives the built-in offline defaults."""
+    if path is None:
+        return from_dict({}, "<defaults>")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return from_dict(data, str(path))

@@ -1,0 +1,29 @@
+"""User-facing errors: each renders as one line naming the file, key or URL and the reason."""
+
+
+class NrtError(Exception):
+    """Base class for errors a user or an operator can cause and fix; the CLI exits 2 on them."""
+
+
+class ConfigError(NrtError):
+    def __init__(self, where: str, reason: str):
+        self.where, self.reason = where, reason
+        super().__init__(f"{where}: {reason}")
+
+
+class DataError(NrtError):
+    """A bad input file: truncated, corrupt, of another product, all fill..."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class FetchError(NrtError):
+    def __init__(self, url: str, reason: str):
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: {reason}")
+
+
+class CatalogError(NrtError):
+    pass

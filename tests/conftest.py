@@ -1,0 +1,51 @@
+"""Shared fixtures: the real data beside the checkout, an isolated work directory and config, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NRT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real GPM granules and radar sequences); skipped where it is absent, as on a user's machine."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it ships beside the checkout, not in the package)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gpm_dir(shared_data) -> Path:
+    return shared_data / "gpm"
+
+
+@pytest.fixture(scope="session")
+def radar_dir(shared_data) -> Path:
+    return shared_data / "radar"
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    """Default config with its work directory (and so the SQLite catalog) under tmp_path."""
+    from nrt import config
+
+    for env in config.SECRET_ENV.values():
+        monkeypatch.delenv(env, raising=False)
+    return config.from_dict({"general": {"workdir": str(tmp_path / "work")}}, "<test>")
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("NRT_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = postgres_url()
+    if not url:
+        pytest.skip("NRT_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
+    return url
