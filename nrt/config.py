@@ -79,6 +79,7 @@ class HttpConfig(Section):
     max_concurrency: int = Field(4, ge=1)
     max_bad_attempts: int = Field(3, ge=1)
     netrc: Path | None = None
+    earthdata_login_host: str = "urs.earthdata.nasa.gov"  # host[:port] that gets the Earthdata Login credentials
 
 
 class ImergConfig(Section):
@@ -92,7 +93,10 @@ class ImergConfig(Section):
 class DprConfig(Section):
     enabled: bool = True
     pps_url: str = "http://127.0.0.1:8765/pps"
+    gesdisc_url: str = "http://127.0.0.1:8765/gesdisc/data/GPM_L2"  # research (orbit) files
     versions: list[str] = ["V07A", "V07B"]
+    lookback_hours: float = Field(6, gt=0)  # ingest fetches listed swaths overlapping [t - lookback, t]
+    footprint_km: float = Field(5.0, gt=0)  # gridding radius and Gaussian width follow the footprint
 
 
 class GeosfpConfig(Section):
@@ -128,6 +132,9 @@ class NowcastConfig(Section):
     buffer_degrees: float = Field(2.0, ge=0)
     max_speed_kmh: float = Field(80.0, gt=0)
     seed: int = 20250101
+    cascade_levels: int = Field(6, ge=1)
+    min_wet_fraction: float = Field(0.005, ge=0, lt=1)  # STEPS/S-PROG need this much rain in each input, else extrapolation
+    min_speed_kmh: float = Field(0.5, ge=0)  # motion slower than this everywhere counts as zero: persistence
 
 
 class ModelConfig(Section):
@@ -142,6 +149,55 @@ class ModelConfig(Section):
     channels_last: bool = False
     compile: bool = False
     seed: int = 20250101
+    max_batch: int = Field(256, ge=1)  # patches per network call; all members x patches run in chunks of this
+    churn: float = Field(0.0, ge=0)  # EDM S_churn; 0 = deterministic ODE sampler
+
+
+class NetworkConfig(Section):
+    """UNet size (SongUNet/DDPM++). Production: 128 channels, mult [1, 2, 2, 2, 2], 4 blocks (~80M parameters)."""
+
+    model_channels: int = Field(32, ge=4)
+    channel_mult: list[int] = [1, 2, 2]
+    num_blocks: int = Field(1, ge=1)
+    attention: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(Section):
+    """`nrt train`: training-set building (catalog, start..end) and the regression-then-diffusion schedule."""
+
+    dataset: Path | None = None  # default: <workdir>/train/dataset.safetensors (built from the catalog if absent)
+    output: Path | None = None  # default: <workdir>/train/model.safetensors (+ .json)
+    run_dir: Path | None = None  # default: <workdir>/train/run (resumable state)
+    start: str | None = None  # ISO UTC; the span of collocated granules to build the training set from
+    end: str | None = None
+    leads: list[int] = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    min_swath_cells: int = Field(200, ge=1)
+    regression: NetworkConfig = NetworkConfig()
+    diffusion: NetworkConfig = NetworkConfig()
+    regression_steps: int = Field(2000, ge=0)
+    diffusion_steps: int = Field(4000, ge=0)
+    batch_size: int = Field(16, ge=1)
+    patch_size: int = Field(32, ge=8)
+    min_mask_coverage: float = Field(0.3, gt=0, le=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    precip_transform: Literal["log1p", "power"] = "log1p"
+    precip_epsilon_mmh: float = Field(1.0, gt=0)
+    precip_power: float = Field(0.5, gt=0, le=1)
+    use_random_error: bool = True
+    use_geosfp: bool = True
+    use_dem: bool = True
+    use_position: bool = True
+    p_mean: float = 0.0
+    p_std: float = Field(1.2, gt=0)
+    sigma_data: float = Field(0.5, gt=0)
+    bf16: bool = True
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(50, ge=1)
+    seed: int = 20250101
 
 
 class ProductsConfig(Section):
@@ -154,6 +210,20 @@ class ProductsConfig(Section):
     quicklook: bool = True
     retention_days: float = Field(30, gt=0)
     granule_retention_days: float = Field(7, gt=0)
+    ef5_directory: Path | None = None  # default: <product directory>/ef5
+    ef5_stamp: Literal["end", "start"] = "end"  # EF5 reads the file stamped t for the step ending at t
+    ef5_nodata: float = -9999.0  # NaN cells become this, declared in the GDAL_NODATA tag
+    quicklook_threshold_mmh: float = Field(10.0, gt=0)
+    quicklook_member: int = Field(0, ge=0)
+    latest_hours: float = Field(24, gt=0)  # latest.json lists valid times this far back from the newest
+    orphan_grace_minutes: float = Field(60, gt=0)  # unregistered or temp files younger than this are left alone
+
+    @field_validator("accumulation_hours")
+    @classmethod
+    def _hours(cls, values: list[int]) -> list[int]:
+        if any(v <= 0 for v in values):
+            raise ValueError("accumulation hours must be positive")
+        return sorted(set(values))
 
     @field_validator("thresholds_mmh")
     @classmethod
@@ -171,6 +241,12 @@ class AlertArea(Section):
     north: float = Field(ge=-90, le=90)
     threshold_mmh: float = Field(10.0, gt=0)
     probability: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.west >= self.east or self.south >= self.north:
+            raise ValueError(f"area {self.name!r} needs west < east and south < north")
+        return self
 
 
 class AlertsConfig(Section):
@@ -191,6 +267,7 @@ class ServiceConfig(Section):
     catchup_max_cycles: int = Field(48, ge=0)
     max_attempts: int = Field(3, ge=1)
     shutdown_timeout_s: float = Field(60, gt=0)
+    worker_poll_s: float = Field(5, gt=0)  # idle worker: seconds between claim attempts
 
 
 class VerifyConfig(Section):
@@ -220,6 +297,7 @@ class Config(Section):
     alerts: AlertsConfig = AlertsConfig()
     service: ServiceConfig = ServiceConfig()
     verify: VerifyConfig = VerifyConfig()
+    train: TrainConfig = TrainConfig()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     source_file: str | None = Field(default=None, exclude=True)
 

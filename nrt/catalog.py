@@ -1,0 +1,890 @@
+"""The SQL catalog: granules, cycle runs, the job queue, products and scores (SQLAlchemy 2).
+
+SQLite is the embedded default (WAL, busy timeout, foreign keys, `BEGIN IMMEDIATE` for every write);
+PostgreSQL serves production and several workers (jobs are claimed with `FOR UPDATE SKIP LOCKED`).
+Tables are created and changed only by the Alembic migrations in `nrt/migrations/`, run by
+`Catalog.upgrade()`. Times go in and come out timezone-aware UTC; SQLite stores them naive UTC.
+
+Every public method runs in its own short transaction and returns plain frozen row objects, so a
+`Catalog` can be shared by the threads of one process. Processes each open their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from nrt.errors import CatalogError
+from nrt.timeline import utc
+
+GRANULE_STATES = ("expected", "downloaded", "bad")
+RUN_STATES = ("running", "ok", "degraded", "failed")
+JOB_STATES = ("queued", "running", "done", "failed")
+PRODUCT_STATES = ("current", "superseded")
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _states_check(states: tuple[str, ...]) -> str:
+    return "state IN (" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out; SQLite keeps naive UTC text, PostgreSQL `timestamptz`."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so Alembic's SQLite batch mode can find and alter them later.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Granule(Base):
+    __tablename__ = "granules"
+    __table_args__ = (
+        UniqueConstraint("source", "name"),
+        CheckConstraint(_states_check(GRANULE_STATES), name="state"),
+        Index(None, "source", "start_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(16))
+    start_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    path: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(_states_check(RUN_STATES), name="state"), Index(None, "cycle_time"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    timings: Mapped[dict] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    degraded: Mapped[list] = mapped_column(JSON)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_states_check(JOB_STATES), name="state"),
+        Index(None, "state", "priority", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+    key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Product(Base):
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("kind", "valid_time", "cycle_time"), Index(None, "kind", "valid_time"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    valid_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    cycle_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    lead: Mapped[int] = mapped_column(Integer)
+    members: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    checkpoint: Mapped[str | None] = mapped_column(String(255))
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("products.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (Index(None, "product_id"), Index(None, "truth_source", "metric"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    truth_source: Mapped[str] = mapped_column(String(32))
+    metric: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    lead: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# Rows handed to callers: frozen snapshots, detached from any session.
+
+
+@dataclass(frozen=True)
+class GranuleRow:
+    id: int
+    source: str
+    name: str
+    version: str | None
+    start_time: datetime
+    end_time: datetime
+    path: str | None
+    size: int | None
+    sha256: str | None
+    state: str
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    cycle_time: datetime
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    timings: dict
+    error: str | None
+    degraded: list
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    kind: str
+    payload: dict
+    key: str | None
+    state: str
+    priority: int
+    lease_owner: str | None
+    lease_expires: datetime | None
+    attempts: int
+    max_attempts: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    id: int
+    kind: str
+    valid_time: datetime
+    cycle_time: datetime
+    lead: int
+    members: int
+    path: str
+    size: int
+    sha256: str
+    checkpoint: str | None
+    superseded_by: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    id: int
+    product_id: int
+    valid_time: datetime
+    truth_source: str
+    metric: str
+    threshold: float | None
+    lead: int
+    model: str
+    value: float | None
+    created_at: datetime
+
+
+def _row(row_type, obj, **extra):
+    return row_type(**{f.name: extra[f.name] if f.name in extra else getattr(obj, f.name) for f in fields(row_type)})
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return text_.splitlines()[0].strip() if text_ else type(exc).__name__
+
+
+def _mask(url) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def resolve_url(url: str):
+    """Parse a database URL; a bare `postgresql://` gets whichever PostgreSQL driver is installed.
+
+    SQLAlchemy 2.0 defaults to psycopg2 and 2.1 to psycopg 3; either works here.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CatalogError(f"catalog URL {url.split('@')[-1]!r}: not a database URL") from None
+    if parsed.drivername == "postgresql":
+        driver = next((name for name in ("psycopg", "psycopg2") if importlib.util.find_spec(name)), None)
+        if driver is None:
+            raise CatalogError(f"{_mask(parsed)}: no PostgreSQL driver installed (pip install psycopg2-binary)")
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
+    return parsed
+
+
+def _best_first(kind: str, valid_time: datetime):
+    """Products of one kind and valid time, best first: smallest lead, then newest cycle."""
+    return (
+        select(Product)
+        .where(Product.kind == kind, Product.valid_time == valid_time)
+        .order_by(Product.lead.asc(), Product.cycle_time.desc(), Product.id.desc())
+    )
+
+
+class Catalog:
+    """One catalog database. `Catalog.open(url)` checks it; `Catalog.open(url, migrate=True)` creates it."""
+
+    def __init__(self, url: str, busy_timeout_s: float = 30.0):
+        self._url = resolve_url(url)
+        self.url = _mask(make_url(url))  # as the operator wrote it, password hidden
+        self.dialect = self._url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise CatalogError(f"{self.url}: unsupported database (use sqlite or postgresql)")
+        database = self._url.database
+        in_memory = self.dialect == "sqlite" and database in (None, "", ":memory:")
+        self.sqlite_path = Path(database) if self.dialect == "sqlite" and not in_memory else None
+        try:
+            if self.dialect == "sqlite":
+                self.engine = create_engine(
+                    self._url,
+                    connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+                    **({"poolclass": StaticPool} if in_memory else {}),
+                )
+                self._tune_sqlite(busy_timeout_s)
+            else:
+                self.engine = create_engine(
+                    self._url, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(busy_timeout_s))}
+                )
+        except (NoSuchModuleError, ImportError) as exc:
+            raise CatalogError(f"{self.url}: database driver unavailable: {_first_line(exc)}") from None
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+
+    def _tune_sqlite(self, busy_timeout_s: float) -> None:
+        # pysqlite's own transaction handling defers BEGIN and cannot say IMMEDIATE; take it over.
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(connection):
+            mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, migrate: bool = False, busy_timeout_s: float = 30.0) -> Catalog:
+        """Open a catalog; with `migrate` create or upgrade its schema first. Raises `CatalogError`."""
+        catalog = cls(url, busy_timeout_s)
+        try:
+            if migrate:
+                catalog.upgrade()
+            catalog.check()
+        except BaseException:
+            catalog.close()
+            raise
+        return catalog
+
+    @classmethod
+    def from_config(cls, cfg, migrate: bool = False) -> Catalog:
+        return cls.open(cfg.database_url, migrate=migrate, busy_timeout_s=cfg.catalog.busy_timeout_s)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Database trouble an operator can fix (unreachable, read-only, locked, unmigrated) as one line."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if exc.orig is None or type(exc).__name__ in ("IntegrityError", "DataError"):
+                raise
+            message = _first_line(exc)
+            if "readonly" in message.replace("-", "").replace(" ", "") or "read-only" in message:
+                raise CatalogError(f"{self.url}: catalog is read-only: {message}") from None
+            if self.sqlite_path is not None and "unable to open" in message:
+                raise CatalogError(f"{self.sqlite_path}: cannot open or create the catalog (read-only directory?)") from None
+            raise CatalogError(f"{self.url}: {message}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._translated(), self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._translated(), self._writer() as session, session.begin():
+            yield session
+
+    def _alembic_config(self, connection=None):
+        from alembic.config import Config as AlembicConfig
+
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+        config.attributes["connection"] = connection
+        return config
+
+    def head(self) -> str:
+        """The newest schema revision this code knows."""
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def revision(self) -> str | None:
+        """The schema revision of the database (None when it was never migrated)."""
+        from alembic.runtime.migration import MigrationContext
+
+        self._require_file()
+        with self._translated(), self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def _require_file(self) -> None:
+        # Connecting would create an empty file; a missing catalog is an error, not a new one.
+        if self.sqlite_path is not None and not self.sqlite_path.is_file():
+            raise CatalogError(f"{self.sqlite_path}: no catalog here (create it with `nrt catalog init`)")
+
+    def upgrade(self) -> str:
+        """Create the schema or migrate it to the newest revision; returns that revision.
+
+        Runs in one transaction (both databases have transactional DDL), so a failure leaves the
+        catalog as it was, and a SQLite file this call created is removed again.
+        """
+        from alembic import command
+        from alembic.util import CommandError
+
+        created: list[Path] = []
+        if self.sqlite_path is not None:
+            directory = self.sqlite_path.parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"{directory}: cannot create the catalog directory: {exc.strerror or exc}") from None
+            if not self.sqlite_path.exists():
+                created = [self.sqlite_path.with_name(self.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+        try:
+            with self._translated(), self.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
+                command.upgrade(self._alembic_config(connection), "head")
+        except BaseException as exc:
+            self.engine.dispose()
+            for path in created:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, CommandError):  # e.g. a revision from a newer nrt that this code does not know
+                raise CatalogError(f"{self.url}: cannot migrate: {_first_line(exc)}") from None
+            raise
+        return self.head()
+
+    def check(self) -> str:
+        """Raise `CatalogError` unless the catalog is reachable, writable and at the newest revision.
+
+        Returns the revision. The write probe rewrites the version row with itself inside a real
+        write transaction, which is the only reliable test of read-only files, mounts and standbys.
+        """
+        current, head = self.revision(), self.head()
+        if current != head:
+            found = f"revision {current}" if current else "no nrt schema"
+            raise CatalogError(f"{self.url}: {found}, this nrt needs {head} (run `nrt catalog init` to migrate)")
+        with self._write() as session:
+            session.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        return current
+
+    # -- granules ----------------------------------------------------------------------------------
+
+    def _insert(self, model):
+        return (postgresql_insert if self.dialect == "postgresql" else sqlite_insert)(model)
+
+    def register_granule(
+        self, source: str, name: str, version: str | None, start: datetime, end: datetime,
+        path: str | Path, size: int, sha256: str,
+    ) -> int:
+        """Record a downloaded, validated file (state `downloaded`); returns the granule id."""
+        now = _now()
+        values = dict(version=version, start_time=utc(start), end_time=utc(end), path=str(path), size=int(size),
+                      sha256=sha256, state="downloaded", reason=None, updated_at=now)
+        stmt = self._insert(Granule).values(source=source, name=name, created_at=now, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["source", "name"], set_=values).returning(Granule.id)
+        with self._write() as session:
+            return session.execute(stmt).scalar_one()
+
+    def expect_granule(self, source: str, name: str, version: str | None, start: datetime, end: datetime) -> int:
+        """Note a file that should exist (state `expected`) unless the catalog already knows it; returns its id."""
+        now = _now()
+        stmt = self._insert(Granule).values(
+            source=source, name=name, version=version, start_time=utc(start), end_time=utc(end),
+            state="expected", created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["source", "name"])
+        with self._write() as session:
+            session.execute(stmt)
+            return session.scalars(select(Granule.id).where(Granule.source == source, Granule.name == name)).one()
+
+    def mark_bad(
+        self, source: str, name: str, reason: str, version: str | None = None,
+        start: datetime | None = None, end: datetime | None = None,
+    ) -> int:
+        """Mark a file bad (corrupt, wrong product...) and count the attempt; returns the attempts so far.
+
+        A granule the catalog does not know yet needs `start` and `end`.
+        """
+        with self._write() as session:
+            granule = session.scalars(
+                select(Granule).where(Granule.source == source, Granule.name == name).with_for_update()
+            ).first()
+            if granule is None:
+                if start is None or end is None:
+                    raise LookupError(f"granule {source}/{name} is not in the catalog; give its start and end")
+                granule = Granule(source=source, name=name, version=version, start_time=utc(start),
+                                  end_time=utc(end), attempts=0, created_at=_now())
+                session.add(granule)
+            granule.state, granule.reason = "bad", reason
+            granule.path = granule.size = granule.sha256 = None
+            granule.attempts += 1
+            granule.updated_at = _now()
+            return granule.attempts
+
+    def get_granule(self, source: str, name: str) -> GranuleRow | None:
+        with self._read() as session:
+            granule = session.scalars(select(Granule).where(Granule.source == source, Granule.name == name)).first()
+            return _row(GranuleRow, granule) if granule else None
+
+    def granules(
+        self, source: str | None = None, start: datetime | None = None, end: datetime | None = None,
+        state: str | None = None,
+    ) -> list[GranuleRow]:
+        """Granules whose start time lies in [start, end] (either bound optional), oldest first."""
+        stmt = select(Granule)
+        if source is not None:
+            stmt = stmt.where(Granule.source == source)
+        if start is not None:
+            stmt = stmt.where(Granule.start_time >= utc(start))
+        if end is not None:
+            stmt = stmt.where(Granule.start_time <= utc(end))
+        if state is not None:
+            stmt = stmt.where(Granule.state == state)
+        with self._read() as session:
+            return [_row(GranuleRow, g) for g in session.scalars(stmt.order_by(Granule.start_time, Granule.id))]
+
+    def delete_granule(self, granule_id: int) -> bool:
+        with self._write() as session:
+            return session.execute(delete(Granule).where(Granule.id == granule_id)).rowcount == 1
+
+    # -- runs --------------------------------------------------------------------------------------
+
+    def start_run(self, cycle_time: datetime) -> int:
+        with self._write() as session:
+            run = Run(cycle_time=utc(cycle_time), state="running", started_at=_now(), timings={}, degraded=[])
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self, run_id: int, state: str, timings: dict, error: str | None = None, degraded: Iterable[str] = (),
+    ) -> None:
+        """Close a run as `ok`, `degraded` or `failed` with its stage timings (seconds by stage)."""
+        if state not in RUN_STATES[1:]:
+            raise ValueError(f"run state must be one of {RUN_STATES[1:]}, got {state!r}")
+        with self._write() as session:
+            done = session.execute(
+                update(Run).where(Run.id == run_id).values(
+                    state=state, finished_at=_now(), timings=dict(timings), error=error, degraded=list(degraded)
+                )
+            )
+            if done.rowcount != 1:
+                raise LookupError(f"no run {run_id} in the catalog")
+
+    def runs(self, since: datetime | None = None, state: str | None = None, limit: int | None = None) -> list[RunRow]:
+        """Runs with cycle time >= `since`, newest cycle first."""
+        stmt = select(Run)
+        if since is not None:
+            stmt = stmt.where(Run.cycle_time >= utc(since))
+        if state is not None:
+            stmt = stmt.where(Run.state == state)
+        stmt = stmt.order_by(Run.cycle_time.desc(), Run.id.desc()).limit(limit)
+        with self._read() as session:
+            return [_row(RunRow, r) for r in session.scalars(stmt)]
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def enqueue(
+        self, kind: str, payload: dict, key: str | None = None, *, max_attempts: int = 3, priority: int = 0,
+    ) -> int:
+        """Queue a job; with a `key` already present (in any state) nothing is added and its id returned.
+
+        `payload` must be JSON-serialisable. Higher `priority` is claimed first, then oldest first.
+        """
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        now = _now()
+        stmt = self._insert(Job).values(
+            kind=kind, payload=payload, key=key, state="queued", priority=priority, attempts=0,
+            max_attempts=max_attempts, created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["key"]).returning(Job.id)
+        with self._write() as session:
+            job_id = session.execute(stmt).scalar()
+            if job_id is None:  # the key was taken: this job is already known
+                job_id = session.scalars(select(Job.id).where(Job.key == key)).one()
+            return job_id
+
+    def claim(self, owner: str, kinds: Iterable[str] | None = None, lease_s: float = 300) -> JobRow | None:
+        """Atomically take the next job (queued, or running with an expired lease) for `owner`.
+
+        The lease lasts `lease_s` seconds unless renewed by `heartbeat`. A job whose lease expired
+        after its last allowed attempt becomes `failed` instead of being handed out again.
+        """
+        kinds = sorted(kinds) if kinds is not None else None
+        while True:
+            with self._write() as session:
+                now = _now()
+                stmt = select(Job).where(
+                    or_(Job.state == "queued", and_(Job.state == "running", Job.lease_expires < now))
+                )
+                if kinds is not None:
+                    stmt = stmt.where(Job.kind.in_(kinds))
+                stmt = stmt.order_by(Job.priority.desc(), Job.id).limit(1)
+                if self.dialect == "postgresql":
+                    stmt = stmt.with_for_update(skip_locked=True)
+                job = session.scalars(stmt).first()
+                if job is None:
+                    return None
+                if job.state == "running":
+                    lapsed = f"lease of {job.lease_owner} expired at {job.lease_expires:%Y-%m-%dT%H:%M:%SZ}"
+                    if job.attempts >= job.max_attempts:
+                        job.state, job.error, job.finished_at = "failed", f"{lapsed} on the last attempt", now
+                        job.lease_owner = job.lease_expires = None
+                        job.updated_at = now
+                        continue
+                    job.error = lapsed
+                job.state, job.lease_owner = "running", owner
+                job.lease_expires = now + timedelta(seconds=lease_s)
+                job.attempts += 1
+                job.started_at = job.updated_at = now
+                session.flush()
+                return _row(JobRow, job)
+
+    def _owned(self, session: Session, job_id: int, owner: str) -> Job | None:
+        return session.scalars(
+            select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running").with_for_update()
+        ).first()
+
+    def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False when `owner` no longer holds the job (another worker reclaimed it)."""
+        now = _now()
+        with self._write() as session:
+            renewed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
+                .values(lease_expires=now + timedelta(seconds=lease_s), updated_at=now)
+            )
+            return renewed.rowcount == 1
+
+    def complete(self, job_id: int, owner: str) -> bool:
+        """Mark the job done; False (and no change) when `owner` lost the lease."""
+        with self._write() as session:
+            job = self._owned(session, job_id, owner)
+            if job is None:
+                return False
+            job.state, job.error = "done", None
+            job.lease_owner = job.lease_expires = None
+            job.finished_at = job.updated_at = _now()
+            return True
+
+    def fail(self, job_id: int, owner: str, error: str, retry: bool = True) -> bool:
+        """Record a failure: queued again while attempts remain and `retry`, else `failed`."""
+        with self._write() as session:
+            job = self._owned(session, job_id, owner)
+            if job is None:
+                return False
+            now = _now()
+            job.error = error
+            job.lease_owner = job.lease_expires = None
+            job.updated_at = now
+            if retry and job.attempts < job.max_attempts:
+                job.state = "queued"
+            else:
+                job.state, job.finished_at = "failed", now
+            return True
+
+    def release(self, job_id: int, owner: str) -> bool:
+        """Give an unfinished job back (e.g. at shutdown) without spending one of its attempts."""
+        with self._write() as session:
+            job = self._owned(session, job_id, owner)
+            if job is None:
+                return False
+            job.state = "queued"
+            job.attempts = max(0, job.attempts - 1)
+            job.lease_owner = job.lease_expires = None
+            job.updated_at = _now()
+            return True
+
+    def job(self, job_id: int) -> JobRow | None:
+        with self._read() as session:
+            job = session.get(Job, job_id)
+            return _row(JobRow, job) if job else None
+
+    def jobs(self, state: str | None = None, kind: str | None = None) -> list[JobRow]:
+        stmt = select(Job)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        with self._read() as session:
+            return [_row(JobRow, j) for j in session.scalars(stmt.order_by(Job.id))]
+
+    # -- products ----------------------------------------------------------------------------------
+
+    def _lock_valid_time(self, session: Session, kind: str, valid_time: datetime) -> None:
+        """Serialise writers of one (kind, valid time) on PostgreSQL; SQLite's BEGIN IMMEDIATE already does."""
+        if self.dialect == "postgresql":
+            digest = hashlib.sha256(f"{kind}|{valid_time.isoformat()}".encode()).digest()
+            session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+
+    def _resupersede(self, session: Session, kind: str, valid_time: datetime) -> None:
+        best = session.scalars(_best_first(kind, valid_time).limit(1)).first()
+        if best is None:
+            return
+        session.execute(
+            update(Product)
+            .where(Product.kind == kind, Product.valid_time == valid_time, Product.id != best.id)
+            .values(superseded_by=best.id)
+        )
+        session.execute(update(Product).where(Product.id == best.id).values(superseded_by=None))
+
+    def register_product(
+        self, kind: str, valid_time: datetime, cycle_time: datetime, lead: int, members: int,
+        path: str | Path, size: int, sha256: str, checkpoint: str | None = None,
+    ) -> int:
+        """Record a written product and re-rank its valid time; returns the product id.
+
+        Of all products of one kind and valid time the best has the smallest lead, then the newest
+        cycle; every other one gets `superseded_by` = the best. Registering the same kind, valid time
+        and cycle again (a re-run) replaces that row.
+        """
+        valid_time, cycle_time = utc(valid_time), utc(cycle_time)
+        values = dict(lead=int(lead), members=int(members), path=str(path), size=int(size), sha256=sha256,
+                      checkpoint=checkpoint, created_at=_now())
+        stmt = self._insert(Product).values(kind=kind, valid_time=valid_time, cycle_time=cycle_time, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["kind", "valid_time", "cycle_time"], set_=values)
+        with self._write() as session:
+            self._lock_valid_time(session, kind, valid_time)
+            product_id = session.execute(stmt.returning(Product.id)).scalar_one()
+            self._resupersede(session, kind, valid_time)
+            return product_id
+
+    def best_product(self, valid_time: datetime, kind: str = "ensemble") -> ProductRow | None:
+        """The best available product for `valid_time`: smallest lead, then newest cycle."""
+        with self._read() as session:
+            product = session.scalars(_best_first(kind, utc(valid_time)).limit(1)).first()
+            return _row(ProductRow, product) if product else None
+
+    def product(self, product_id: int) -> ProductRow | None:
+        with self._read() as session:
+            product = session.get(Product, product_id)
+            return _row(ProductRow, product) if product else None
+
+    def products(
+        self, since: datetime | None = None, kind: str | None = None, until: datetime | None = None,
+        current_only: bool = False,
+    ) -> list[ProductRow]:
+        """Products with valid time in [since, until] (either optional), by valid time then rank."""
+        stmt = select(Product)
+        if since is not None:
+            stmt = stmt.where(Product.valid_time >= utc(since))
+        if until is not None:
+            stmt = stmt.where(Product.valid_time <= utc(until))
+        if kind is not None:
+            stmt = stmt.where(Product.kind == kind)
+        if current_only:
+            stmt = stmt.where(Product.superseded_by.is_(None))
+        stmt = stmt.order_by(Product.valid_time, Product.kind, Product.lead, Product.cycle_time.desc(), Product.id)
+        with self._read() as session:
+            return [_row(ProductRow, p) for p in session.scalars(stmt)]
+
+    def delete_product(self, product_id: int) -> bool:
+        """Forget a product (and its scores); the next best of its valid time becomes current."""
+        with self._write() as session:
+            product = session.get(Product, product_id)
+            if product is None:
+                return False
+            kind, valid_time = product.kind, product.valid_time
+            self._lock_valid_time(session, kind, valid_time)
+            session.delete(product)
+            session.flush()
+            self._resupersede(session, kind, valid_time)
+            return True
+
+    # -- scores ------------------------------------------------------------------------------------
+
+    def add_scores(self, product_id: int, truth_source: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Store scores of a product against a truth source; returns how many were stored.
+
+        Each row: `metric`, `value`, optional `threshold` (None), `lead` (the product's) and
+        `model` ("nrt"; "baseline" for the reference forecast). A row with the same product, truth,
+        metric, threshold, lead and model replaces the old one, so re-verifying is idempotent.
+        NaN values are stored as NULL and come back as None.
+        """
+        stored = 0
+        with self._write() as session:
+            product = session.get(Product, product_id)
+            if product is None:
+                raise LookupError(f"no product {product_id} in the catalog")
+            now = _now()
+            for row in rows:
+                value = row["value"]
+                value = None if value is None or math.isnan(value) else float(value)
+                threshold = row.get("threshold")
+                score = dict(
+                    product_id=product_id, truth_source=truth_source, metric=row["metric"],
+                    threshold=None if threshold is None else float(threshold),
+                    lead=int(row.get("lead", product.lead)), model=row.get("model", "nrt"),
+                )
+                same_threshold = (
+                    Score.threshold.is_(None) if score["threshold"] is None else Score.threshold == score["threshold"]
+                )
+                session.execute(
+                    delete(Score).where(
+                        Score.product_id == product_id, Score.truth_source == truth_source,
+                        Score.metric == score["metric"], same_threshold, Score.lead == score["lead"],
+                        Score.model == score["model"],
+                    )
+                )
+                session.add(Score(value=value, created_at=now, **score))
+                stored += 1
+        return stored
+
+    def scores(
+        self, product_id: int | None = None, truth_source: str | None = None, metric: str | None = None,
+        model: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    ) -> list[ScoreRow]:
+        """Scores, with their product's valid time, filtered by any of the arguments, oldest first."""
+        stmt = select(Score, Product.valid_time).join(Product, Score.product_id == Product.id)
+        for column, value in ((Score.product_id, product_id), (Score.truth_source, truth_source),
+                              (Score.metric, metric), (Score.model, model)):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if since is not None:
+            stmt = stmt.where(Product.valid_time >= utc(since))
+        if until is not None:
+            stmt = stmt.where(Product.valid_time <= utc(until))
+        stmt = stmt.order_by(Product.valid_time, Score.metric, Score.threshold, Score.lead, Score.model, Score.id)
+        with self._read() as session:
+            return [_row(ScoreRow, score, valid_time=valid) for score, valid in session.execute(stmt)]
+
+    # -- overview ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Row counts by table and state (products: current/superseded; scores: rows)."""
+        result = {
+            "granules": dict.fromkeys(GRANULE_STATES, 0),
+            "runs": dict.fromkeys(RUN_STATES, 0),
+            "jobs": dict.fromkeys(JOB_STATES, 0),
+            "products": dict.fromkeys(PRODUCT_STATES, 0),
+            "scores": {"rows": 0},
+        }
+        product_state = Product.superseded_by.is_(None)
+        with self._read() as session:
+            for table, model in (("granules", Granule), ("runs", Run), ("jobs", Job)):
+                for state, n in session.execute(select(model.state, func.count()).group_by(model.state)):
+                    result[table][state] = n
+            for current, n in session.execute(select(product_state, func.count()).group_by(product_state)):
+                result["products"]["current" if current else "superseded"] = n
+            result["scores"]["rows"] = session.scalar(select(func.count()).select_from(Score))
+        return result

@@ -1,0 +1,28 @@
+"""`nrt run`: scheduler and worker in one process, the single-machine default."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("run", help="scheduler (background thread) and worker (main loop) in one process")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="override service.metrics_port (0: any free port)")
+    parser.set_defaults(handler=run_service)
+
+
+def run_service(args, cfg) -> int:
+    from nrt.service import load_downscaler, metrics_port, open_catalog, pipeline_handlers
+    from nrt.service.metrics import Metrics
+    from nrt.service.scheduler import CycleScheduler
+    from nrt.service.worker import Worker
+
+    catalog = open_catalog(cfg, migrate=True)  # one machine, one catalog: create it on first start
+    metrics = Metrics()
+    metrics.start_http(cfg.service.metrics_host, metrics_port(cfg, args.metrics_port))
+    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_downscaler(cfg))
+    worker.install_signal_handlers()
+    scheduler = CycleScheduler(cfg, catalog, metrics).background()
+    try:
+        worker.run()
+    finally:
+        scheduler.shutdown(wait=False)
+    return 0

@@ -1,0 +1,119 @@
+"""Patches: random ones for training where the truth mask covers enough, overlapping ones for inference.
+
+Inference splits any domain into a grid of overlapping square patches, runs the network on all of them (and all
+members) in one batch, and blends the outputs back with weights that taper linearly across each overlap. The
+sampler calls the blend at every step, so every patch sees the same full-domain state and no seam can grow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
+    """Patch origins along one axis: the first at 0, the last flush with the end, neighbours overlapping >= `overlap`."""
+    if length < patch:
+        raise ValueError(f"axis of {length} cells is shorter than the {patch}-cell patch (pad first)")
+    if not 0 <= overlap < patch:
+        raise ValueError(f"patch overlap {overlap} must be in [0, {patch})")
+    if length == patch:
+        return [0]
+    count = math.ceil((length - overlap) / (patch - overlap))
+    count = max(count, 2)
+    # integer floor keeps every step <= patch - overlap, because (length - patch)/(count - 1) <= patch - overlap
+    return [(i * (length - patch)) // (count - 1) for i in range(count)]
+
+
+def _taper(starts: list[int], patch: int) -> list[np.ndarray]:
+    """1-D blend weights per patch: a linear ramp across each overlap with a neighbour, 1 elsewhere."""
+    weights = []
+    for index, start in enumerate(starts):
+        w = np.ones(patch)
+        if index > 0:
+            overlap = starts[index - 1] + patch - start
+            w[:overlap] = np.minimum(w[:overlap], (np.arange(overlap) + 1) / (overlap + 1))
+        if index < len(starts) - 1:
+            overlap = start + patch - starts[index + 1]
+            ramp = (np.arange(overlap) + 1) / (overlap + 1)
+            w[patch - overlap :] = np.minimum(w[patch - overlap :], ramp[::-1])
+        weights.append(w)
+    return weights
+
+
+class PatchGrid:
+    """Overlapping square patches covering an (height, width) domain at least `patch` cells on each side."""
+
+    def __init__(self, height: int, width: int, patch: int, overlap: int):
+        self.height, self.width, self.patch = height, width, patch
+        rows, cols = axis_starts(height, patch, overlap), axis_starts(width, patch, overlap)
+        row_w, col_w = _taper(rows, patch), _taper(cols, patch)
+        self.origins = [(r, c) for r in rows for c in cols]
+        window = np.stack([np.outer(rw, cw) for rw in row_w for cw in col_w])  # (P, patch, patch)
+        total = np.zeros((height, width))
+        for (r, c), w in zip(self.origins, window):
+            total[r : r + patch, c : c + patch] += w
+        self._window = torch.from_numpy(window).float()
+        self._total = torch.from_numpy(total).float()
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B * P, C, patch, patch), patch index fastest."""
+        p = self.patch
+        tiles = torch.stack([x[..., r : r + p, c : c + p] for r, c in self.origins], dim=1)
+        return tiles.reshape(-1, *tiles.shape[2:])
+
+    def blend(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(B * P, C, patch, patch) -> (B, C, H, W), a weighted mean wherever patches overlap."""
+        p, n = self.patch, len(self.origins)
+        tiles = tiles.reshape(-1, n, *tiles.shape[1:])
+        window = self._window.to(tiles.device, tiles.dtype)
+        out = tiles.new_zeros(tiles.shape[0], tiles.shape[2], self.height, self.width)
+        for k, (r, c) in enumerate(self.origins):
+            out[..., r : r + p, c : c + p] += tiles[:, k] * window[k]
+        return out / self._total.to(tiles.device, tiles.dtype)
+
+
+def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Replicate-pad (…, H, W) at the bottom/right up to at least (height, width)."""
+    extra_h, extra_w = max(0, height - x.shape[-2]), max(0, width - x.shape[-1])
+    if not extra_h and not extra_w:
+        return x
+    shape = x.shape
+    padded = F.pad(x.reshape(-1, 1, *shape[-2:]), (0, extra_w, 0, extra_h), mode="replicate")
+    return padded.reshape(*shape[:-2], *padded.shape[-2:])
+
+
+class PatchSampler:
+    """Draws training patches uniformly among positions where the truth mask covers >= `min_coverage`."""
+
+    def __init__(self, masks: np.ndarray, patch: int, min_coverage: float):
+        _, h, w = np.shape(masks)
+        if h < patch or w < patch:
+            raise ValueError(f"training fields of {h}x{w} cells are smaller than the {patch}-cell patch")
+        self.patch, self._cols = patch, w - patch + 1
+        self._flat = []
+        for mask in masks:
+            # Summed-area table: the covered count of every patch position in O(1).
+            table = np.zeros((h + 1, w + 1), dtype=np.int64)
+            table[1:, 1:] = np.asarray(mask, dtype=bool).cumsum(0).cumsum(1)
+            counts = table[patch:, patch:] - table[:-patch, patch:] - table[patch:, :-patch] + table[:-patch, :-patch]
+            self._flat.append(np.flatnonzero(counts >= min_coverage * patch * patch))
+        self.positions_per_sample = np.array([len(f) for f in self._flat])
+        if self.positions_per_sample.sum() == 0:
+            raise ValueError(f"no {patch}x{patch} patch has truth coverage >= {min_coverage:.0%}; lower min_mask_coverage")
+
+    def draw(self, rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
+        """`count` (sample, row, col) origins, each eligible position equally likely."""
+        weights = self.positions_per_sample / self.positions_per_sample.sum()
+        samples = rng.choice(len(weights), size=count, p=weights)
+        out = []
+        for s in samples:
+            flat = self._flat[s][rng.integers(len(self._flat[s]))]
+            out.append((int(s), int(flat // self._cols), int(flat % self._cols)))
+        return out

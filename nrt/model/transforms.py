@@ -1,0 +1,53 @@
+"""Invertible precipitation transform applied before z-scoring (inputs and the regression/diffusion target).
+
+Rain rates are heavy-tailed: a few cells at 50-100 mm/h next to drizzle at 0.1 mm/h and a majority of zeros.
+The default `log1p` transform y = log(1 + x / eps) with eps = 1 mm/h is linear below ~eps (drizzle keeps its
+detail, zeros stay exactly 0) and logarithmic above it, so one MSE weights a 2-vs-4 mm/h error about like a
+20-vs-40 mm/h one. The `power` transform y = x**p (p = 0.5 by default) is offered for comparison: it is less
+compressive for heavy rain. Both invert exactly on x >= 0; on the way back the result is clipped at 0 because a
+network output or a diffusion sample may fall slightly below the transform of zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PrecipTransform:
+    kind: Literal["log1p", "power"] = "log1p"
+    epsilon: float = 1.0  # mm/h, the knee of log1p
+    power: float = 0.5
+
+    def __post_init__(self):
+        if self.kind not in ("log1p", "power"):
+            raise ValueError(f"unknown precipitation transform {self.kind!r} (log1p or power)")
+        if self.epsilon <= 0 or not 0 < self.power <= 1:
+            raise ValueError("precipitation transform needs epsilon > 0 and 0 < power <= 1")
+
+    def forward(self, rate):
+        """mm/h (numpy or torch, NaN kept) to transformed units; negative rates count as 0."""
+        lib = torch if isinstance(rate, torch.Tensor) else np
+        rate = lib.clip(rate, 0, None) if lib is np else rate.clamp(min=0)
+        if self.kind == "log1p":
+            return lib.log1p(rate / self.epsilon)
+        return rate**self.power
+
+    def inverse(self, value):
+        """Transformed units back to mm/h, clipped at 0."""
+        lib = torch if isinstance(value, torch.Tensor) else np
+        value = lib.clip(value, 0, None) if lib is np else value.clamp(min=0)
+        if self.kind == "log1p":
+            return self.epsilon * lib.expm1(value)
+        return value ** (1.0 / self.power)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PrecipTransform:
+        return cls(**data)

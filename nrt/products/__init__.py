@@ -1,0 +1,39 @@
+"""Products for hydrologic models and operators (see docs/products.md).
+
+- `netcdf`: CF-1.10 ensemble files (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
+- `summary`: mean, median, p10, p90, exceedance probabilities, accumulations (`summarize`,
+  `accumulations`, `best_mean_fields`, `write_summary`);
+- `ef5`: GeoTIFF forcings for EF5 (`export_ef5`);
+- `quicklook`: the PNG per cycle (`quicklook`);
+- `alerts`: exceedance over operator areas (`alert_states`);
+- `publish`: one valid time end to end, best-available lookup and `latest.json`
+  (`publish_valid_time`, `best_available`, `update_latest`, `export_best_ef5`);
+- `retention`: age-based pruning that keeps catalog and disk consistent (`prune`, `prune_from_config`).
+"""
+
+from nrt.products.alerts import AlertState, alert_states, check_areas
+from nrt.products.ef5 import control_block, export_ef5
+from nrt.products.netcdf import ENSEMBLE, QUICKLOOK, SUMMARY, product_path, read_ensemble, write_ensemble
+from nrt.products.publish import (
+    Published,
+    ProductRecord,
+    best_available,
+    ef5_directory,
+    export_best_ef5,
+    publish_valid_time,
+    update_latest,
+)
+from nrt.products.quicklook import quicklook
+from nrt.products.retention import PruneReport, prune, prune_from_config
+from nrt.products.summary import ProductStats, accumulations, best_mean_fields, summarize, write_summary
+
+__all__ = [
+    "ENSEMBLE", "QUICKLOOK", "SUMMARY",
+    "AlertState", "alert_states", "check_areas",
+    "control_block", "export_ef5",
+    "product_path", "read_ensemble", "write_ensemble",
+    "Published", "ProductRecord", "best_available", "ef5_directory", "export_best_ef5", "publish_valid_time", "update_latest",
+    "quicklook",
+    "PruneReport", "prune", "prune_from_config",
+    "ProductStats", "accumulations", "best_mean_fields", "summarize", "write_summary",
+]

@@ -1,0 +1,247 @@
+"""CF-1.10 NetCDF4 files: the ensemble (member, time, lat, lon) and its summary, plus their names on disk.
+
+Both files share one coordinate block (`cf_coords`): `time` with half-hour bounds (the value is the start of
+the half hour, as IMERG names granules), `lat`/`lon` with bounds, the scalar coordinates
+`forecast_reference_time` (start of the IMERG granule the nowcast came from) and `forecast_period`
+(valid time minus that), and a `crs` grid-mapping variable (WGS 84 latitude_longitude, from pyproj).
+Files are written through `nrt.io.atomic_path`: a crash leaves at most a hidden `.name.part-*` file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+import nrt
+from nrt.errors import DataError
+from nrt.grids import LatLonGrid
+from nrt.io import atomic_path
+from nrt.timeline import HALF_HOUR, isoformat, utc
+
+CONVENTIONS = "CF-1.10"
+TIME_UNITS = "minutes since 1970-01-01 00:00:00"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+PRECIP_VAR = "precipitation"
+# least_significant_digit=2 keeps 0.01 mm/h: netCDF4 rounds to a power of two finer than 10**-2 (1/128),
+# so the stored error is at most 1/256 mm/h and the zeroed low mantissa bits deflate well.
+QUANTIZE_DIGITS = 2
+
+ENSEMBLE, SUMMARY, QUICKLOOK = "ensemble", "summary", "quicklook"
+_SUFFIX = {ENSEMBLE: ".nc", SUMMARY: ".nc", QUICKLOOK: ".png"}
+
+
+def _stamp(t: dt.datetime) -> str:
+    return utc(t).strftime("%Y%m%dT%H%MZ")
+
+
+def product_path(product_dir: Path, kind: str, valid_time: dt.datetime, cycle_time: dt.datetime) -> Path:
+    """`<dir>/YYYY/MM/DD/nrt_<kind>_<valid>_c<cycle>.<ext>`: one file per kind, valid time and cycle, dated by valid time."""
+    valid = utc(valid_time)
+    name = f"nrt_{kind}_{_stamp(valid)}_c{_stamp(cycle_time)}{_SUFFIX[kind]}"
+    return Path(product_dir) / f"{valid:%Y}" / f"{valid:%m}" / f"{valid:%d}" / name
+
+
+def _minutes(t: dt.datetime) -> float:
+    return (utc(t) - EPOCH) / dt.timedelta(minutes=1)
+
+
+def crs_attrs() -> dict:
+    """CF grid-mapping attributes of WGS 84 longitude/latitude (EPSG:4326), as pyproj spells them."""
+    from pyproj import CRS
+
+    return CRS.from_epsg(4326).to_cf()
+
+
+def global_attrs(title: str, attrs: Mapping | None, created: dt.datetime | None = None) -> dict:
+    """CF global attributes plus provenance; lists become space-separated text, datetimes ISO text.
+
+    Provenance keys the pipeline passes: `input_granules` (names), `checkpoint_sha256`, `nowcast_method`,
+    `degraded` (flags; empty when the cycle ran clean), `cycle_time`.
+    """
+    created = utc(created or dt.datetime.now(dt.timezone.utc))
+    out = {
+        "Conventions": CONVENTIONS,
+        "title": title,
+        "institution": "nrt near-real-time precipitation service",
+        "source": "IMERG Early half-hourly precipitation, pysteps nowcast, CorrDiff-style residual diffusion downscaling",
+        "history": f"{isoformat(created)} written by nrt {nrt.__version__}",
+        "references": "Mardani et al. (2025), Residual corrective diffusion modeling for km-scale atmospheric downscaling",
+        "software_version": nrt.__version__,
+        "input_granules": "",
+        "checkpoint_sha256": "",
+        "nowcast_method": "",
+        "degraded": "",
+    }
+    for key, value in (attrs or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            value = isoformat(value)
+        elif isinstance(value, bool):
+            value = int(value)  # netCDF has no boolean attribute type
+        elif isinstance(value, (list, tuple, set)):
+            value = " ".join(str(v) for v in value)
+        out[key] = value
+    return out
+
+
+def cf_coords(
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+) -> tuple[dict, dict]:
+    """Coordinates and auxiliary variables (bounds, crs) shared by the ensemble and summary files."""
+    valid, reference = utc(valid_time), utc(forecast_reference_time)
+    if valid < reference:
+        raise ValueError(f"valid time {isoformat(valid)} precedes the forecast reference time {isoformat(reference)}")
+    time_attrs = {"units": TIME_UNITS, "calendar": "standard"}
+    coords = grid.coords()
+    coords["lat"][2].update(bounds="lat_bnds", long_name="latitude of the cell centre")
+    coords["lon"][2].update(bounds="lon_bnds", long_name="longitude of the cell centre")
+    coords.update(
+        time=("time", [_minutes(valid)], {"standard_name": "time", "long_name": "start of the half hour", "axis": "T", "bounds": "time_bnds", **time_attrs}),
+        forecast_reference_time=(
+            (),
+            _minutes(reference),
+            {"standard_name": "forecast_reference_time", "long_name": "start of the newest IMERG Early granule used", **time_attrs},
+        ),
+        forecast_period=((), (valid - reference) / dt.timedelta(minutes=1), {"standard_name": "forecast_period", "units": "minutes"}),
+    )
+    aux = {
+        "time_bnds": (("time", "bnds"), [[_minutes(valid), _minutes(valid + HALF_HOUR)]]),
+        "lat_bnds": (("lat", "bnds"), grid.lat_bounds),
+        "lon_bnds": (("lon", "bnds"), grid.lon_bounds),
+        "crs": ((), np.int32(0), crs_attrs()),
+    }
+    return coords, aux
+
+
+def _encoding(ds: xr.Dataset, data_vars: list[str], deflate_level: int, quantize: bool, chunks: dict) -> dict:
+    enc = {}
+    for name in ds.variables:
+        if name in data_vars:
+            var = ds[name]
+            spec = {
+                "zlib": deflate_level > 0,
+                "complevel": deflate_level,
+                "shuffle": True,
+                "chunksizes": tuple(chunks.get(d, ds.sizes[d]) for d in var.dims),
+                "_FillValue": np.float32(np.nan),
+                "dtype": "float32",
+            }
+            if quantize and var.attrs.get("units") in ("mm h-1", "mm"):
+                spec["least_significant_digit"] = QUANTIZE_DIGITS
+            enc[name] = spec
+        else:
+            enc[name] = {"_FillValue": None}  # coordinates and bounds never hold missing values
+    return enc
+
+
+def write_dataset(path: Path, ds: xr.Dataset, data_vars: list[str], *, deflate_level: int, quantize: bool, chunks: dict) -> Path:
+    """Write through a temp name then rename, so readers never see a partial file."""
+    path = Path(path)
+    encoding = _encoding(ds, data_vars, deflate_level, quantize, chunks)
+    ds = ds.copy()
+    for name in ds.variables:
+        if name not in data_vars:
+            ds[name].encoding["coordinates"] = None  # only data variables list the scalar coordinates
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+    return path
+
+
+def ensemble_dataset(
+    precip: xr.DataArray,
+    *,
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+    lead: int,
+    attrs: Mapping | None = None,
+) -> xr.Dataset:
+    """The ensemble as a CF dataset (pure): `precip` is (member, time=1, lat, lon) or (member, lat, lon), mm/h."""
+    if precip.ndim == 3:
+        precip = precip.expand_dims("time", axis=1)
+    if precip.dims != ("member", "time", "lat", "lon") or precip.shape[1] != 1 or precip.shape[2:] != grid.shape:
+        raise ValueError(f"ensemble must be (member, time=1, lat, lon) on a {grid.shape} grid, got {dict(precip.sizes)}")
+    expected = utc(forecast_reference_time) + lead * HALF_HOUR
+    if utc(valid_time) != expected:
+        raise ValueError(f"lead {lead} from {isoformat(forecast_reference_time)} gives {isoformat(expected)}, not {isoformat(valid_time)}")
+    coords, aux = cf_coords(grid, valid_time, forecast_reference_time)
+    members = precip["member"].values.astype(np.int32) if "member" in precip.coords else np.arange(precip.shape[0], dtype=np.int32)
+    coords["member"] = ("member", members, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"})
+    variable = (
+        ("member", "time", "lat", "lon"),
+        np.asarray(precip.values, dtype=np.float32),
+        {
+            "standard_name": "lwe_precipitation_rate",
+            "long_name": "surface precipitation rate, ensemble member",
+            "units": "mm h-1",
+            "cell_methods": "time: mean",
+            "grid_mapping": "crs",
+        },
+    )
+    meta = {**(attrs or {}), "lead_half_hours": int(lead), "valid_time": utc(valid_time)}
+    return xr.Dataset({PRECIP_VAR: variable, **aux}, coords=coords, attrs=global_attrs("nrt precipitation ensemble", meta))
+
+
+def write_ensemble(
+    path: str | Path,
+    precip: xr.DataArray,
+    *,
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+    lead: int,
+    attrs: Mapping | None = None,
+    quantize: bool = True,
+    deflate_level: int = 4,
+) -> Path:
+    """Write one valid time's ensemble as CF-1.10 NetCDF4, deflated + shuffled, chunked one member by one map.
+
+    `lead` counts half-hours from `forecast_reference_time` (the IMERG start S) to `valid_time`; the two must
+    agree. With `quantize`, values keep 0.01 mm/h (error <= 1/256 mm/h). Returns `path`.
+    """
+    ds = ensemble_dataset(precip, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, lead=lead, attrs=attrs)
+    chunks = {"member": 1, "time": 1}
+    return write_dataset(Path(path), ds, [PRECIP_VAR], deflate_level=deflate_level, quantize=quantize, chunks=chunks)
+
+
+def open_product(path: str | Path, variable: str = PRECIP_VAR) -> xr.Dataset:
+    """Open an nrt NetCDF product (loaded into memory, file closed); DataError if it is not one."""
+    path = Path(path)
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"not a readable NetCDF file ({exc})") from None
+    if variable not in ds:
+        raise DataError(path, f"no '{variable}' variable: not an nrt product of this kind")
+    return ds
+
+
+def read_ensemble(path: str | Path) -> xr.DataArray:
+    """The ensemble (member, time, lat, lon) mm/h with its coordinates and the file's global attributes."""
+    ds = open_product(path)
+    precip = ds[PRECIP_VAR]
+    precip.attrs = {**ds.attrs, **precip.attrs}
+    return precip
+
+
+def grid_of(ds: xr.Dataset | xr.DataArray) -> LatLonGrid:
+    """The regular grid of a product's lat/lon coordinates."""
+    lats, lons = ds["lat"].values, ds["lon"].values
+    res = float(np.round(np.median(np.diff(lats)) if lats.size > 1 else np.median(np.diff(lons)), 6))
+    return LatLonGrid(res, float(lats[0]), float(lons[0]), lats.size, lons.size)
+
+
+def times_of(ds: xr.Dataset | xr.DataArray) -> list[dt.datetime]:
+    """The `time` coordinate as tz-aware UTC datetimes."""
+    values = ds["time"].values.astype("datetime64[s]").astype(np.int64)
+    return [EPOCH + dt.timedelta(seconds=int(s)) for s in values]

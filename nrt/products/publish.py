@@ -1,0 +1,204 @@
+"""Products and the catalog: publish one valid time, look up the best available, keep `latest.json`.
+
+A newer cycle's product for the same valid time supersedes an older one when its lead is smaller; the
+catalog ranks them (smallest lead, then newest cycle). Each file is complete on disk (atomic rename)
+before its row is registered, so a row always points at a whole file.
+
+`latest.json` in the product directory lists, for every valid time of the last `latest_hours` before the
+newest one, the best product of each kind (paths relative to the product directory). It is rebuilt from
+the catalog and replaced atomically after each publish and prune, so a poller never reads half a file.
+Two writers racing may leave the older of two snapshots for one publish interval; the next update fixes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xarray as xr
+
+from nrt.grids import LatLonGrid
+from nrt.io import atomic_path, sha256_file
+from nrt.products.ef5 import export_ef5
+from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, ensemble_dataset, product_path, write_dataset
+from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
+from nrt.products.summary import (
+    ProductStats,
+    accumulations,
+    best_mean_fields,
+    product_stats,
+    summarize,
+    write_summary,
+)
+from nrt.timeline import floor_halfhour, isoformat, utc
+
+log = logging.getLogger("nrt.products")
+
+LATEST = "latest.json"
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """A product file written and registered (satisfies the metrics' ProductLike: kind, size)."""
+
+    id: int
+    kind: str
+    path: Path
+    size: int
+    sha256: str
+    valid_time: dt.datetime
+    cycle_time: dt.datetime
+    lead: int
+
+
+@dataclass
+class Published:
+    products: list[ProductRecord]
+    stats: ProductStats
+    best: bool  # this cycle's ensemble is now the best available for its valid time
+    ef5: list[Path] = field(default_factory=list)
+
+
+def register_file(catalog, kind: str, path: Path, *, valid_time, cycle_time, lead: int, members: int, checkpoint: str | None) -> ProductRecord:
+    size, digest = path.stat().st_size, sha256_file(path)
+    product_id = catalog.register_product(kind, valid_time, cycle_time, lead, members, str(path), size, digest, checkpoint=checkpoint)
+    return ProductRecord(product_id, kind, path, size, digest, utc(valid_time), utc(cycle_time), int(lead))
+
+
+def best_available(catalog, valid_time: dt.datetime, kind: str = ENSEMBLE):
+    """The best product row of `kind` for `valid_time` whose file exists (smallest lead, then newest cycle).
+
+    A row whose file has gone (it should not happen: prune deletes rows first) is skipped with a warning.
+    """
+    valid = utc(valid_time)
+    for row in catalog.products(since=valid, until=valid, kind=kind):
+        if Path(row.path).is_file():
+            return row
+        log.warning("catalog product %d (%s) points at a missing file %s", row.id, kind, row.path)
+    return None
+
+
+def latest_index(catalog, product_dir: Path, hours: float = 24.0, now: dt.datetime | None = None) -> dict:
+    """The content of `latest.json` (pure over the catalog's current products)."""
+    product_dir = Path(product_dir)
+    newest = catalog.products(current_only=True)
+    index: dict = {
+        "generated_at": isoformat(now or dt.datetime.now(dt.timezone.utc)),
+        "product_dir": str(product_dir),
+        "newest_valid_time": None,
+        "valid_times": {},
+    }
+    if not newest:
+        return index
+    last = max(row.valid_time for row in newest)
+    index["newest_valid_time"] = isoformat(last)
+    for row in catalog.products(since=last - dt.timedelta(hours=hours), current_only=True):
+        path = Path(row.path)
+        entry = {
+            "path": str(path.relative_to(product_dir)) if path.is_relative_to(product_dir) else str(path),
+            "cycle_time": isoformat(row.cycle_time),
+            "lead": row.lead,
+            "members": row.members,
+            "size": row.size,
+            "sha256": row.sha256,
+        }
+        index["valid_times"].setdefault(isoformat(row.valid_time), {})[row.kind] = entry
+    return index
+
+
+def update_latest(catalog, product_dir: Path, hours: float = 24.0, now: dt.datetime | None = None) -> Path:
+    """Rewrite `<product_dir>/latest.json` atomically from the catalog; returns its path."""
+    path = Path(product_dir) / LATEST
+    text = json.dumps(latest_index(catalog, product_dir, hours, now), indent=1, sort_keys=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    return path
+
+
+def ef5_directory(cfg) -> Path:
+    return cfg.products.ef5_directory or cfg.product_dir / "ef5"
+
+
+def export_best_ef5(catalog, valid_time: dt.datetime, out_dir: Path, *, stamp: str = "end", nodata: float = -9999.0) -> list[Path]:
+    """Export the best-available ensemble of `valid_time` for EF5; [] when there is none."""
+    row = best_available(catalog, valid_time, ENSEMBLE)
+    if row is None:
+        return []
+    return export_ef5(row.path, out_dir, stamp=stamp, nodata=nodata)
+
+
+def publish_valid_time(
+    precip: xr.DataArray,
+    *,
+    cfg,
+    catalog,
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    cycle_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+    lead: int,
+    attrs: Mapping | None = None,
+    quicklook: bool | None = None,
+) -> Published:
+    """Write, register and index every product of one valid time of one cycle.
+
+    In order: the ensemble file; its summary (statistics, and accumulations over the best-available
+    means of the preceding half hours, so the pipeline should publish a cycle's valid times oldest first);
+    a quicklook PNG (by default for the cycle's newest valid time only, when `products.quicklook`); the EF5
+    GeoTIFFs when `products.ef5_export` and this ensemble is now the best available; then `latest.json`.
+    `precip` is (member, [time=1,] lat, lon) in mm/h; `attrs` carries the provenance (see
+    `netcdf.global_attrs`), its `checkpoint_sha256` also goes to the catalog.
+    """
+    pc = cfg.products
+    valid, cycle = utc(valid_time), utc(cycle_time)
+    meta = {**(attrs or {}), "cycle_time": cycle}
+    checkpoint = meta.get("checkpoint_sha256") or None
+    ds = ensemble_dataset(precip, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time, lead=lead, attrs=meta)
+    members = ds.sizes["member"]
+    where = dict(valid_time=valid, cycle_time=cycle, lead=lead, members=members, checkpoint=checkpoint)
+    records = []
+
+    ens_path = write_dataset(
+        product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, [PRECIP_VAR],
+        deflate_level=pc.deflate_level, quantize=pc.quantize, chunks={"member": 1, "time": 1},
+    )
+    records.append(register_file(catalog, ENSEMBLE, ens_path, **where))
+
+    values = ds[PRECIP_VAR].values[:, 0]
+    stats = summarize(values, pc.thresholds_mmh)
+    hours = max(pc.accumulation_hours)
+    accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
+    sum_path = write_summary(
+        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, accum, grid=grid, valid_time=valid,
+        forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
+        quantize=pc.quantize, deflate_level=pc.deflate_level,
+    )
+    records.append(register_file(catalog, SUMMARY, sum_path, **where))
+
+    if quicklook is None:
+        quicklook = pc.quicklook and valid == floor_halfhour(cycle)
+    if quicklook:
+        ql_path = draw_quicklook(
+            ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
+            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
+        )
+        records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
+
+    best_row = best_available(catalog, valid, ENSEMBLE)
+    is_best = best_row is not None and best_row.id == records[0].id
+    ef5 = []
+    if pc.ef5_export and is_best:
+        # From the file, so the daemon's export and `nrt export ef5` give identical GeoTIFFs.
+        ef5 = export_ef5(ens_path, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata)
+    update_latest(catalog, cfg.product_dir, pc.latest_hours)
+    result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
+    log.info(
+        "published %s cycle %s lead %d: %d files, mean %.3f mm/h%s",
+        isoformat(valid), isoformat(cycle), lead, len(records), result.stats.mean_rain_rate,
+        "" if is_best else " (a better product exists)",
+    )
+    return result

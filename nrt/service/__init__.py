@@ -1,0 +1,56 @@
+"""The daemon: a scheduler that enqueues cycle jobs, workers that run them, metrics and systemd integration.
+
+`service/` only schedules and watches; the work itself is `nrt.pipeline`. This module wires the two:
+the worker's job handlers call the pipeline with the model the worker loaded once at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from nrt.errors import ConfigError
+from nrt.timeline import utc
+
+log = logging.getLogger("nrt.service")
+
+
+def open_catalog(cfg, migrate: bool = False):
+    """The configured catalog, migrated to head (`migrate`) or checked to be there already."""
+    from nrt.catalog import Catalog
+
+    return Catalog.from_config(cfg, migrate=migrate)
+
+
+def metrics_port(cfg, override: int | None = None) -> int:
+    """--metrics-port, else $NRT_METRICS_PORT (the scheduler's unit sets the worker's port + 1), else config."""
+    if override is not None:
+        return override
+    env = os.environ.get("NRT_METRICS_PORT", "")
+    if not env:
+        return cfg.service.metrics_port
+    if not env.isdigit() or int(env) > 65535:
+        raise ConfigError("NRT_METRICS_PORT", f"not a port number (got {env!r})")
+    return int(env)
+
+
+def load_downscaler(cfg):
+    """The configured checkpoint, on the GPU when there is one; the worker calls this once and keeps the result."""
+    from nrt.model.inference import Downscaler
+
+    downscaler = Downscaler.load(cfg.model.checkpoint, cfg.model.device, cfg.model)
+    log.info("checkpoint %s (sha256 %s) on %s", cfg.model.checkpoint, downscaler.sha256[:12], downscaler.device)
+    return downscaler
+
+
+def pipeline_handlers(cfg, catalog) -> dict:
+    """Job handlers backed by `nrt.pipeline`: a `cycle` job runs `run_cycle` for its payload's cycle time."""
+    from nrt import pipeline
+    from nrt.sources.http import Client
+
+    client = Client.from_config(cfg)
+
+    def run_cycle(job, downscaler):
+        return pipeline.run_cycle(utc(job.payload["cycle_time"]), cfg, catalog, client, downscaler)
+
+    return {"cycle": run_cycle}

@@ -1,0 +1,277 @@
+"""How each source sees the truth: IMERG Early's degradation, the DPR's footprints, GEOS-FP's forecast fields.
+
+Pure functions and small stateful noise generators; arrays in, arrays out. The writers put the results into
+the real file formats.
+
+IMERG's errors are built so that the configured bias and correlation hold for each day over the written
+region. The deterministic degradations (displacement, smoothing, missed light rain, false alarms, additive
+noise) give a field s; a mean-one lognormal multiplicative error M = exp(σz - σ²/2), with z a smooth unit
+normal field independent of the truth, then lowers the correlation to the target: σ is solved per day from
+that day's s, z and truth (a one-dimensional root), and the result is rescaled so that its mean is the
+truth's mean times the bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from scipy import ndimage, optimize, special
+
+from nrt.grids import LatLonGrid
+from nrt.twin.truth import SpectralField, cell_km, rng_for
+from nrt.twin.spec import DprSettings, GeosfpSettings, ImergSettings
+
+# ---------------------------------------------------------------- shared atmosphere
+
+
+def saturation_specific_humidity(t_kelvin: np.ndarray, pressure_pa: np.ndarray) -> np.ndarray:
+    """kg/kg over water (Magnus formula)."""
+    t_c = t_kelvin - 273.15
+    e_s = 611.2 * np.exp(17.67 * t_c / (t_c + 243.5))
+    return 0.622 * e_s / (pressure_pa - 0.378 * e_s)
+
+
+def near_surface(t: datetime, lats: np.ndarray, lons: np.ndarray, elevation: np.ndarray, rain: np.ndarray) -> dict:
+    """T2M, QV2M, TQV, TQL, SLP, PS on a grid, consistent with the (smoothed) rain rate in mm/h.
+
+    A climatological temperature (latitude, season, local time, altitude), cooled under rain; humidity
+    rising from 55 % to saturation and precipitable water from ~2.3x the surface mixing ratio upwards
+    where it rains; pressure lower under rain systems.
+    """
+    lat2d = np.broadcast_to(lats[:, None], rain.shape)
+    lon2d = np.broadcast_to(lons[None, :], rain.shape)
+    wet = np.tanh(rain / 2.0)
+    day_of_year = t.timetuple().tm_yday
+    local_hour = (t.hour + t.minute / 60 + lon2d / 15.0) % 24
+    t2m = (
+        288.0 + 12.0 * math.cos(2 * math.pi * (day_of_year - 200) / 365) - 0.7 * (np.abs(lat2d) - 40.0)
+        + 5.0 * np.cos(2 * np.pi * (local_hour - 15.0) / 24) - 0.0065 * elevation - 3.0 * wet
+    )
+    slp = 101325.0 - 900.0 * np.tanh(rain / 5.0) + 300.0 * np.cos(np.radians(lat2d * 3))
+    ps = slp * np.exp(-elevation / 8400.0)
+    rh = 0.55 + 0.45 * wet
+    qv2m = rh * saturation_specific_humidity(t2m, ps)
+    tqv = 2.3 * qv2m * 1000.0 * (1.0 + 0.6 * wet)
+    tql = 0.02 + 0.3 * wet
+    return {"T2M": t2m, "QV2M": qv2m, "TQV": tqv, "TQL": tql, "SLP": slp, "PS": ps}
+
+
+def liquid_probability(t2m: np.ndarray) -> np.ndarray:
+    """Percent chance that precipitation falls as rain, from the 2 m temperature."""
+    return 100.0 / (1.0 + np.exp(-(t2m - 274.15) / 1.2))
+
+
+# ---------------------------------------------------------------- IMERG Early
+
+MAX_LOG_SIGMA = 3.0
+
+
+def coarsen(rain_05: np.ndarray) -> np.ndarray:
+    """0.05° truth -> 0.1° cell means (the grids nest 2 x 2)."""
+    ny, nx = rain_05.shape[0] // 2, rain_05.shape[1] // 2
+    return rain_05[: 2 * ny, : 2 * nx].reshape(ny, 2, nx, 2).mean(axis=(1, 3))
+
+
+class ImergDegrader:
+    """The deterministic part of IMERG Early's error, frame by frame, with errors that evolve smoothly in time."""
+
+    def __init__(self, settings: ImergSettings, grid: LatLonGrid, seed: int):
+        self.settings, self.grid = settings, grid
+        spacing = cell_km(grid)
+        self.spacing = spacing
+
+        def field(name, scale_km, lifetime_h, slope=3.0):
+            return SpectralField(grid.shape, spacing, rng_for(seed, "imerg", name), slope, scale_km, lifetime_h, padding=0.2)
+
+        self.shift_y = field("shift_y", settings.displacement_scale_km, 6.0, slope=4.0)
+        self.shift_x = field("shift_x", settings.displacement_scale_km, 6.0, slope=4.0)
+        self.miss = field("miss", 60.0, 1.5)
+        self.false = field("false", 50.0, 1.0)
+        self.additive = field("additive", 20.0, 0.5)
+        self.multiplicative = field("multiplicative", settings.error_scale_km, settings.error_lifetime_h)
+        self.miss_level = float(special.ndtri(1.0 - settings.miss_fraction)) if settings.miss_fraction > 0 else math.inf
+        self.false_level = float(special.ndtri(1.0 - settings.false_alarm_fraction)) if settings.false_alarm_fraction > 0 else math.inf
+        self.first = True
+
+    def step(self, truth_01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(s, z): the degraded field before the multiplicative error, and the unit normal field of that error."""
+        if not self.first:
+            for f in (self.shift_y, self.shift_x, self.miss, self.false, self.additive, self.multiplicative):
+                f.step()
+        self.first = False
+        s = self.settings
+        dy_km, dx_km = self.spacing
+        rows, cols = np.mgrid[0 : truth_01.shape[0], 0 : truth_01.shape[1]].astype(np.float64)
+        rows -= s.displacement_km / dy_km * self.shift_y.field()
+        cols -= s.displacement_km / dx_km * self.shift_x.field()
+        moved = ndimage.map_coordinates(truth_01, [rows, cols], order=1, mode="nearest")
+        sigma = (s.smoothing_km / dy_km / 2.355, s.smoothing_km / dx_km / 2.355)  # smoothing_km is a FWHM
+        smooth = ndimage.gaussian_filter(moved, sigma, mode="nearest")
+        smooth = np.where(smooth < 0.02, 0.0, smooth)
+        missed = (smooth < s.miss_below_mmh) & (self.miss.field() > self.miss_level)
+        smooth = np.where(missed, 0.0, smooth)
+        false_field = self.false.field()
+        spurious = (smooth == 0) & (false_field > self.false_level)
+        smooth = np.where(spurious, s.false_alarm_mmh * np.exp(0.5 * (false_field - self.false_level)), smooth)
+        wet = smooth > 0
+        smooth = np.where(wet, np.maximum(smooth + s.additive_mmh * self.additive.field(), 0.0), 0.0)
+        return smooth, self.multiplicative.field()
+
+
+@dataclass(frozen=True)
+class ImergCalibration:
+    scale: float  # makes the day's mean equal to the truth's before the bias
+    log_sigma: float  # standard deviation of ln M
+    reachable: bool  # False when the other errors alone already lower r below the target
+
+
+def _multiplier(normal: np.ndarray, log_sigma: float) -> np.ndarray:
+    return np.exp(log_sigma * normal - log_sigma**2 / 2)
+
+
+def calibrate(truth: np.ndarray, degraded: np.ndarray, normal: np.ndarray, correlation: float) -> ImergCalibration:
+    """The multiplicative error σ that gives `correlation` with the truth, and the scale that removes the mean error."""
+    t = truth.astype(np.float64).ravel()
+    s = degraded.astype(np.float64).ravel()
+    z = normal.astype(np.float64).ravel()
+    if t.std() == 0 or s.std() == 0:
+        return ImergCalibration(1.0, 0.0, False)
+
+    def excess(log_sigma: float) -> float:
+        return float(np.corrcoef(t, s * _multiplier(z, log_sigma))[0, 1]) - correlation
+
+    if excess(0.0) <= 0:
+        log_sigma, reachable = 0.0, False
+    elif excess(MAX_LOG_SIGMA) >= 0:
+        log_sigma, reachable = MAX_LOG_SIGMA, False
+    else:
+        log_sigma, reachable = optimize.brentq(excess, 0.0, MAX_LOG_SIGMA, xtol=1e-4), True
+    scale = t.mean() / np.mean(s * _multiplier(z, log_sigma))
+    return ImergCalibration(float(scale), float(log_sigma), reachable)
+
+
+def imerg_estimate(degraded: np.ndarray, normal: np.ndarray, cal: ImergCalibration, bias: float, additive_mmh: float):
+    """(precipitation, randomError) in mm/h from the degraded field, its error field and the calibration."""
+    base = degraded * cal.scale
+    precipitation = (bias * base * _multiplier(normal, cal.log_sigma)).astype(np.float32)
+    relative = math.sqrt(math.expm1(cal.log_sigma**2))
+    random_error = np.where(precipitation > 0, bias * np.hypot(base * relative, additive_mmh), 0.0).astype(np.float32)
+    return precipitation, random_error
+
+
+def quality_index(normal: np.ndarray, log_sigma: float) -> np.ndarray:
+    """IMERG's quality index in [0, 1]: high where the multiplicative error happens to be small."""
+    return np.clip(1.0 - np.abs(log_sigma * normal), 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- DPR
+
+
+def sample_footprints(rain: np.ndarray, grid: LatLonGrid, lat: np.ndarray, lon: np.ndarray, footprint_km: float) -> np.ndarray:
+    """The truth averaged over Gaussian footprints centred at (lat, lon); NaN outside the grid."""
+    from pyresample import kd_tree
+
+    out = np.full(lat.shape, np.nan, dtype=np.float32)
+    west, south, east, north = grid.extent
+    inside = (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
+    if not inside.any():
+        return out
+    from pyresample.geometry import SwathDefinition
+
+    target = SwathDefinition(lons=lon[inside].astype(np.float64), lats=lat[inside].astype(np.float64))
+    sigma_m = footprint_km * 1000.0 / 2.355  # the footprint size is the beam's FWHM on the ground
+    values = kd_tree.resample_gauss(
+        grid.area_definition(), rain[::-1].astype(np.float64), target, radius_of_influence=3 * sigma_m,
+        sigmas=sigma_m, neighbours=16, fill_value=np.nan,
+    )
+    out[inside] = values
+    return out
+
+
+def dpr_rate(sampled: np.ndarray, settings: DprSettings, rng: np.random.Generator) -> np.ndarray:
+    """The retrieved near-surface rate: the sampled truth with small multiplicative noise, below detection -> 0."""
+    noise = np.exp(settings.log_noise * rng.standard_normal(sampled.shape) - settings.log_noise**2 / 2)
+    rate = sampled * noise
+    return np.where(np.isnan(rate), np.nan, np.where(rate < settings.min_rate_mmh, 0.0, rate)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- GEOS-FP
+
+GEOSFP_NLON, GEOSFP_NLAT = 1152, 721
+GEOSFP_LONS = -180.0 + 0.3125 * np.arange(GEOSFP_NLON)
+GEOSFP_LATS = -90.0 + 0.25 * np.arange(GEOSFP_NLAT)
+
+
+@dataclass(frozen=True)
+class GeosfpWindow:
+    """The block of the 1152 x 721 grid whose cell centres lie inside the truth grid."""
+
+    lat_slice: slice
+    lon_slice: slice
+
+    @property
+    def lats(self) -> np.ndarray:
+        return GEOSFP_LATS[self.lat_slice]
+
+    @property
+    def lons(self) -> np.ndarray:
+        return GEOSFP_LONS[self.lon_slice]
+
+
+def geosfp_window(grid: LatLonGrid) -> GeosfpWindow:
+    lats, lons = grid.lats, grid.lons
+    j = np.flatnonzero((GEOSFP_LATS >= lats[0]) & (GEOSFP_LATS <= lats[-1]))
+    i = np.flatnonzero((GEOSFP_LONS >= lons[0]) & (GEOSFP_LONS <= lons[-1]))
+    return GeosfpWindow(slice(int(j[0]), int(j[-1]) + 1), slice(int(i[0]), int(i[-1]) + 1))
+
+
+def to_geosfp(field: np.ndarray, grid: LatLonGrid, window: GeosfpWindow) -> np.ndarray:
+    """Bilinear interpolation from the truth grid to the GEOS-FP cell centres in `window`."""
+    rows = (window.lats - grid.lats[0]) / grid.res
+    cols = (window.lons - grid.lons[0]) / grid.res
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(field.astype(np.float64), [rr, cc], order=1, mode="nearest")
+
+
+def geosfp_fields(
+    hour_rain: np.ndarray, grid: LatLonGrid, elevation: np.ndarray, valid: datetime, lead_hours: float,
+    drift_direction: float, wind: tuple[float, float], settings: GeosfpSettings, window: GeosfpWindow,
+) -> dict[str, np.ndarray]:
+    """Every variable of the slv and flx collections on the GEOS-FP window, float32.
+
+    The forecast rain is the hour's truth displaced by a drift that grows with lead time, smoothed to the
+    model's scale and biased. Humidity, cloud water and pressure follow the forecast rain; the 10 m wind is the
+    advecting wind plus inflow towards the rain (convergence where it rains); 500 hPa ascent where it rains.
+    """
+    dy_km, dx_km = cell_km(grid)
+    drift_km = settings.drift_km_per_hour * lead_hours
+    shifted = ndimage.shift(
+        hour_rain.astype(np.float64),
+        (drift_km * math.sin(drift_direction) / dy_km, drift_km * math.cos(drift_direction) / dx_km),
+        order=1, mode="nearest",
+    )
+    sigma = (settings.smoothing_km / dy_km / 2.355, settings.smoothing_km / dx_km / 2.355)
+    forecast_rain = settings.precip_bias * ndimage.gaussian_filter(shifted, sigma, mode="nearest")
+    wetness = np.tanh(forecast_rain / 2.0)
+    grad_y, grad_x = np.gradient(wetness, dy_km, dx_km)
+    inflow = settings.convergence_ms * settings.smoothing_km  # m/s per unit wetness gradient per km
+    u10 = wind[0] + inflow * grad_x
+    v10 = wind[1] + inflow * grad_y
+    surface = near_surface(valid, grid.lats, grid.lons, elevation, forecast_rain)
+    convective_fraction = np.clip(forecast_rain / 10.0, 0.2, 0.9)
+    on_grid = {
+        **surface,
+        "U10M": u10,
+        "V10M": v10,
+        "T850": surface["T2M"] - 11.0,
+        "U850": np.full(grid.shape, wind[0]),
+        "V850": np.full(grid.shape, wind[1]),
+        "OMEGA500": -0.6 * wetness,
+        "PRECTOT": forecast_rain / 3600.0,
+        "PRECCON": convective_fraction * forecast_rain / 3600.0,
+    }
+    return {name: to_geosfp(values, grid, window).astype(np.float32) for name, values in on_grid.items()}
+

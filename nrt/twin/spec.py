@@ -1,0 +1,143 @@
+"""What a twin run is made of: the domain, the span, the seed and the knobs of the world and its observers.
+
+Everything here is plain data. `TwinSpec.to_dict()` is what `twin.json` records, and `TwinSpec.from_dict()`
+reads it back, so a mirror tree says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+
+from nrt.errors import ConfigError
+from nrt.grids import Domain
+from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat, utc
+
+MANIFEST_FORMAT = "nrt-twin/1"
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The synthetic atmosphere: rain texture, its motion and life cycle, and the forcings that shape it."""
+
+    buffer_degrees: float = 3.0  # truth extends this far beyond the domain (the nowcast reads domain + 2°)
+    wet_fraction: float = 0.18  # expected raining fraction of cells before forcings
+    spectral_slope: float = 3.3  # rain texture power spectrum P(k) ~ k^-slope
+    outer_scale_km: float = 250.0  # texture spectrum flattens above this scale
+    lifetime_100km_h: float = 4.0  # e-folding lifetime of 100 km features; smaller ones live shorter
+    lifetime_exponent: float = 0.8  # lifetime ~ scale^exponent
+    envelope_scale_km: float = 700.0  # synoptic envelope that makes rain systems grow and decay
+    envelope_lifetime_h: float = 15.0
+    envelope_weight: float = 0.9
+    min_rate_mmh: float = 0.2  # rate at the edge of a rain area
+    log_rate_slope: float = 2.0  # ln(rate) per standard deviation of the latent field above the rain edge
+    max_rate_mmh: float = 100.0
+    wind_speed_ms: float = 12.0  # mean speed of the advecting wind
+    wind_variability_ms: float = 4.0
+    wind_turning_degrees: float = 35.0  # the wind direction swings this much either side of its mean
+    wind_period_h: float = 40.0
+    diurnal_amplitude: float = 0.5  # in standard deviations of the latent field
+    diurnal_peak_local_hour: float = 17.0
+    orographic_strength: float = 0.8  # in standard deviations of the latent field, at full upslope lift
+    orographic_lift_ms: float = 0.05  # upslope vertical velocity that counts as full lift
+    dem_resolution: float = 0.01
+    ridge_height_m: float = 350.0
+
+
+@dataclass(frozen=True)
+class ImergSettings:
+    """How IMERG Early degrades the truth. `bias` and `correlation` are the targets the errors are scaled to."""
+
+    bias: float = 0.9  # mean(IMERG) / mean(truth) over the written region, per day
+    correlation: float = 0.6  # Pearson r of IMERG against the 0.1° mean of the truth, per day
+    smoothing_km: float = 8.0
+    displacement_km: float = 10.0
+    displacement_scale_km: float = 400.0
+    additive_mmh: float = 0.15
+    miss_below_mmh: float = 0.5  # light rain under this rate is missed ...
+    miss_fraction: float = 0.4  # ... over this fraction of the area
+    false_alarm_fraction: float = 0.02  # fraction of dry cells given spurious light rain
+    false_alarm_mmh: float = 0.3
+    error_scale_km: float = 60.0  # spatial scale of the multiplicative error
+    error_lifetime_h: float = 2.0
+    version: str = "V07B"
+    gesdisc_copy: bool = True  # also publish each granule under the GES DISC tree (.HDF5)
+
+
+@dataclass(frozen=True)
+class DprSettings:
+    """The GPM core satellite's orbit and the DPR Ku/Ka full swath."""
+
+    inclination_degrees: float = 65.0
+    altitude_km: float = 407.0
+    swath_km: float = 245.0
+    rays: int = 49
+    footprint_km: float = 5.0
+    scan_period_s: float = 0.7
+    granule_minutes: float = 30.0
+    log_noise: float = 0.1  # multiplicative noise of the retrieved rate (natural-log standard deviation)
+    min_rate_mmh: float = 0.2  # detection threshold of the radar
+    version: str = "V07A"
+
+
+@dataclass(frozen=True)
+class GeosfpSettings:
+    """GEOS-FP forecasts: hourly means that see the truth smoothed, biased and drifting with lead time."""
+
+    forecast_hours: int = 15  # hourly files per initialisation (00/06/12/18 UTC)
+    precip_bias: float = 1.15
+    smoothing_km: float = 30.0
+    drift_km_per_hour: float = 3.0  # position error of the rain grows with lead time
+    convergence_ms: float = 2.0  # inflow wind towards rain areas
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    domain: Domain
+    start: datetime
+    end: datetime
+    seed: int = 20250101
+    world: WorldSettings = field(default_factory=WorldSettings)
+    imerg: ImergSettings = field(default_factory=ImergSettings)
+    dpr: DprSettings = field(default_factory=DprSettings)
+    geosfp: GeosfpSettings = field(default_factory=GeosfpSettings)
+
+    def __post_init__(self):
+        start, end = floor_halfhour(utc(self.start)), utc(self.end)
+        if end <= start:
+            raise ConfigError("twin", f"end {isoformat(end)} must be after start {isoformat(start)}")
+        if not 0 < self.imerg.correlation < 1:
+            raise ConfigError("twin.imerg.correlation", f"must lie in (0, 1), got {self.imerg.correlation}")
+        if self.imerg.bias <= 0:
+            raise ConfigError("twin.imerg.bias", f"must be positive, got {self.imerg.bias}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+
+    @property
+    def half_hours(self) -> list[datetime]:
+        """Start times of the half-hours simulated: every S with start <= S < end."""
+        n = int((self.end - self.start + HALF_HOUR - timedelta(microseconds=1)) / HALF_HOUR)
+        return [self.start + k * HALF_HOUR for k in range(n)]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["domain"] = asdict(self.domain)
+        data["start"], data["end"] = isoformat(self.start), isoformat(self.end)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TwinSpec:
+        parts = {"world": WorldSettings, "imerg": ImergSettings, "dpr": DprSettings, "geosfp": GeosfpSettings}
+        kwargs = {name: _settings(kind, data.get(name, {}), name) for name, kind in parts.items()}
+        try:
+            return cls(Domain(**data["domain"]), utc(data["start"]), utc(data["end"]), int(data["seed"]), **kwargs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("twin.json", f"not a twin specification: {exc}") from None
+
+
+def _settings(kind, values: dict, where: str):
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"twin.{where}", f"unknown key {unknown[0]!r}")
+    return kind(**values)

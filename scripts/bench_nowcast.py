@@ -1,0 +1,132 @@
+"""Benchmark the nowcast bridge: seconds and peak memory for the CONUS and demo domains (a benchmark, not a test).
+
+Each case runs in a fresh subprocess so that peak RSS (resource.getrusage) belongs to that case alone; a
+second subprocess repeats it under tracemalloc for the peak of Python/numpy allocations. The input is three
+granules of synthetic patchy rain (about a third of the domain wet) moving 2 cells east and 1 north per
+half hour, on the IMERG 0.1° grid of the domain.
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_nowcast.py            # all cases, 30 members, 8 steps
+    python scripts/bench_nowcast.py --case demo --method extrapolation --members 30
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CASES = {
+    "conus": (-125.0, 24.0, -67.0, 49.0),  # 0.1° IMERG window: 250 x 580
+    "demo": None,  # the configured demo domain (Iowa) plus its upwind buffer
+}
+
+
+def frames_for(case: str):
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+    from scipy.ndimage import gaussian_filter
+
+    from nrt import config
+    from nrt.grids import Domain, imerg_grid
+    from nrt.nowcast import nowcast_domain
+
+    cfg = config.load(None)
+    domain = Domain(*CASES[case]) if CASES[case] else nowcast_domain(cfg.domain.box(), cfg.nowcast)
+    grid = imerg_grid(domain)
+    rng = np.random.default_rng(7)
+    pad = 10
+    canvas = gaussian_filter(rng.normal(size=(grid.nlat + 2 * pad, grid.nlon + 2 * pad)), 4)
+    canvas = np.clip(canvas / canvas.std() - 0.5, 0, None) * 8
+    values = np.stack([canvas[pad - k : pad - k + grid.nlat, pad - 2 * k : pad - 2 * k + grid.nlon] for k in range(3)])
+    times = pd.date_range("2024-06-01T10:00", periods=3, freq="30min")
+    return xr.DataArray(values.astype(np.float32), dims=("time", "lat", "lon"), coords={"time": times, **{k: v[1] for k, v in grid.coords().items()}}), cfg
+
+
+def run_case(case: str, method: str, members: int, steps: int, trace: bool) -> dict:
+    from nrt.nowcast import nowcast
+
+    frames, cfg = frames_for(case)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if trace:
+        tracemalloc.start()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = nowcast(frames, cfg.nowcast, steps=steps, members=members, method=method)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    out = {
+        "case": case,
+        "shape": list(frames.shape[1:]),
+        "method": method,
+        "method_used": result.method_used,
+        "members": members,
+        "steps": steps,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "output_mib": round(result.precip.nbytes / 2**20, 1),
+    }
+    if trace:
+        out["tracemalloc_peak_mib"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--method", default="steps", choices=["steps", "sprog", "extrapolation"])
+    parser.add_argument("--members", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: run one case in this process
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.case[0], args.method, args.members, args.steps, args.trace)))
+        return 0
+    print(f"# machine: {machine()}")
+    rows = []
+    for case in args.case or list(CASES):
+        base = [sys.executable, __file__, "--one", "--case", case, "--method", args.method, "--members", str(args.members), "--steps", str(args.steps)]
+        timed = json.loads(subprocess.run(base, check=True, capture_output=True, text=True).stdout)
+        traced = json.loads(subprocess.run(base + ["--trace"], check=True, capture_output=True, text=True).stdout)
+        timed["tracemalloc_peak_mib"] = traced["tracemalloc_peak_mib"]
+        rows.append(timed)
+        print(json.dumps(timed), flush=True)
+    print("\n| domain | grid | method | members x steps | wall s | CPU s | peak RSS MiB | tracemalloc peak MiB | output MiB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['case']} | {r['shape'][0]} x {r['shape'][1]} | {r['method_used']} | {r['members']} x {r['steps']} | {r['wall_s']} | "
+            f"{r['cpu_s']} | {r['peak_rss_mib']} | {r['tracemalloc_peak_mib']} | {r['output_mib']} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""The SQL catalog on real SQLite files and on the real PostgreSQL server (NRT_TEST_POSTGRES_URL)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from nrt.catalog import Base, Catalog, resolve_url
+from nrt.errors import CatalogError
+
+T0 = datetime(2024, 2, 29, 23, 30, tzinfo=timezone.utc)
+HALF = timedelta(minutes=30)
+TABLES = {"granules", "runs", "jobs", "products", "scores", "alembic_version"}
+
+
+def nrt_command() -> list[str]:
+    beside = Path(sys.executable).with_name("nrt")
+    return [str(beside)] if beside.exists() else [shutil.which("nrt") or "nrt"]
+
+
+def run_nrt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NRT_")}
+    return subprocess.run(
+        [*nrt_command(), *args], env={**clean, **(env or {})}, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("nrt: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in line
+    return line
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A catalog URL with nothing in it yet: a new SQLite path, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/catalog/catalog.sqlite"
+        return
+    base = request.getfixturevalue("pg_url")
+    schema = f"nrt_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(resolve_url(base))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = resolve_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.set(drivername="postgresql").render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def catalog(db_url):
+    with Catalog.open(db_url, migrate=True, busy_timeout_s=10) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """Make a file or directory unwritable, even for root (immutable flag), or skip."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root without the immutable flag: cannot make a read-only path")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+# -- schema and migrations -----------------------------------------------------------------------
+
+
+def test_migration_from_empty_creates_every_table_at_head(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    fresh = Catalog(db_url)
+    try:
+        with pytest.raises(CatalogError, match="nrt catalog init"):
+            fresh.check()
+        assert fresh.upgrade() == fresh.head() == "0001"
+        assert fresh.check() == "0001"
+        with fresh.engine.connect() as connection:
+            assert TABLES <= set(inspect(connection).get_table_names())
+            # The migrations alone built the schema, and it is exactly what the models describe.
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        job_id = fresh.enqueue("cycle", {"t": "x"}, key="k")
+        assert fresh.upgrade() == "0001"  # again: a no-op that keeps the data
+        assert fresh.job(job_id).key == "k"
+    finally:
+        fresh.close()
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with Catalog.open(f"sqlite:///{path}", migrate=True, busy_timeout_s=7) as catalog:
+        with catalog.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 7000
+    # WAL is a property of the file, seen by any other client too.
+    with contextlib.closing(sqlite3.connect(path)) as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_check_refuses_a_revision_it_does_not_know(catalog):
+    with catalog.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    with pytest.raises(CatalogError, match="revision ffff"):
+        catalog.check()
+    with pytest.raises(CatalogError, match="cannot migrate"):
+        catalog.upgrade()
+
+
+def test_sqlite_writer_waits_for_a_lock_then_reports_it_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/c.sqlite"
+    Catalog.open(url, migrate=True).close()
+    with Catalog(url, busy_timeout_s=0.2) as catalog, contextlib.closing(sqlite3.connect(tmp_path / "c.sqlite")) as other:
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(CatalogError, match="locked"):
+            catalog.enqueue("cycle", {})
+        assert time.monotonic() - started >= 0.15  # it waited for the busy timeout, not failed at once
+        other.execute("ROLLBACK")
+        assert catalog.enqueue("cycle", {}) == 1
+
+
+# -- granules -------------------------------------------------------------------------------------
+
+
+def test_granule_lifecycle_expected_downloaded_bad(catalog):
+    start, end = T0, T0 + HALF - timedelta(seconds=1)
+    gid = catalog.expect_granule("imerg", "g1", "V07B", start, end)
+    assert catalog.expect_granule("imerg", "g1", "V07B", start, end) == gid
+    row = catalog.get_granule("imerg", "g1")
+    assert (row.state, row.path, row.attempts) == ("expected", None, 0)
+    assert row.start_time == start and row.start_time.tzinfo == timezone.utc
+
+    assert catalog.register_granule("imerg", "g1", "V07B", start, end, "/d/g1", 1234, "ab" * 32) == gid
+    row = catalog.get_granule("imerg", "g1")
+    assert (row.state, row.path, row.size, row.sha256) == ("downloaded", "/d/g1", 1234, "ab" * 32)
+    # Expecting a file the catalog already holds changes nothing.
+    catalog.expect_granule("imerg", "g1", "V07B", start, end)
+    assert catalog.get_granule("imerg", "g1").state == "downloaded"
+
+    assert catalog.mark_bad("imerg", "g1", "truncated HDF5") == 1
+    assert catalog.mark_bad("imerg", "g1", "truncated HDF5") == 2
+    row = catalog.get_granule("imerg", "g1")
+    assert (row.state, row.reason, row.attempts, row.path, row.sha256) == ("bad", "truncated HDF5", 2, None, None)
+    # A good download later clears the reason but keeps the count of bad attempts.
+    catalog.register_granule("imerg", "g1", "V07B", start, end, "/d/g1", 99, "cd" * 32)
+    row = catalog.get_granule("imerg", "g1")
+    assert (row.state, row.reason, row.attempts) == ("downloaded", None, 2)
+    assert catalog.get_granule("imerg", "nope") is None
+
+
+def test_mark_bad_on_unknown_granule_needs_its_times(catalog):
+    with pytest.raises(LookupError):
+        catalog.mark_bad("dpr", "x", "html instead of HDF5")
+    assert catalog.mark_bad("dpr", "x", "html instead of HDF5", "V07A", T0, T0 + HALF) == 1
+    assert catalog.get_granule("dpr", "x").state == "bad"
+
+
+def test_granule_queries_filter_by_source_time_and_state(catalog):
+    for k in range(6):
+        start = T0 + k * HALF
+        catalog.expect_granule("imerg", f"i{k}", "V07B", start, start + HALF)
+    catalog.expect_granule("dpr", "d0", "V07A", T0, T0 + HALF)
+    catalog.register_granule("imerg", "i2", "V07B", T0 + 2 * HALF, T0 + 3 * HALF, "/p", 1, "0" * 64)
+    names = [g.name for g in catalog.granules("imerg", start=T0 + HALF, end=T0 + 3 * HALF)]
+    assert names == ["i1", "i2", "i3"]  # both bounds inclusive, oldest first, other sources left out
+    assert [g.name for g in catalog.granules("imerg", state="downloaded")] == ["i2"]
+    assert len(catalog.granules()) == 7
+    # The bounds may come in any timezone; they mean the same instant.
+    plus_two = timezone(timedelta(hours=2))
+    assert [g.name for g in catalog.granules("imerg", start=(T0 + 5 * HALF).astimezone(plus_two))] == ["i5"]
+    assert catalog.delete_granule(catalog.get_granule("dpr", "d0").id)
+    assert catalog.get_granule("dpr", "d0") is None
+
+
+def test_naive_times_are_refused(catalog):
+    with pytest.raises(ValueError, match="naive"):
+        catalog.expect_granule("imerg", "n", "V07B", datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 30))
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+def test_runs_record_state_timings_and_degradation(catalog):
+    first = catalog.start_run(T0)
+    second = catalog.start_run(T0 + HALF)
+    catalog.finish_run(first, "ok", {"ingest": 1.5, "nowcast": 12.0})
+    catalog.finish_run(second, "degraded", {"ingest": 2.0}, error=None, degraded=["nowcast:extrapolation"])
+    newest, oldest = catalog.runs()
+    assert (newest.id, newest.state, newest.degraded, newest.cycle_time) == (second, "degraded", ["nowcast:extrapolation"], T0 + HALF)
+    assert oldest.timings == {"ingest": 1.5, "nowcast": 12.0} and oldest.finished_at >= oldest.started_at
+    assert [r.id for r in catalog.runs(state="ok")] == [first]
+    assert [r.id for r in catalog.runs(since=T0 + HALF)] == [second]
+    with pytest.raises(ValueError):
+        catalog.finish_run(first, "running", {})
+    with pytest.raises(LookupError):
+        catalog.finish_run(10_000, "failed", {}, error="boom")
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+def test_enqueue_is_idempotent_on_key_in_every_state(catalog):
+    first = catalog.enqueue("cycle", {"cycle_time": "2024-02-29T23:30:00Z"}, key="cycle:2024-02-29T23:30Z")
+    assert catalog.enqueue("cycle", {"other": 1}, key="cycle:2024-02-29T23:30Z") == first
+    job = catalog.claim("w1")
+    assert catalog.complete(job.id, "w1")
+    assert catalog.enqueue("cycle", {}, key="cycle:2024-02-29T23:30Z") == first
+    assert len(catalog.jobs()) == 1 and catalog.job(first).payload == {"cycle_time": "2024-02-29T23:30:00Z"}
+    # Jobs without a key are never merged.
+    assert catalog.enqueue("verify", {}) != catalog.enqueue("verify", {})
+
+
+def test_claim_order_priority_then_age_and_kind_filter(catalog):
+    old = catalog.enqueue("backfill", {"n": 1})
+    urgent = catalog.enqueue("cycle", {"n": 2}, priority=10)
+    later = catalog.enqueue("backfill", {"n": 3})
+    assert catalog.claim("w", kinds=["backfill"]).id == old
+    assert catalog.claim("w").id == urgent
+    job = catalog.claim("w")
+    assert (job.id, job.state, job.lease_owner, job.attempts) == (later, "running", "w", 1)
+    assert job.lease_expires > datetime.now(timezone.utc) + timedelta(seconds=200)
+    assert catalog.claim("w") is None
+
+
+def test_expired_lease_is_reclaimed_and_the_old_owner_loses_it(catalog):
+    job_id = catalog.enqueue("cycle", {}, key="c1")
+    first = catalog.claim("worker-a", lease_s=0.2)
+    assert first.id == job_id and catalog.claim("worker-b", lease_s=0.2) is None
+    assert catalog.heartbeat(job_id, "worker-a", lease_s=0.2)  # a live owner keeps its lease
+    time.sleep(0.3)
+    second = catalog.claim("worker-b", lease_s=60)
+    assert (second.id, second.lease_owner, second.attempts) == (job_id, "worker-b", 2)
+    assert "worker-a" in second.error
+    assert not catalog.heartbeat(job_id, "worker-a", 60)
+    assert not catalog.complete(job_id, "worker-a")
+    assert not catalog.fail(job_id, "worker-a", "late")
+    assert catalog.complete(job_id, "worker-b")
+    assert catalog.job(job_id).state == "done" and catalog.job(job_id).lease_owner is None
+
+
+def test_lease_expiring_on_the_last_attempt_fails_the_job(catalog):
+    job_id = catalog.enqueue("cycle", {}, max_attempts=2)
+    other = catalog.enqueue("cycle", {})
+    for owner in ("a", "b"):
+        assert catalog.claim(owner, lease_s=0.05).id == job_id
+        time.sleep(0.1)
+    # The next claim sweeps the dead job to `failed` and hands out the next one instead.
+    assert catalog.claim("c").id == other
+    job = catalog.job(job_id)
+    assert (job.state, job.attempts, job.lease_owner) == ("failed", 2, None)
+    assert "last attempt" in job.error
+
+
+def test_fail_retries_until_attempts_run_out_and_release_costs_nothing(catalog):
+    job_id = catalog.enqueue("cycle", {}, max_attempts=2)
+    assert catalog.claim("w").attempts == 1
+    assert catalog.release(job_id, "w")
+    assert (catalog.job(job_id).state, catalog.job(job_id).attempts) == ("queued", 0)
+    assert catalog.claim("w").attempts == 1
+    assert catalog.fail(job_id, "w", "nowcast: boom")
+    assert (catalog.job(job_id).state, catalog.job(job_id).error) == ("queued", "nowcast: boom")
+    assert catalog.claim("w").attempts == 2
+    assert catalog.fail(job_id, "w", "nowcast: boom again")
+    assert catalog.job(job_id).state == "failed" and catalog.claim("w") is None
+
+    permanent = catalog.enqueue("cycle", {}, max_attempts=5)
+    catalog.claim("w")
+    catalog.fail(permanent, "w", "bad config", retry=False)
+    assert catalog.job(permanent).state == "failed"
+    assert catalog.counts()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 2}
+
+
+def _claim_until_empty(url: str, owner: str, barrier, results) -> None:
+    """One worker process: claim and complete jobs until none is left; reports (owner, ids, error)."""
+    claimed: list[int] = []
+    try:
+        catalog = Catalog(url, busy_timeout_s=60)
+        barrier.wait(timeout=120)  # start claiming together, so the workers really contend
+        while True:
+            job = catalog.claim(owner, lease_s=600)
+            if job is None:
+                if not catalog.jobs(state="queued"):
+                    break
+                continue
+            claimed.append(job.id)
+            if not catalog.complete(job.id, owner):
+                raise AssertionError(f"{owner} lost job {job.id} it had just claimed")
+        catalog.close()
+    except Exception as exc:
+        results.put((owner, claimed, repr(exc)))
+        return
+    results.put((owner, claimed, None))
+
+
+@pytest.mark.parametrize("n_jobs,n_workers", [(200, 4)])
+def test_processes_claiming_one_queue_never_share_or_lose_a_job(catalog, db_url, n_jobs, n_workers):
+    job_ids = {catalog.enqueue("cycle", {"n": n}) for n in range(n_jobs)}
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(n_workers), context.Queue()
+    workers = [
+        context.Process(target=_claim_until_empty, args=(db_url, f"worker-{i}", barrier, results))
+        for i in range(n_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    reports = [results.get(timeout=240) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [error for _, _, error in reports if error] == []
+    every_claim = [job_id for _, ids, _ in reports for job_id in ids]
+    assert len(every_claim) == len(set(every_claim)) == n_jobs  # none twice
+    assert set(every_claim) == job_ids  # none lost
+    assert sum(1 for _, ids, _ in reports if ids) >= 2  # the queue really was shared
+    assert catalog.counts()["jobs"]["done"] == n_jobs
+    assert all(job.attempts == 1 for job in catalog.jobs())
+
+
+# -- products and scores --------------------------------------------------------------------------
+
+
+def _product(catalog, cycle_time, lead, kind="ensemble", valid=T0, path=None):
+    return catalog.register_product(
+        kind, valid, cycle_time, lead, 30, path or f"/p/{kind}-{cycle_time:%H%M}-{lead}.nc", 100, "e" * 64,
+        checkpoint="builtin:demo",
+    )
+
+
+def test_newer_product_with_smaller_lead_supersedes_older_ones(catalog):
+    first = _product(catalog, T0, lead=8)
+    assert catalog.best_product(T0).id == first and catalog.product(first).superseded_by is None
+    better = _product(catalog, T0 + 2 * HALF, lead=6)
+    assert catalog.product(first).superseded_by == better
+    assert catalog.best_product(T0).id == better
+    # A backfilled older cycle arriving late does not displace the better product.
+    late = _product(catalog, T0 - HALF, lead=9)
+    assert catalog.product(late).superseded_by == better and catalog.best_product(T0).id == better
+    # Equal lead (e.g. after a latency change): the newer cycle wins.
+    tie = _product(catalog, T0 + 3 * HALF, lead=6)
+    assert catalog.best_product(T0).id == tie
+    assert {p.id: p.superseded_by for p in catalog.products()} == {first: tie, better: tie, late: tie, tie: None}
+    assert [p.id for p in catalog.products(current_only=True)] == [tie]
+    # Other kinds and valid times rank on their own.
+    summary = _product(catalog, T0, lead=8, kind="summary")
+    assert catalog.best_product(T0, kind="summary").id == summary
+    assert catalog.best_product(T0 + HALF) is None
+    assert catalog.counts()["products"] == {"current": 2, "superseded": 3}
+
+
+def test_rerun_of_a_cycle_replaces_its_product_and_delete_promotes_the_next(catalog):
+    old = _product(catalog, T0, lead=8)
+    new = _product(catalog, T0 + HALF, lead=7)
+    again = _product(catalog, T0 + HALF, lead=7, path="/p/rerun.nc")
+    assert again == new and catalog.product(new).path == "/p/rerun.nc" and len(catalog.products()) == 2
+    assert catalog.delete_product(new)
+    assert catalog.best_product(T0).id == old and catalog.product(old).superseded_by is None
+    assert not catalog.delete_product(new)
+
+
+def test_products_query_by_valid_time_window(catalog):
+    ids = [_product(catalog, T0 + k * HALF, lead=8, valid=T0 + k * HALF) for k in range(4)]
+    assert [p.id for p in catalog.products(since=T0 + HALF, until=T0 + 2 * HALF)] == ids[1:3]
+    assert all(p.valid_time.tzinfo == timezone.utc for p in catalog.products())
+
+
+def test_scores_are_idempotent_per_key_and_go_with_their_product(catalog):
+    product = _product(catalog, T0, lead=8)
+    rows = [
+        {"metric": "csi", "threshold": 1.0, "value": 0.4},
+        {"metric": "csi", "threshold": 1.0, "value": 0.3, "model": "baseline"},
+        {"metric": "crps", "value": 0.8, "lead": 3},
+        {"metric": "fss", "threshold": 5.0, "value": float("nan")},
+    ]
+    assert catalog.add_scores(product, "dpr", rows) == 4
+    assert catalog.add_scores(product, "dpr", [{"metric": "csi", "threshold": 1.0, "value": 0.5}]) == 1
+    scores = {(s.metric, s.threshold, s.lead, s.model): s.value for s in catalog.scores(product_id=product)}
+    assert scores == {
+        ("csi", 1.0, 8, "nrt"): 0.5, ("csi", 1.0, 8, "baseline"): 0.3, ("crps", None, 3, "nrt"): 0.8,
+        ("fss", 5.0, 8, "nrt"): None,
+    }
+    assert [s.value for s in catalog.scores(metric="csi", model="baseline")] == [0.3]
+    assert all(s.valid_time == T0 for s in catalog.scores(truth_source="dpr"))
+    assert catalog.scores(since=T0 + HALF) == []
+    catalog.delete_product(product)
+    assert catalog.counts()["scores"] == {"rows": 0}
+    with pytest.raises(LookupError):
+        catalog.add_scores(product, "dpr", rows)
+
+
+def test_counts_cover_every_table_and_state(catalog):
+    catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
+    catalog.mark_bad("imerg", "a", "corrupt")
+    catalog.expect_granule("imerg", "b", "V07B", T0, T0 + HALF)
+    catalog.start_run(T0)
+    catalog.enqueue("cycle", {})
+    counts = catalog.counts()
+    assert counts["granules"] == {"expected": 1, "downloaded": 0, "bad": 1}
+    assert counts["runs"] == {"running": 1, "ok": 0, "degraded": 0, "failed": 0}
+    assert counts["jobs"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+
+
+# -- command line and bad input -------------------------------------------------------------------
+
+
+def test_cli_init_then_status_counts_rows(db_url):
+    env = {"NRT_DB_URL": db_url}
+    status = run_nrt("catalog", "status", env=env)
+    assert_one_line_error(status, "nrt catalog init")
+    init = run_nrt("catalog", "init", env=env)
+    assert init.returncode == 0, init.stderr
+    assert "revision 0001" in init.stdout
+    with Catalog.open(db_url) as catalog:
+        catalog.enqueue("cycle", {})
+        catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
+    status = run_nrt("catalog", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
+    assert lines["jobs"] == ["queued=1", "running=0", "done=0", "failed=0"]
+    assert lines["granules"] == ["expected=1", "downloaded=0", "bad=0"]
+    assert run_nrt("catalog", "init", env=env).returncode == 0  # idempotent
+
+
+def test_cli_status_of_missing_sqlite_catalog_creates_nothing(tmp_path):
+    config = tmp_path / "nrt.toml"
+    config.write_text(f'[general]\nworkdir = "{tmp_path / "work"}"\n')
+    assert_one_line_error(run_nrt("--config", str(config), "catalog", "status"), "no catalog here")
+    assert not (tmp_path / "work").exists()
+    assert run_nrt("--config", str(config), "catalog", "init").returncode == 0
+    assert (tmp_path / "work" / "catalog.sqlite").is_file()
+
+
+def test_cli_unreachable_database_is_one_line_without_the_password():
+    result = run_nrt("catalog", "init", env={"NRT_DB_URL": "postgresql://nrt:hunter2@127.0.0.1:1/nrt"})
+    line = assert_one_line_error(result, "127.0.0.1", "refused")
+    assert "hunter2" not in result.stderr + result.stdout and line.startswith("nrt: error: postgresql://nrt:***@")
+    assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": "not a url"}), "not a database URL")
+
+
+def test_cli_read_only_directory_fails_cleanly_and_writes_nothing(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        for target in (locked / "catalog.sqlite", locked / "sub" / "catalog.sqlite"):
+            result = run_nrt("catalog", "init", env={"NRT_DB_URL": f"sqlite:///{target}"})
+            assert_one_line_error(result, str(target.parent))
+        assert list(locked.iterdir()) == []
+
+
+def test_cli_read_only_catalog_file_fails_cleanly_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    url = f"sqlite:///{path}"
+    with Catalog.open(url, migrate=True) as catalog:
+        catalog.enqueue("cycle", {}, key="keep")
+    before = path.read_bytes()
+    with read_only(path):
+        for action in ("init", "status"):
+            assert_one_line_error(run_nrt("catalog", action, env={"NRT_DB_URL": url}), "read-only")
+        with pytest.raises(CatalogError, match="read-only"):
+            Catalog.open(url)
+    assert path.read_bytes() == before
+    with Catalog.open(url) as catalog:
+        assert catalog.job(1).key == "keep"
+
+
+def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path}/from-env.sqlite"
+    monkeypatch.setenv("NRT_DB_URL", url)
+    from nrt import config
+
+    with Catalog.from_config(config.from_dict({"general": {"workdir": str(tmp_path / "w")}}), migrate=True) as c:
+        assert c.url == url and (tmp_path / "from-env.sqlite").is_file()
+    with Catalog.from_config(cfg, migrate=True) as c:
+        assert c.sqlite_path == cfg.workdir / "catalog.sqlite"

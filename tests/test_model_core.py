@@ -1,0 +1,258 @@
+"""Model building blocks checked against independent computations: EDM coefficients, sampler, patching, losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nrt.model.loss import EDMLoss, regression_loss
+from nrt.model.networks import NetworkSpec, SongUNet, parameter_count
+from nrt.model.normalize import ChannelStats
+from nrt.model.patching import PatchGrid, PatchSampler, axis_starts, pad_to
+from nrt.model.precond import EDMPrecond, edm_coefficients
+from nrt.model.sampler import edm_sample, sigma_steps
+from nrt.model.transforms import PrecipTransform
+
+
+def test_edm_coefficients_match_karras_table_1():
+    sigma_d = 0.5
+    for sigma in (0.002, 0.1, 0.5, 1.0, 7.3, 800.0):
+        c_skip, c_out, c_in, c_noise = (float(v) for v in edm_coefficients(torch.tensor(sigma, dtype=torch.float64)))
+        assert c_skip == pytest.approx(0.25 / (sigma * sigma + 0.25), rel=1e-12)
+        assert c_out == pytest.approx(sigma * 0.5 / math.sqrt(sigma * sigma + 0.25), rel=1e-12)
+        assert c_in == pytest.approx(1 / math.sqrt(sigma * sigma + sigma_d**2), rel=1e-12)
+        assert c_noise == pytest.approx(math.log(sigma) / 4, rel=1e-12, abs=1e-15)
+        # F's effective target (y - c_skip (y + σn)) / c_out has unit variance for y ~ N(0, σ_d²) (EDM eq. 8)
+        target_var = ((1 - c_skip) ** 2 * sigma_d**2 + c_skip**2 * sigma**2) / c_out**2
+        assert target_var == pytest.approx(1.0, rel=1e-9)
+        assert c_in**2 * (sigma**2 + sigma_d**2) == pytest.approx(1.0)  # unit-variance network input
+
+
+class _Recorder(torch.nn.Module):
+    """A raw network F that remembers its input and returns a fixed field."""
+
+    def forward(self, x, noise_labels, lead):
+        self.seen = (x.clone(), noise_labels.clone(), lead.clone())
+        return torch.full_like(x[:, :1], 0.3)
+
+
+def test_precond_scales_only_the_noisy_input_and_combines_skip_and_output():
+    net = _Recorder()
+    precond = EDMPrecond(net, sigma_data=0.5)
+    x = torch.randn(3, 1, 8, 8)
+    condition = torch.randn(3, 4, 8, 8) * 5
+    sigma = torch.tensor([0.01, 1.0, 80.0])
+    lead = torch.tensor([0, 3, 8])
+    out = precond(x, sigma, condition, lead)
+    seen_x, seen_noise, seen_lead = net.seen
+    s = sigma.double().reshape(-1, 1, 1, 1)
+    c_in = (1 / torch.sqrt(s**2 + 0.25)).float()
+    torch.testing.assert_close(seen_x[:, :1], c_in * x)
+    torch.testing.assert_close(seen_x[:, 1:], condition)  # condition passes unchanged at every noise level
+    torch.testing.assert_close(seen_noise, (sigma.log() / 4).float())
+    assert seen_lead.tolist() == [0, 3, 8]
+    expected = (0.25 / (s**2 + 0.25)).float() * x + (s * 0.5 / torch.sqrt(s**2 + 0.25)).float() * 0.3
+    torch.testing.assert_close(out, expected)
+
+
+def test_sigma_schedule_endpoints_and_rho_spacing():
+    sig = sigma_steps(18)
+    assert len(sig) == 19 and sig[-1] == 0
+    assert float(sig[0]) == pytest.approx(800.0) and float(sig[-2]) == pytest.approx(0.002)
+    steps = np.diff(sig[:-1].numpy() ** (1 / 7))
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-9)  # uniform in sigma^(1/rho)
+
+
+def _gaussian_denoiser(mu, s):
+    """Exact D(x; σ) = E[y | y + σn = x] for y ~ N(mu, s²)."""
+    return lambda x, sigma: mu + s**2 / (s**2 + sigma**2) * (x - mu)
+
+
+def test_sampler_transports_noise_onto_a_known_gaussian():
+    mu, s = 1.5, 0.7
+    z = torch.randn(20000, generator=torch.Generator().manual_seed(1))
+    # the probability-flow ODE's exact map for a Gaussian: x0 = mu + s/sqrt(s²+σmax²)(σmax z - mu)
+    exact = mu + s / math.sqrt(s**2 + 800**2) * (800 * z - mu)
+    errors = {}
+    for solver, steps in (("heun", 32), ("heun", 64), ("heun", 128), ("euler", 128)):
+        x = edm_sample(_gaussian_denoiser(mu, s), z, steps=steps, solver=solver)
+        errors[solver, steps] = float((x - exact).abs().max())
+    assert errors["heun", 128] < 0.01
+    assert errors["heun", 64] / errors["heun", 128] > 3  # second order: halving the step quarters the error
+    assert errors["euler", 128] > 5 * errors["heun", 128]
+    x = edm_sample(_gaussian_denoiser(mu, s), z, steps=18)  # the default schedule: close, but not converged
+    assert float(x.mean()) == pytest.approx(mu, abs=0.03)
+    assert float(x.std()) == pytest.approx(s, rel=0.15)
+
+
+def test_churn_keeps_the_gaussian_and_is_reproducible_with_a_generator():
+    mu, s = -0.4, 0.5
+    z = torch.randn(20000, generator=torch.Generator().manual_seed(2))
+    runs = [edm_sample(_gaussian_denoiser(mu, s), z, steps=64, churn=30, generator=torch.Generator().manual_seed(9)) for _ in range(2)]
+    torch.testing.assert_close(runs[0], runs[1])
+    assert float(runs[0].mean()) == pytest.approx(mu, abs=0.02)
+    assert float(runs[0].std()) == pytest.approx(s, rel=0.05)
+    assert not torch.allclose(runs[0], edm_sample(_gaussian_denoiser(mu, s), z, steps=64))
+
+
+@pytest.mark.parametrize("length,patch,overlap", [(66, 64, 8), (132, 64, 8), (1160, 64, 8), (100, 32, 4), (64, 64, 8), (65, 32, 31)])
+def test_axis_starts_cover_with_at_least_the_requested_overlap(length, patch, overlap):
+    starts = axis_starts(length, patch, overlap)
+    assert starts[0] == 0 and starts[-1] + patch == length
+    assert all(a + patch - b >= overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_blending_every_step_equals_full_domain_sampling_for_a_pointwise_denoiser():
+    gen = torch.Generator().manual_seed(3)
+    height, width = 70, 133
+    cond = torch.randn(2, 1, height, width, generator=gen)
+    latents = torch.randn(2, 1, height, width, generator=gen)
+
+    def denoise_full(x, sigma, condition=cond):  # translation-equivariant and local: y = a(σ) x + b(σ) cond
+        return 0.25 / (sigma**2 + 0.25) * x + 0.5 * condition * sigma / (sigma + 1)
+
+    grid = PatchGrid(height, width, 32, 6)
+    cond_tiles = grid.extract(cond)
+
+    def denoise_patched(x, sigma):
+        return grid.blend(denoise_full(grid.extract(x), sigma, cond_tiles))
+
+    full = edm_sample(denoise_full, latents, steps=12)
+    patched = edm_sample(denoise_patched, latents, steps=12)
+    torch.testing.assert_close(patched, full, rtol=1e-5, atol=1e-5)
+    assert len(grid) == len(axis_starts(height, 32, 6)) * len(axis_starts(width, 32, 6))
+
+
+def test_blend_of_extract_is_identity_and_weights_taper_in_overlaps():
+    x = torch.randn(3, 2, 40, 90)
+    grid = PatchGrid(40, 90, 32, 8)
+    torch.testing.assert_close(grid.blend(grid.extract(x)), x)
+    # a seam-free blend: a patch's weight falls towards its interior edges
+    window = grid._window[0]
+    assert window[0, 0] == 1 and window[-1, -1] < 0.2 and window[4, 4] == 1
+
+
+def test_pad_to_replicates_edges():
+    x = torch.arange(6.0).reshape(1, 2, 3)
+    out = pad_to(x, 4, 5)
+    assert out.shape == (1, 4, 5)
+    assert out[0, 3, 4] == 5 and out[0, 0, 4] == 2 and out[0, 3, 0] == 3
+
+
+def test_patch_sampler_draws_only_where_the_mask_covers_enough():
+    masks = np.zeros((3, 40, 50), dtype=bool)
+    masks[1, 5:30, 10:40] = True  # a swath-like block in sample 1 only
+    sampler = PatchSampler(masks, 16, 0.9)
+    rng = np.random.default_rng(0)
+    for sample, r, c in sampler.draw(rng, 200):
+        assert sample == 1
+        assert masks[sample, r : r + 16, c : c + 16].mean() >= 0.9
+    with pytest.raises(ValueError, match="coverage"):
+        PatchSampler(np.zeros((2, 40, 50), dtype=bool), 16, 0.1)
+
+
+def test_masked_losses_ignore_cells_outside_the_mask():
+    gen = torch.Generator().manual_seed(4)
+    pred, target = torch.randn(4, 1, 16, 16, generator=gen), torch.randn(4, 1, 16, 16, generator=gen)
+    mask = torch.rand(4, 1, 16, 16, generator=gen) > 0.5
+    expected = float(((pred - target)[mask] ** 2).mean())
+    assert float(regression_loss(pred, target, mask)) == pytest.approx(expected, rel=1e-6)
+    polluted = torch.where(mask, target, torch.full_like(target, float("nan")))
+    assert float(regression_loss(pred, polluted, mask)) == pytest.approx(expected, rel=1e-6)
+
+    loss = EDMLoss(p_mean=0.0, p_std=1.2, sigma_data=0.5)
+    sigma = torch.tensor([0.1, 0.5, 3.0])
+    np.testing.assert_allclose(loss.weight(sigma).numpy(), ((sigma**2 + 0.25) / (sigma * 0.5) ** 2).numpy())
+
+    def perfect(x, s, c, lead):  # a denoiser that knows the clean residual
+        return target
+
+    assert float(loss(perfect, polluted, None, None, mask, generator=gen)) == 0.0
+
+    class Scaled:
+        """D = c_skip x + c_out·k: then the weighted loss has a closed form per sigma."""
+
+        def __call__(self, x, s, c, lead):
+            self.sigma = s
+            return torch.zeros_like(x)
+
+    zero = Scaled()
+    value = float(loss(zero, polluted, None, None, mask, generator=torch.Generator().manual_seed(5)))
+    w = loss.weight(zero.sigma).reshape(-1, 1, 1, 1)
+    manual = float((w * torch.where(mask, target, 0) ** 2)[mask.expand_as(target)].mean())
+    assert value == pytest.approx(manual, rel=1e-5)
+
+
+def test_training_sigma_is_lognormal_with_p_mean_and_p_std():
+    loss = EDMLoss(p_mean=0.0, p_std=1.2)
+    seen = []
+
+    def record(x, s, c, lead):
+        seen.append(s)
+        return x
+
+    residual = torch.zeros(50000, 1, 1, 1)
+    loss(record, residual, None, None, torch.ones_like(residual, dtype=torch.bool), generator=torch.Generator().manual_seed(6))
+    log_sigma = seen[0].log()
+    assert float(log_sigma.mean()) == pytest.approx(0.0, abs=0.03)
+    assert float(log_sigma.std()) == pytest.approx(1.2, rel=0.02)
+
+
+def test_precip_transforms_invert_and_clip():
+    rates = np.array([0.0, 0.05, 0.3, 1.0, 7.5, 120.0], dtype=np.float32)
+    for kind in ("log1p", "power"):
+        t = PrecipTransform(kind=kind, epsilon=0.5, power=0.4)
+        np.testing.assert_allclose(t.inverse(t.forward(rates)), rates, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(t.inverse(t.forward(torch.from_numpy(rates))), torch.from_numpy(rates), rtol=1e-5, atol=1e-6)
+        assert t.inverse(np.array([-0.3]))[0] == 0.0
+        assert np.isnan(t.forward(np.array([np.nan]))[0])
+    np.testing.assert_allclose(PrecipTransform("log1p", 2.0).forward(np.array([6.0])), [math.log(4.0)])
+
+
+def test_channel_stats_match_numpy_over_valid_masked_cells():
+    rng = np.random.default_rng(7)
+    arrays = [rng.normal([[[3.0]], [[-1.0]]], [[[2.0]], [[0.5]]], size=(2, 20, 30)) for _ in range(4)]
+    arrays[1][0, :5] = np.nan
+    masks = [rng.random((20, 30)) > 0.3 for _ in range(4)]
+    stats = ChannelStats.fit(["a", "b"], arrays, masks)
+    for c in range(2):
+        values = np.concatenate([a[c][m] for a, m in zip(arrays, masks)])
+        values = values[np.isfinite(values)]
+        assert stats.mean[c] == pytest.approx(values.mean(), rel=1e-10)
+        assert stats.std[c] == pytest.approx(values.std(), rel=1e-8)
+    z = stats.apply(arrays[1].astype(np.float32))
+    assert np.all(z[0, :5] == 0)  # missing becomes the mean
+    np.testing.assert_allclose(stats.invert(z)[1], arrays[1][1], rtol=1e-5, atol=1e-5)
+    again = ChannelStats.from_dict(stats.to_dict())
+    assert again.names == stats.names and np.array_equal(again.mean, stats.mean) and np.array_equal(again.std, stats.std)
+    constant = ChannelStats.fit(["c"], [np.ones((1, 4, 4))])
+    assert constant.std[0] == 1.0
+
+
+def test_network_sizes_demo_and_production():
+    demo = SongUNet(NetworkSpec(in_channels=17, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1))
+    assert 0.8e6 < parameter_count(demo) < 1.6e6
+    with torch.device("meta"):  # count the production network without allocating 320 MB
+        production = SongUNet(NetworkSpec(in_channels=19, model_channels=128, channel_mult=(1, 2, 2, 2, 2), num_blocks=4))
+    assert 75e6 < parameter_count(production) < 85e6
+    has = {type(m).__name__ for m in production.modules()}
+    assert {"GroupNorm", "Attention", "UNetBlock", "NoiseEmbedding", "Embedding"} <= has
+    attention_channels = {m.proj.in_channels for m in production.modules() if type(m).__name__ == "Attention"}
+    assert attention_channels == {256}  # only at the coarsest level (mult 2 x 128)
+
+
+def test_network_uses_noise_level_and_lead():
+    torch.manual_seed(0)
+    net = SongUNet(NetworkSpec(in_channels=3, model_channels=16, channel_mult=(1, 2), num_blocks=1))
+    for p in net.parameters():  # leave the zero-initialised identity start so outputs depend on everything
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 3, 16, 24)
+    base = net(x, torch.zeros(2), torch.tensor([0, 0]))
+    assert base.shape == (2, 1, 16, 24)
+    assert not torch.allclose(base, net(x, torch.ones(2), torch.tensor([0, 0])))
+    assert not torch.allclose(base, net(x, torch.zeros(2), torch.tensor([5, 5])))
+    # batch independence: sample 0 does not see sample 1
+    torch.testing.assert_close(net(x[:1], torch.zeros(1), torch.tensor([0]))[0], base[0], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,177 @@
+"""Checkpoints (round trip, refusal of tampered or mismatched files) and the Downscaler contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import GRID, coarsen, rain_field, tiny_config_text, write_synthetic_set
+from nrt import config
+from nrt.errors import ConfigError, DataError
+from nrt.grids import LatLonGrid
+from nrt.model import checkpoint
+from nrt.model.conditioning import Conditioning
+from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve
+from nrt.model.train import train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and the team's shared cores stay free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    tmp = tmp_path_factory.mktemp("trained")
+    dataset = write_synthetic_set(tmp / "set.safetensors")
+    conf = tmp / "train.toml"
+    conf.write_text(tiny_config_text(tmp / "work", dataset, steps=(30, 30)))
+    cfg = config.load(conf)
+    result = train(cfg, dataset, tmp / "model.safetensors", tmp / "run", progress=False)
+    return cfg, result.output
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_checkpoint_round_trip_records_the_file_hash(tmp_path):
+    tensors = {"a.weight": torch.randn(3, 4), "b": torch.arange(5)}
+    meta = {"model": {"x": [1, 2]}, "provenance": {"created": "2025-01-01T00:00:00Z"}}
+    digest = checkpoint.save(tmp_path / "m.safetensors", tensors, meta)
+    weights = tmp_path / "m.safetensors"
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    assert sidecar["sha256"] == digest and sidecar["model"] == {"x": [1, 2]}
+    for name in ("m", "m.json", "m.safetensors"):
+        loaded = checkpoint.load(tmp_path / name)
+        assert loaded.meta == meta and loaded.sha256 == digest
+        torch.testing.assert_close(loaded.tensors["a.weight"], tensors["a.weight"])
+        assert torch.equal(loaded.tensors["b"], tensors["b"])
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_tampered_weights_are_refused_with_one_line(tmp_path):
+    checkpoint.save(tmp_path / "m", {"w": torch.ones(100)}, {"model": {}})
+    weights = tmp_path / "m.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-10] ^= 0x40
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as exc:
+        checkpoint.load(weights)
+    assert "sha256" in _one_line(exc) and "m.safetensors" in str(exc.value)
+
+
+def test_a_sidecar_from_another_checkpoint_is_refused(tmp_path):
+    checkpoint.save(tmp_path / "a", {"w": torch.ones(4)}, {"model": {"size": 1}})
+    checkpoint.save(tmp_path / "b", {"w": torch.zeros(4)}, {"model": {"size": 2}})
+    (tmp_path / "a.json").write_bytes((tmp_path / "b.json").read_bytes())
+    with pytest.raises(DataError) as exc:
+        checkpoint.load(tmp_path / "a")
+    assert "differs" in _one_line(exc)
+    # a sidecar edited to describe another model but keeping the right hash
+    described = json.loads((tmp_path / "b.json").read_text())
+    described["model"] = {"size": 3}
+    (tmp_path / "b.json").write_text(json.dumps(described))
+    with pytest.raises(DataError) as exc:
+        checkpoint.load(tmp_path / "b")
+    assert "different model" in _one_line(exc)
+
+
+def test_pickles_are_never_loaded(tmp_path):
+    for name in ("m.pt", "m.pth", "m.ckpt"):
+        with pytest.raises(DataError) as exc:
+            checkpoint.load(tmp_path / name)
+        assert "pickle" in _one_line(exc)
+    # a pickle disguised as safetensors, with a sidecar that even has its hash
+    disguised = tmp_path / "evil.safetensors"
+    torch.save({"w": torch.ones(3)}, disguised)
+    digest = hashlib.sha256(disguised.read_bytes()).hexdigest()
+    (tmp_path / "evil.json").write_text(json.dumps({"sha256": digest, "weights": disguised.name}))
+    with pytest.raises(DataError) as exc:
+        checkpoint.load(disguised)
+    assert "safetensors" in _one_line(exc)
+
+
+def test_missing_files_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError) as exc:
+        checkpoint.load(tmp_path / "absent")
+    assert "sidecar is missing" in _one_line(exc)
+    with pytest.raises(DataError):
+        Downscaler.load("builtin:no-such-model", "cpu")
+    assert resolve("builtin:demo") == WEIGHTS_DIR / "demo"
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path):
+    cfg, path = trained
+    ckpt = checkpoint.load(path)
+    meta = json.loads(json.dumps(ckpt.meta))
+    meta["model"]["diffusion"]["model_channels"] = 16
+    checkpoint.save(tmp_path / "bad", ckpt.tensors, meta)
+    with pytest.raises(DataError) as exc:
+        Downscaler.load(tmp_path / "bad", "cpu", cfg.model)
+    assert "do not fit" in _one_line(exc)
+
+
+def _conditioning(seed=0, shape=(32, 48), members=1, lead=1):
+    rng = np.random.default_rng(seed)
+    grid = LatLonGrid(0.05, GRID.lat0, GRID.lon0, *shape)
+    coarse = np.stack([coarsen(rain_field(rng, shape)) for _ in range(members)])
+    return Conditioning(coarse, grid, lead=lead)
+
+
+def test_downscaler_samples_members_reproducibly(trained):
+    cfg, path = trained
+    ds = Downscaler.load(path, "cpu", cfg.model)
+    cond = _conditioning()
+    out = ds.sample(cond, members=4, seed=11, steps=6)
+    assert out.shape == (4, 32, 48) and out.dtype == np.float32
+    assert np.all(np.isfinite(out)) and out.min() >= 0
+    assert np.array_equal(out, ds.sample(cond, members=4, seed=11, steps=6))
+    assert not np.array_equal(out, ds.sample(cond, members=4, seed=12, steps=6))
+    assert out.std(axis=0).mean() > 0  # members differ
+    euler = ds.sample(cond, members=2, seed=11, steps=6, solver="euler")
+    assert euler.shape == (2, 32, 48)
+    mean = ds.regression_mean(cond)
+    assert mean.shape == (1, 32, 48) and mean.min() >= 0
+
+
+def test_downscaler_handles_any_domain_size_and_missing_input(trained):
+    cfg, path = trained
+    ds = Downscaler.load(path, "cpu", cfg.model)
+    for shape in ((10, 14), (34, 50), (16, 80)):  # smaller than a patch, not a multiple of it, one patch row
+        out = ds.sample(_conditioning(shape=shape), members=2, seed=0, steps=3)
+        assert out.shape == (2, *shape) and np.all(np.isfinite(out))
+    cond = _conditioning()
+    cond.precip[0, 5, 7] = np.nan
+    out = ds.sample(cond, members=2, seed=0, steps=3)
+    missing = np.isnan(out[0])
+    assert missing[10:12, 14:16].all()  # the coarse cell's own 2x2 fine cells
+    assert missing.sum() <= 16 and np.isnan(out[1]).sum() == missing.sum()
+
+
+def test_member_i_follows_nowcast_member_i(trained):
+    cfg, path = trained
+    ds = Downscaler.load(path, "cpu", cfg.model)
+    cond = _conditioning(members=2)
+    cond.precip[0] = 0.0  # member 0 of the nowcast is dry
+    cond.precip[1] = np.maximum(cond.precip[1], 5.0)  # member 1 is wet everywhere
+    out = ds.sample(cond, members=4, seed=3, steps=6)
+    assert out[[0, 2]].mean() < out[[1, 3]].mean()
+
+
+def test_patch_options_are_checked(trained):
+    cfg, path = trained
+    for update in ({"patch_size": 17}, {"patch_overlap": 16}, {"patch_overlap": 3}):
+        with pytest.raises(ConfigError):
+            Downscaler.load(path, "cpu", cfg.model.model_copy(update=update))

@@ -1,0 +1,247 @@
+"""Products with the real catalog (SQLite): publish, best available and supersede, latest.json,
+accumulations over the best-available sequence, EF5 export by daemon and CLI, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+
+from nrt.catalog import Catalog
+from nrt.cli import main
+from nrt.grids import LatLonGrid
+from nrt.io import sha256_file
+from nrt.products import best_available, prune_from_config, publish_valid_time
+from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
+
+UTC = dt.timezone.utc
+GRID = LatLonGrid(0.05, 41.025, -94.475, 10, 12)
+V = dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)
+
+
+def field(value: float, members: int = 4, seed: int | None = None) -> xr.DataArray:
+    if seed is None:
+        values = np.full((members, *GRID.shape), value, np.float32)
+    else:
+        values = np.random.default_rng(seed).gamma(0.5, value, (members, *GRID.shape)).astype(np.float32)
+    return xr.DataArray(values, dims=("member", "lat", "lon"))
+
+
+@pytest.fixture(autouse=True)
+def restore_nrt_logging():
+    """`nrt.cli.main` points the "nrt" logger at this test's captured stderr; put the old setup back after."""
+    logger = logging.getLogger("nrt")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
+
+
+@pytest.fixture
+def catalog(cfg):
+    with Catalog.from_config(cfg, migrate=True) as cat:
+        yield cat
+
+
+@pytest.fixture
+def config_file(cfg, tmp_path) -> Path:
+    path = tmp_path / "nrt.toml"
+    path.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n')
+    return path
+
+
+def publish(cfg, catalog, valid: dt.datetime, cycle: dt.datetime, precip: xr.DataArray, quicklook=False):
+    """Publish as the pipeline does: the IMERG start S of `cycle` is the reference, lead = (valid - S) / 30 min."""
+    start = floor_halfhour(cycle - dt.timedelta(hours=4))
+    lead = int((valid - start) / HALF_HOUR)
+    return publish_valid_time(
+        precip, cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
+        lead=lead, attrs={"checkpoint_sha256": "c0ffee", "nowcast_method": "steps", "input_granules": ["g1", "g2"]},
+        quicklook=quicklook,
+    )
+
+
+def cli(capsys, config_file, *args) -> tuple[int, str, str]:
+    code = main(["--config", str(config_file), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_smaller_lead_supersedes_and_cli_reports_the_best(cfg, catalog, config_file, capsys):
+    first = publish(cfg, catalog, V, V, field(1.0))  # cycle V: lead 8
+    best = publish(cfg, catalog, V, V + dt.timedelta(hours=1), field(2.0))  # lead 6
+    late = publish(cfg, catalog, V, V + dt.timedelta(minutes=30), field(3.0))  # lead 7, processed last
+    assert [first.best, best.best, late.best] == [True, True, False]
+    assert [r.lead for r in (first.products[0], best.products[0], late.products[0])] == [8, 6, 7]
+    row = best_available(catalog, V)
+    assert row.id == best.products[0].id and row.cycle_time == V + dt.timedelta(hours=1)
+    assert best_available(catalog, V, "summary").path == str(best.products[1].path)
+
+    code, out, _ = cli(capsys, config_file, "products", "best", "--valid", "2024-06-01T12:30Z")
+    assert code == 0 and out.strip() == str(best.products[0].path)
+    code, out, _ = cli(capsys, config_file, "products", "best", "--valid", "2024-06-01T12:44:00+00:00", "--json", "--kind", "summary")
+    assert code == 0 and json.loads(out)["lead"] == 6 and json.loads(out)["cycle_time"] == "2024-06-01T13:30:00Z"
+    code, out, err = cli(capsys, config_file, "products", "best", "--valid", "2024-06-01T13:00Z")
+    assert code == 1 and out == "" and "no ensemble product for 2024-06-01T13:00:00Z" in err
+
+    code, out, _ = cli(capsys, config_file, "products", "list", "--since", "2024-06-01T00:00Z", "--kind", "ensemble")
+    assert code == 0 and out.count("\n") == 1 and "lead 6" in out
+    code, out, _ = cli(capsys, config_file, "products", "list", "--since", "2024-06-01T00:00Z", "--all", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["lead"] for r in rows if r["kind"] == "ensemble") == [6, 7, 8]
+    assert all((r["superseded_by"] is None) == (r["lead"] == 6) for r in rows)
+
+    # The best file vanished (by hand): the lookup falls back to the next best instead of a dead path.
+    best.products[0].path.unlink()
+    assert best_available(catalog, V).id == late.products[0].id
+
+
+def test_bad_time_is_a_one_line_error(config_file, capsys, catalog):
+    code, out, err = cli(capsys, config_file, "products", "best", "--valid", "yesterday")
+    assert code == 2 and err.strip() == "nrt: error: --valid: not an ISO time: 'yesterday'"
+
+
+def test_latest_index_lists_the_best_per_valid_time(cfg, catalog, config_file, capsys):
+    earlier = V - HALF_HOUR
+    publish(cfg, catalog, earlier, V, field(1.0))
+    publish(cfg, catalog, V, V, field(1.0), quicklook=True)
+    publish(cfg, catalog, V, V + dt.timedelta(hours=1), field(2.0), quicklook=True)
+    index = json.loads((cfg.product_dir / "latest.json").read_text())
+    assert index["newest_valid_time"] == isoformat(V)
+    assert set(index["valid_times"]) == {isoformat(earlier), isoformat(V)}
+    now = index["valid_times"][isoformat(V)]
+    assert set(now) == {"ensemble", "summary", "quicklook"}
+    assert now["ensemble"]["lead"] == 6 and now["ensemble"]["cycle_time"] == isoformat(V + dt.timedelta(hours=1))
+    target = cfg.product_dir / now["ensemble"]["path"]
+    assert target.is_file() and sha256_file(target) == now["ensemble"]["sha256"]
+    assert set(index["valid_times"][isoformat(earlier)]) == {"ensemble", "summary"}  # quicklooks: newest valid time only
+    assert not [p for p in cfg.product_dir.rglob(".*")]  # no temp files left behind
+    (cfg.product_dir / "latest.json").unlink()
+    code, out, _ = cli(capsys, config_file, "products", "latest")
+    assert code == 0 and json.loads(Path(out.strip()).read_text())["valid_times"] == index["valid_times"]
+
+
+def read_summary(path) -> xr.Dataset:
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+def test_accumulations_follow_the_best_available_sequence(cfg, catalog):
+    cycle = V
+    publish(cfg, catalog, V - HALF_HOUR, cycle, field(4.0))
+    first = publish(cfg, catalog, V, cycle, field(2.0))
+    summary = read_summary(first.products[1].path)
+    np.testing.assert_allclose(summary["accumulation_1h"].values, 0.5 * (4 + 2))
+    assert np.isnan(summary["accumulation_3h"].values).all()  # V - 2.5 h .. V - 1 h never published
+    assert first.stats.mean_rain_rate == pytest.approx(2.0)
+    assert first.stats.max_exceedance == {1.0: 1.0, 5.0: 0.0, 10.0: 0.0, 25.0: 0.0}
+
+    newer = V + HALF_HOUR  # a newer cycle brings a better V - 30 min; V's accumulation follows it
+    publish(cfg, catalog, V - HALF_HOUR, newer, field(6.0))
+    second = publish(cfg, catalog, V, newer, field(2.0))
+    np.testing.assert_allclose(read_summary(second.products[1].path)["accumulation_1h"].values, 0.5 * (6 + 2))
+
+
+def test_ef5_export_by_daemon_only_for_the_best_and_by_cli(cfg, catalog, config_file, capsys, tmp_path):
+    cfg.products.ef5_export = True
+    ef5_dir = cfg.product_dir / "ef5"
+    best = publish(cfg, catalog, V, V + dt.timedelta(hours=1), field(3.0, seed=1))
+    assert len(best.ef5) == 4 and {p.parent.name for p in best.ef5} == {f"member_{m:02d}" for m in range(4)}
+    target = ef5_dir / "member_02" / "prcp.202406011300.tif"
+    before = sha256_file(target)
+    worse = publish(cfg, catalog, V, V, field(9.0, seed=2))  # an older cycle, larger lead, processed later
+    assert not worse.best and worse.ef5 == [] and sha256_file(target) == before
+
+    ensemble = xr.open_dataset(best.products[0].path)["precipitation"].values
+    np.testing.assert_array_equal(tifffile.imread(target), ensemble[2, 0][::-1])
+
+    out_dir = tmp_path / "cli_ef5"
+    code, out, _ = cli(capsys, config_file, "export", "ef5", "--valid", "2024-06-01T12:30Z", "--out", str(out_dir))
+    assert code == 0 and "wrote 4 GeoTIFFs" in out
+    assert sha256_file(out_dir / "member_02" / "prcp.202406011300.tif") == before  # same bytes as the daemon's
+    code, _, err = cli(capsys, config_file, "export", "ef5", "--valid", "2024-06-01T12:30Z", "--until", "2024-06-01T13:00Z", "--out", str(out_dir))
+    assert code == 1 and "no ensemble product for 2024-06-01T13:00:00Z" in err
+
+
+def make_file(path: Path, content: bytes, modified: dt.datetime | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    if modified is not None:
+        os.utime(path, (modified.timestamp(), modified.timestamp()))
+    return path
+
+
+def imerg_name(start: dt.datetime) -> str:
+    end = start + dt.timedelta(minutes=29, seconds=59)
+    minutes = start.hour * 60 + start.minute
+    return f"3B-HHR-E.MS.MRG.3IMERG.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}.{minutes:04d}.V07B.RT-H5"
+
+
+def register_granule(catalog, path: Path, start: dt.datetime) -> int:
+    make_file(path, b"granule " + start.isoformat().encode())
+    return catalog.register_granule("imerg", path.name, "V07B", start, start + HALF_HOUR, str(path), path.stat().st_size, sha256_file(path))
+
+
+def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
+    now = floor_halfhour(dt.datetime.now(UTC))
+    cfg.products.ef5_export = True
+    old_v, new_v = now - dt.timedelta(days=31), now - dt.timedelta(days=1)
+    publish(cfg, catalog, old_v, old_v, field(1.0), quicklook=True)
+    recent = publish(cfg, catalog, new_v, new_v, field(1.0), quicklook=True)
+    old_tifs = list((cfg.product_dir / "ef5").rglob(f"prcp.{old_v + HALF_HOUR:%Y%m%d%H%M}.tif"))
+    assert len(old_tifs) == 4
+
+    imerg_dir = cfg.data_dir / "imerg" / "imerg" / "early"
+    old_g = register_granule(catalog, imerg_dir / imerg_name(now - dt.timedelta(days=8)), now - dt.timedelta(days=8))
+    new_g = register_granule(catalog, imerg_dir / imerg_name(now - dt.timedelta(days=1)), now - dt.timedelta(days=1))
+    mirror_file = tmp_path / "mirror" / imerg_name(now - dt.timedelta(days=9))
+    register_granule(catalog, mirror_file, now - dt.timedelta(days=9))  # read in place: row goes, file stays
+
+    day = cfg.product_dir / f"{new_v:%Y/%m/%d}"
+    stamp = f"{new_v:%Y%m%dT%H%M}Z_c{now:%Y%m%dT%H%M}Z"
+    hours_ago = lambda h: now - dt.timedelta(hours=h)  # noqa: E731
+    orphan = make_file(day / f"nrt_ensemble_{stamp}.nc", b"crashed before register", hours_ago(2))
+    young_orphan = make_file(day / f"nrt_summary_{stamp}.nc", b"a writer is about to register this")
+    stale_temp = make_file(day / ".nrt_ensemble_x.nc.part-4242-0badcafe", b"half", hours_ago(3))
+    young_temp = make_file(day / ".nrt_ensemble_y.nc.part-4242-0badcafe", b"being written")
+    operator_note = make_file(day / "README.txt", b"not ours", hours_ago(72))
+    granule_orphan = make_file(imerg_dir / imerg_name(hours_ago(5)), b"unregistered download", hours_ago(4))
+    dangling = catalog.register_product("ensemble", new_v - HALF_HOUR, new_v, 8, 4, str(day / "gone.nc"), 1, "0" * 64)
+
+    report = prune_from_config(cfg, catalog, now=now)
+
+    assert report.products == 3 and report.granules == 2 and report.dangling == 1
+    assert {r.valid_time for r in catalog.products()} == {new_v}
+    assert catalog.product(dangling) is None
+    for row in catalog.products():
+        assert Path(row.path).is_file()
+    registered = {Path(r.path).resolve() for r in catalog.products()}
+    leftovers = {p.resolve() for p in cfg.product_dir.rglob("nrt_*") if p.resolve() not in registered}
+    assert leftovers == {young_orphan.resolve()}  # only the file still inside its grace period
+    assert not orphan.exists() and not stale_temp.exists() and young_temp.exists() and operator_note.exists()
+    old_day = cfg.product_dir / f"{old_v:%Y/%m/%d}"
+    assert old_day.is_dir() and not any(old_day.iterdir())  # emptied just now: kept until it is older than the grace
+    assert [p.name for p in recent.products[0].path.parent.iterdir() if p.name.startswith("nrt_ensemble")]
+    assert not any(p.exists() for p in old_tifs) and len(list((cfg.product_dir / "ef5").rglob("*.tif"))) == 4
+
+    assert [g.id for g in catalog.granules(source="imerg")] == [new_g] and old_g != new_g
+    assert not (imerg_dir / imerg_name(now - dt.timedelta(days=8))).exists()
+    assert (imerg_dir / imerg_name(now - dt.timedelta(days=1))).exists() and mirror_file.exists()
+    assert not granule_orphan.exists()
+    index = json.loads((cfg.product_dir / "latest.json").read_text())
+    assert list(index["valid_times"]) == [isoformat(new_v)]
+
+    again = prune_from_config(cfg, catalog, now=now)  # idempotent
+    assert (again.products, again.granules, again.dangling, again.files) == (0, 0, 0, 0)
+
+    later = prune_from_config(cfg, catalog, now=now + dt.timedelta(hours=2))  # past the grace period
+    assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
+    assert not old_day.exists()
+    assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 3
