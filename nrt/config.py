@@ -276,13 +276,13 @@ class VerifyConfig(Section):
 
 
 class Secrets(Section):
-    """Filled from the environment / credential files, never from the TOML file."""
+    """Filled from the environment / credential files, never from the TOML file; left out of repr()."""
 
-    database_url: str | None = None
-    pps_email: str | None = None
-    earthdata_token: str | None = None
-    earthdata_username: str | None = None
-    earthdata_password: str | None = None
+    database_url: str | None = Field(None, repr=False)
+    pps_email: str | None = Field(None, repr=False)
+    earthdata_token: str | None = Field(None, repr=False)
+    earthdata_username: str | None = Field(None, repr=False)
+    earthdata_password: str | None = Field(None, repr=False)
 
 
 class Config(Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 _SECRET_HINTS = ("password", "token", "secret")
@@ -34,12 +35,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now, so a replaced stream (pytest, daemons) is never left closed."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     """Configure the "nrt" logger tree once; calling again replaces the handler."""
     root = logging.getLogger("nrt")
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else UtcFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -123,6 +123,20 @@ def serve():
         server.stop()
 
 
+@pytest.fixture
+def nrt_logs(caplog):
+    """Capture the "nrt" and urllib3 loggers at DEBUG, even after `nrt.logs.setup` stopped propagation."""
+    loggers = [logging.getLogger(name) for name in ("nrt", "urllib3")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)
+        logger.setLevel(logging.DEBUG)
+    yield caplog
+    for logger, level in zip(loggers, saved):
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
+
+
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
@@ -154,7 +168,7 @@ def pps_client(server, **http_overrides) -> Client:
     return Client(fast_http(**http_overrides), creds)
 
 
-def test_pps_listing_and_download_with_basic_auth(serve, tmp_path):
+def test_pps_listing_and_download_with_basic_auth(serve, tmp_path, nrt_logs):
     server = serve(pps_route)
     with pps_client(server) as client:
         text = client.get_text(f"{server.url}/pps/{imerg.pps_listing_path(imerg.parse_name(NAME).start)}")
@@ -164,6 +178,8 @@ def test_pps_listing_and_download_with_basic_auth(serve, tmp_path):
         assert client.download(f"{server.url}/pps/imerg/early/202406/{NAME}", dest, validate=hdf5_only) == dest
     assert dest.read_bytes() == PAYLOAD
     assert leftovers(dest.parent) == [NAME]
+    assert "downloaded" in nrt_logs.text and EMAIL not in nrt_logs.text
+    assert all(headers["Authorization"].startswith("Basic ") for _, headers in server.requests)
 
 
 def test_pps_without_credentials_is_refused_once(serve, tmp_path):
@@ -240,8 +256,7 @@ class Earthdata:
         return lambda h: h.redirect(f"{self.data.url}/data-redirect?code=granted&state={state}")
 
 
-def test_earthdata_redirect_login_then_cookies(serve, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_earthdata_redirect_login_then_cookies(serve, tmp_path, nrt_logs):
     world = Earthdata(serve)
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine localhost login {world.user} password {world.password}\n")
@@ -258,7 +273,8 @@ def test_earthdata_redirect_login_then_cookies(serve, tmp_path, caplog):
     login_headers = world.login.requests[0][1]
     assert login_headers["Authorization"].startswith("Basic ")
     assert all("Authorization" not in headers for _, headers in world.data.requests)  # credentials stay with URS
-    assert world.password not in caplog.text and world.user not in caplog.text
+    assert "downloaded" in nrt_logs.text and "oauth/authorize" in nrt_logs.text  # the logs were captured...
+    assert world.password not in nrt_logs.text and world.user not in nrt_logs.text  # ...without the secrets
 
 
 def test_earthdata_credentials_from_the_environment_and_bearer_token(serve, tmp_path):
@@ -413,7 +429,7 @@ def test_backoff_is_exponential_capped_and_jittered():
 
 # ---------------------------------------------------------------- listing parsers
 
-def test_pps_listing_refuses_unsafe_entries(caplog):
+def test_pps_listing_refuses_unsafe_entries(nrt_logs):
     pattern = imerg.FILE_PATTERN
     good = "3B-HHR-E.MS.MRG.3IMERG.20240601-S120000-E122959.0720.V07B.RT-H5"
     text = "\n".join(
@@ -427,7 +443,7 @@ def test_pps_listing_refuses_unsafe_entries(caplog):
         ]
     )
     assert http.parse_pps_listing(text, "imerg/early/202406", pattern) == [good]
-    assert "refusing" in caplog.text
+    assert nrt_logs.text.count("refusing") == 5
 
 
 def test_safe_file_names():

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import netCDF4
@@ -123,11 +124,30 @@ def test_inconsistent_inputs_are_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+FULL_DISK_WRITER = """
+import datetime as dt, resource, signal, sys
+import numpy as np, xarray as xr
+from nrt.grids import LatLonGrid
+from nrt.products import write_ensemble
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+grid = LatLonGrid(0.05, 41.025, -94.475, 60, 80)
+t = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+values = np.random.default_rng(0).gamma(0.6, 4, (20, 1, 60, 80)).astype("f4")
+precip = xr.DataArray(values, dims=("member", "time", "lat", "lon"))
+try:
+    write_ensemble(sys.argv[1], precip, grid=grid, valid_time=t, forecast_reference_time=t, lead=0, quantize=False)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+    sys.exit(3)
+"""
+
+
+def test_write_failing_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     good = write(tmp_path)
     digest = sha256_file(good)
-    with pytest.raises(Exception):
-        write(tmp_path, precip=rain(seed=5), deflate_level=12)  # the netCDF library refuses level 12 mid-write
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(good)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stdout + done.stderr  # the library failed part-way through the file
     assert sha256_file(good) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ens.nc"]
 

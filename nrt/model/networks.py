@@ -50,7 +50,11 @@ class NetworkSpec:
 
 
 def _groups(channels: int) -> int:
-    return min(32, max(1, channels // 4))
+    """Up to 32 groups of at least 4 channels (edm's rule), reduced until the groups divide the channels."""
+    groups = min(32, max(1, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return groups
 
 
 class NoiseEmbedding(nn.Module):

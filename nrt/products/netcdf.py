@@ -148,7 +148,7 @@ def write_dataset(path: Path, ds: xr.Dataset, data_vars: list[str], *, deflate_l
     ds = ds.copy()
     for name in ds.variables:
         if name not in data_vars:
-            ds[name].encoding["coordinates"] = None  # only data variables list the scalar coordinates
+            ds.variables[name].encoding["coordinates"] = None  # only data variables list the scalar coordinates
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
     return path

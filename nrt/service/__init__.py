@@ -43,14 +43,25 @@ def load_downscaler(cfg):
     return downscaler
 
 
-def pipeline_handlers(cfg, catalog) -> dict:
-    """Job handlers backed by `nrt.pipeline`: a `cycle` job runs `run_cycle` for its payload's cycle time."""
+def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
+    """Job handlers backed by `nrt.pipeline`: a `cycle` job runs `run_cycle` for its payload's cycle time.
+
+    `clock` (an accelerated `scheduler.Clock` in the demo) is the time ingest polls against; its waits
+    shrink by the same speed. `progress(message)` hears each stage as it starts.
+    """
+    import time
+
     from nrt import pipeline
     from nrt.sources.http import Client
 
     client = Client.from_config(cfg)
+    now = clock.now if clock is not None else None
+    speed = clock.speed if clock is not None else 1.0
 
     def run_cycle(job, downscaler):
-        return pipeline.run_cycle(utc(job.payload["cycle_time"]), cfg, catalog, client, downscaler)
+        return pipeline.run_cycle(
+            utc(job.payload["cycle_time"]), cfg, catalog, client, downscaler,
+            now=now, sleep=lambda seconds: time.sleep(seconds / speed), progress=progress,
+        )
 
     return {"cycle": run_cycle}

@@ -424,7 +424,7 @@ def parse_html_listing(text: str, url: str, pattern: re.Pattern) -> list[str]:
     names = []
     for href in parser.hrefs:
         parts = urlsplit(href)
-        if parts.query or parts.fragment and not parts.path:
+        if parts.query or (parts.fragment and not parts.path):
             continue  # column sorting links, anchors
         path = unquote(parts.path)
         if path.endswith("/"):

@@ -38,7 +38,7 @@ class WorldSettings:
     wind_period_h: float = 40.0
     diurnal_amplitude: float = 0.5  # in standard deviations of the latent field
     diurnal_peak_local_hour: float = 17.0
-    orographic_strength: float = 0.8  # in standard deviations of the latent field, at full upslope lift
+    orographic_strength: float = 0.5  # in standard deviations of the latent field, at full upslope lift
     orographic_lift_ms: float = 0.05  # upslope vertical velocity that counts as full lift
     dem_resolution: float = 0.01
     ridge_height_m: float = 350.0

@@ -1,0 +1,26 @@
+"""`nrt demo`: run the whole system offline on the synthetic twin (no credentials, SQLite, CPU or GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="generate a synthetic twin, serve it on localhost and run the real scheduler and worker for N cycles",
+    )
+    parser.add_argument("--cycles", type=int, default=3, help="number of 30-minute cycles (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("nrt-demo"), help="work directory (default: ./%(default)s)")
+    parser.add_argument("--seed", type=int, default=20250101, help="twin random seed (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=demo)
+
+
+def demo(args, cfg) -> int:
+    from nrt.service.demo import describe, run_demo
+
+    result = run_demo(cfg, args.workdir, cycles=args.cycles, seed=args.seed, progress=not args.no_progress)
+    print(describe(result))
+    failed = result.jobs.get("jobs", {}).get("failed", 0)
+    return 1 if failed else 0

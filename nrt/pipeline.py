@@ -1,0 +1,313 @@
+"""One cycle at time T: ingest -> nowcast bridge -> residual diffusion -> products -> verification.
+
+This module only composes the stages; each stage's I/O lives in its own module (sources, products,
+verify). At T the newest IMERG Early granule expected starts at S = floor(T - latency). The bridge covers
+the valid times S, S + 30 min, ..., T: valid time S is IMERG itself (lead 0) and the later ones are pysteps
+nowcast leads. When S is missing the nowcast starts from the newest granule that exists, so every valid
+time gets one more lead, and the degraded mode is recorded. Member i of the diffusion ensemble is
+conditioned on nowcast member i.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from nrt import __version__, sources
+from nrt.errors import NrtError
+from nrt.grids import IMERG_RES, LatLonGrid, imerg_grid, target_grid
+from nrt.timeline import HALF_HOUR, bridge_valid_times, geosfp_hours_for, isoformat, newest_imerg_start, utc
+
+log = logging.getLogger("nrt.pipeline")
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did; the service turns it into metrics (see `nrt.service.metrics.CycleReportLike`)."""
+
+    cycle_time: datetime
+    imerg_start: datetime | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    nowcast_method: str | None = None
+    nowcast_degraded: list[str] = field(default_factory=list)
+    products: list = field(default_factory=list)
+    sources: dict[str, datetime | None] = field(default_factory=dict)
+    summary: object | None = None
+    alerts: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+
+    def degrade(self, flag: str) -> None:
+        if flag not in self.degraded:
+            self.degraded.append(flag)
+            log.warning("cycle %s degraded: %s", isoformat(self.cycle_time), flag)
+
+
+class Stopwatch:
+    """Times the stages of one cycle into `report.timings`."""
+
+    def __init__(self, report: CycleReport):
+        self.report = report
+
+    def __call__(self, stage: str):
+        return _Timed(self.report.timings, stage)
+
+
+class _Timed:
+    def __init__(self, timings: dict, stage: str):
+        self.timings, self.stage = timings, stage
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start
+
+
+class CycleFailed(NrtError):
+    """A cycle that cannot produce anything (no IMERG at all); `stage` names where it stopped."""
+
+    def __init__(self, stage: str, reason: str):
+        self.stage, self.reason = stage, reason
+        super().__init__(f"{stage}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------- ingest
+
+
+def ingest_waiting(
+    source: str, cfg, catalog, t: datetime, client, now: Callable[[], datetime], sleep: Callable[[float], None]
+) -> sources.IngestResult:
+    """Ingest `source` for `t`, polling for late files with backoff until the cycle's cutoff.
+
+    The cutoff is `service.ingest_cutoff_minutes` after the cycle time on the service clock, so a
+    backfilled or caught-up cycle polls once and proceeds with what exists.
+    """
+    deadline = utc(t) + timedelta(minutes=cfg.service.ingest_cutoff_minutes)
+    delay = cfg.service.poll_backoff_s
+    while True:
+        result = sources.ingest(source, cfg, catalog, t, client)
+        remaining = (deadline - now()).total_seconds()
+        if not result.missing or remaining <= 0:
+            return result
+        wait = min(delay, remaining)
+        log.info("%s: %d file(s) not published yet; polling again in %.0f s", source, len(result.missing), wait)
+        sleep(wait)
+        delay *= 2
+
+
+def imerg_inputs(cfg, catalog, cycle_time: datetime, client, report: CycleReport, now, sleep) -> list[Path]:
+    """The motion window's IMERG files, falling back by half-hours while the newest ones are missing."""
+    latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+    nominal = newest_imerg_start(cycle_time, latency)
+    for back in range(cfg.timeline.motion_granules):
+        t = cycle_time - back * HALF_HOUR
+        result = ingest_waiting("imerg", cfg, catalog, t, client, now, sleep) if back == 0 else sources.ingest("imerg", cfg, catalog, t, client)
+        files = sorted(set(result.files), key=_imerg_start)
+        if files and _imerg_start(files[-1]) == newest_imerg_start(t, latency):
+            if back:
+                report.degrade(f"imerg_missing:{isoformat(nominal)}")
+            return files
+        if files and back == cfg.timeline.motion_granules - 1:
+            report.degrade(f"imerg_missing:{isoformat(nominal)}")
+            return files
+    raise CycleFailed("ingest", f"no IMERG Early granule within {cfg.timeline.motion_granules} half-hours before {isoformat(nominal)}")
+
+
+def _imerg_start(path: Path) -> datetime:
+    return sources.module("imerg").parse_name(path.name).start
+
+
+def geosfp_files(cfg, catalog, cycle_time: datetime, client, report: CycleReport, now, sleep) -> dict[datetime, list[Path]]:
+    """GEOS-FP files by hourly stamp; where the newest forecast is missing, the previous one (6 h older) is used."""
+    if not cfg.sources.geosfp.enabled:
+        return {}
+    result = ingest_waiting("geosfp", cfg, catalog, cycle_time, client, now, sleep)
+    if result.missing or result.bad:
+        # Asking as if the newest initialisation were not published yet selects the previous forecast.
+        older = cfg.model_copy(deep=True)
+        older.timeline.geosfp_latency_hours += 6
+        older.secrets = cfg.secrets
+        fallback = sources.ingest("geosfp", older, catalog, cycle_time, client)
+        report.degrade("geosfp_previous_forecast" if not fallback.missing else "geosfp_missing")
+        result.files.extend(fallback.files)
+    geosfp = sources.module("geosfp")
+    by_hour: dict[datetime, list[Path]] = {}
+    for path in result.files:
+        rf = geosfp.parse_name(path.name)
+        by_hour.setdefault(rf.start, []).append(path)
+    return by_hour
+
+
+def geosfp_fields(cfg, by_hour: dict[datetime, list[Path]], valid: datetime, grid: LatLonGrid, report: CycleReport):
+    """GEOS-FP variables at `valid` on the target grid, or None (the model then uses its training means)."""
+    variables = [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables]
+    if not variables or not all(by_hour.get(h) for h in geosfp_hours_for(valid)):
+        if cfg.sources.geosfp.enabled:
+            report.degrade("geosfp_missing")
+        return None
+    try:
+        return sources.module("geosfp").read_geosfp(by_hour, valid, grid, variables)
+    except NrtError as exc:
+        log.warning("GEOS-FP unusable for %s: %s", isoformat(valid), exc)
+        report.degrade("geosfp_unreadable")
+        return None
+
+
+def dem_fields(cfg, catalog, client, grid: LatLonGrid, report: CycleReport):
+    result = sources.ingest("dem", cfg, catalog, datetime(2000, 1, 1, tzinfo=timezone.utc), client)
+    if not result.files:
+        report.degrade("dem_missing")
+        return None
+    return sources.module("dem").load_dem(result.files[0], grid, cfg.workdir / "cache")
+
+
+# ---------------------------------------------------------------------------------------------- nowcast
+
+
+def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: CycleReport):
+    """Coarse precipitation (member, lat, lon) at 0.1° over the domain, and its lead, for each valid time."""
+    from nrt.nowcast import nowcast, nowcast_domain
+
+    imerg = sources.module("imerg")
+    domain = cfg.domain.box()
+    latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+    nominal = newest_imerg_start(cycle_time, latency)
+    newest = _imerg_start(imerg_files[-1])
+    valid_times = bridge_valid_times(nominal, cycle_time)
+    steps = len(bridge_valid_times(newest, cycle_time)) - 1
+    wide = nowcast_domain(domain, cfg.nowcast, steps=steps)
+    frames = imerg.read_imerg(imerg_files, wide, ["randomError"] if "randomError" in cfg.sources.imerg.extra_variables else [])
+    members = cfg.nowcast.members
+    seed = cfg.nowcast.seed + int(cycle_time.timestamp()) // 1800
+    result = nowcast(frames["precipitation"], cfg.nowcast, steps=max(steps, 1), members=members, seed=seed)
+    report.imerg_start = newest
+    report.nowcast_method = result.method_used
+    report.nowcast_degraded = list(result.degraded)
+    for reason in result.degraded:
+        report.degrade(f"nowcast:{reason}")
+
+    window = _crop_index(frames, imerg_grid(domain))
+    latest = frames.sel(time=np.datetime64(newest.replace(tzinfo=None), "ns"))
+    random_error = latest["randomError"].values[window] if "randomError" in latest else None
+    forecast_times = _times(result.precip)
+    bridge = []
+    for valid in valid_times:
+        lead = int((valid - newest) / HALF_HOUR)
+        if lead <= 0:
+            # Valid time at (or, when granules are missing, before) the newest granule: IMERG itself.
+            frame = frames["precipitation"].sel(time=np.datetime64(valid.replace(tzinfo=None), "ns"), method="nearest")
+            coarse = np.repeat(frame.values[window][None], members, axis=0)
+            lead = 0
+        else:
+            coarse = result.precip.values[:, forecast_times.index(valid)][(slice(None), *window)]
+        bridge.append((valid, lead, coarse.astype(np.float32), random_error))
+    return bridge
+
+
+def _times(da: xr.DataArray) -> list[datetime]:
+    return [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in da["time"].values]
+
+
+def _crop_index(frames: xr.Dataset, grid: LatLonGrid) -> tuple[slice, slice]:
+    """Index window of `grid` inside the (larger, nested) grid of `frames`."""
+    row = int(round((grid.lat0 - float(frames["lat"][0])) / IMERG_RES))
+    col = int(round((grid.lon0 - float(frames["lon"][0])) / IMERG_RES))
+    return slice(row, row + grid.nlat), slice(col, col + grid.nlon)
+
+
+# ---------------------------------------------------------------------------------------------- cycle
+
+
+def run_cycle(
+    cycle_time: datetime,
+    cfg,
+    catalog,
+    client,
+    downscaler,
+    now: Callable[[], datetime] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[str], None] | None = None,
+) -> CycleReport:
+    """Run one cycle end to end and return what it did. Raises `CycleFailed` when nothing can be made."""
+    from nrt.model.conditioning import Conditioning
+    from nrt.products import alert_states, publish_valid_time
+
+    cycle_time = utc(cycle_time)
+    now = now or (lambda: datetime.now(timezone.utc))
+    report = CycleReport(cycle_time)
+    timed = Stopwatch(report)
+    grid = target_grid(cfg.domain.box())
+    tell = progress or (lambda _msg: None)
+
+    tell("ingest")
+    with timed("ingest"):
+        imerg_files = imerg_inputs(cfg, catalog, cycle_time, client, report, now, sleep)
+        report.sources["imerg"] = _imerg_start(imerg_files[-1])
+        by_hour = geosfp_files(cfg, catalog, cycle_time, client, report, now, sleep)
+        if by_hour:
+            report.sources["geosfp"] = max(by_hour)
+        dem = dem_fields(cfg, catalog, client, grid, report)
+        report.sources["dem"] = None
+        dpr_files = sources.ingest("dpr", cfg, catalog, cycle_time, client).files if cfg.sources.dpr.enabled else []
+        if dpr_files:
+            report.sources["dpr"] = max(sources.module("dpr").parse_name(p.name).start for p in dpr_files)
+
+    tell("nowcast")
+    with timed("nowcast"):
+        bridge = bridge_inputs(cfg, imerg_files, cycle_time, report)
+
+    attrs = {
+        "input_granules": ",".join(p.name for p in imerg_files),
+        "checkpoint_sha256": downscaler.sha256,
+        "nowcast_method": report.nowcast_method or "none",
+        "degraded": ",".join(report.degraded) or "none",
+        "software_version": __version__,
+    }
+    for valid, lead, coarse, random_error in bridge:
+        tell(f"diffusion {isoformat(valid)} (lead {lead})")
+        with timed("diffusion"):
+            cond = Conditioning(
+                precip=coarse, grid=grid, lead=lead, random_error=random_error,
+                geosfp=geosfp_fields(cfg, by_hour, valid, grid, report), dem=dem,
+            )
+            seed = cfg.model.seed + int(valid.timestamp()) // 1800 * 97 + lead
+            members = downscaler.sample(cond, members=cfg.model.members, seed=seed, steps=cfg.model.sampler_steps, solver=cfg.model.solver)
+        with timed("products"):
+            ensemble = xr.DataArray(members[:, None], dims=("member", "time", "lat", "lon"))
+            published = publish_valid_time(
+                ensemble, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
+                forecast_reference_time=report.imerg_start, lead=lead,
+                attrs={**attrs, "degraded": ",".join(report.degraded) or "none"},
+            )
+            report.products.extend(published.products)
+            report.summary = published.stats
+            if valid == bridge[-1][0]:
+                report.alerts = alert_states(ensemble, grid, cfg.alerts.areas)
+                for alert in report.alerts:
+                    if alert.active:
+                        log.warning(
+                            "ALERT %s: P(rain > %g mm/h) = %.2f >= %.2f at %s",
+                            alert.area, alert.threshold, alert.probability, alert.level, isoformat(valid),
+                        )
+
+    if dpr_files:
+        from nrt.verify import verify_granules
+
+        tell("verify")
+        with timed("verify"):
+            report.scores = verify_granules(cfg, catalog, dpr_files)
+    log.info(
+        "cycle %s done: %d products, nowcast %s, degraded %s, %s",
+        isoformat(cycle_time), len(report.products), report.nowcast_method, report.degraded or "no",
+        ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()),
+    )
+    return report

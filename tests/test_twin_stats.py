@@ -1,0 +1,243 @@
+"""Statistics of the twin: IMERG's configured errors, DPR coverage from the orbit geometry, the world's forcings,
+and GEOS-FP fields that agree with the truth. Values are recomputed here from the files and from geometry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from nrt.grids import Domain, target_grid
+from nrt.twin import naming, orbit, truth
+from nrt.twin.spec import DprSettings, WorldSettings
+from nrt.twin.writers import read_truth
+from twin_helpers import IOWA, END, START, make_tree, small_spec
+
+BIAS, CORRELATION = 1.25, 0.5
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    spec = small_spec(START, START + timedelta(hours=6), seed=11, bias=BIAS, correlation=CORRELATION)
+    return make_tree(tmp_path_factory.mktemp("twin"), spec)
+
+
+def imerg_vs_truth(tree: Path):
+    """(IMERG, truth averaged to 0.1°) over the truth region, read straight from the files."""
+    rain = read_truth(tree)
+    lat, lon = rain["lat"].values, rain["lon"].values
+    t = rain.values.reshape(rain.shape[0], lat.size // 2, 2, lon.size // 2, 2).mean(axis=(2, 4))
+    lat01, lon01 = lat.reshape(-1, 2).mean(axis=1), lon.reshape(-1, 2).mean(axis=1)
+    estimates = []
+    for start in rain["time"].values:
+        when = datetime.fromisoformat(str(start)[:19]).replace(tzinfo=timezone.utc)
+        path = next((tree / "pps/imerg/early").rglob(f"*{when:%Y%m%d}-S{when:%H%M%S}*.RT-H5"))
+        with h5py.File(path, "r") as f:
+            glat, glon = f["Grid/lat"][:], f["Grid/lon"][:]
+            rows = np.flatnonzero(np.isclose(glat[:, None], lat01[None, :], atol=1e-3).any(axis=1))
+            cols = np.flatnonzero(np.isclose(glon[:, None], lon01[None, :], atol=1e-3).any(axis=1))
+            estimates.append(f["Grid/precipitation"][0, cols[0] : cols[-1] + 1, rows[0] : rows[-1] + 1].T)
+    return np.stack(estimates).astype(np.float64), t, lat01, lon01
+
+
+def test_imerg_has_the_configured_bias_and_correlation(tree):
+    est, t, lat01, lon01 = imerg_vs_truth(tree)
+    assert est.shape == t.shape and (est >= 0).all()
+    assert est.mean() / t.mean() == pytest.approx(BIAS, rel=0.01)
+    assert np.corrcoef(est.ravel(), t.ravel())[0, 1] == pytest.approx(CORRELATION, abs=0.01)
+    # Over the domain alone (a sample of the region) the same errors hold, more loosely.
+    inner = np.ix_((lat01 > IOWA.south) & (lat01 < IOWA.north), (lon01 > IOWA.west) & (lon01 < IOWA.east))
+    e, tt = est[:, inner[0], inner[1]], t[:, inner[0], inner[1]]
+    assert e.mean() / tt.mean() == pytest.approx(BIAS, rel=0.25)
+    assert np.corrcoef(e.ravel(), tt.ravel())[0, 1] == pytest.approx(CORRELATION, abs=0.15)
+
+
+def test_imerg_misses_light_rain_and_has_false_alarms(tree):
+    est, t, _, _ = imerg_vs_truth(tree)
+    light = (t > 0) & (t < 0.3)
+    missed = (est[light] == 0).mean()
+    false_alarms = (est[t == 0] > 0).mean()
+    detected_heavy = (est[t > 5] > 0).mean()
+    assert missed > 0.15 and detected_heavy > 0.8  # heavy cores are still seen, if displaced
+    assert 0.003 < false_alarms < 0.2
+
+
+def test_imerg_random_error_tracks_the_actual_error(tree):
+    est, t, _, _ = imerg_vs_truth(tree)
+    with h5py.File(next((tree / "pps/imerg/early").rglob("*.RT-H5")), "r") as f:
+        error = f["Grid/randomError"][...]
+        plp = f["Grid/probabilityLiquidPrecipitation"][...]
+    assert (error[error != np.float32(-9999.9)] >= 0).all()
+    assert set(np.unique(plp[plp != -9999])) <= set(range(0, 101)) and (plp == 100).any()  # June in Iowa: rain
+
+
+def test_dpr_coverage_per_day_matches_the_orbit_geometry():
+    """Fraction of domain cells inside the swath per day, from the simulated footprints, vs swath width x crossings."""
+    settings = DprSettings()
+    gpm = orbit.Orbit.from_settings(settings)
+    grid = target_grid(IOWA)
+    cells = unit_vectors(*grid.lonlats())
+    reach = (settings.footprint_km / math.sqrt(2)) / 6371.0  # farthest a point inside the swath is from a footprint
+    covered_fraction = []
+    for k in range(60):  # every other day over four months: passes drift across the domain from day to day
+        day = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=2 * k)
+        covered = np.zeros(len(cells), bool)
+        for g in orbit.granules_over(gpm, IOWA, day, day + timedelta(days=1), settings):
+            scans = orbit.granule_scans(gpm, g, settings)
+            near = orbit.in_region(scans.lat, scans.lon, IOWA.buffered(0.5))
+            distance, _ = cKDTree(unit_vectors(scans.lon[near], scans.lat[near])).query(cells, distance_upper_bound=reach)
+            covered |= np.isfinite(distance)
+        covered_fraction.append(covered.mean())
+    # Independent estimate. A strip of width W (swath + one footprint) crosses each latitude circle twice per
+    # orbit, ascending and descending, covering W / |cos A| of the circle (A: ground-track azimuth from the
+    # inclination and Earth's rotation). Per day each direction covers a fraction N/2; the two are independent.
+    radius, period = 6371.0, 2 * math.pi * math.sqrt((6378.137 + settings.altitude_km) ** 3 / 398600.4418)
+    lats = np.radians(np.linspace(IOWA.south, IOWA.north, 41))
+    sin_a = math.cos(math.radians(settings.inclination_degrees)) / np.cos(lats)
+    speed = 2 * math.pi * radius / period
+    east = speed * sin_a - 7.292e-5 * radius * np.cos(lats)
+    north = speed * np.sqrt(1 - sin_a**2)
+    cos_azimuth = north / np.hypot(east, north)
+    width = settings.swath_km + settings.footprint_km
+    crossings = np.mean(2 * (86400 / period) * width / (cos_azimuth * 2 * math.pi * radius * np.cos(lats)))
+    expected = 1 - (1 - crossings / 2) ** 2
+    assert np.mean(covered_fraction) == pytest.approx(expected, rel=0.15)
+    assert 0 == min(covered_fraction) < max(covered_fraction) < 1  # some days see no overpass, none sees it all
+
+
+def unit_vectors(lon_degrees, lat_degrees) -> np.ndarray:
+    lon, lat = np.radians(np.ravel(lon_degrees)), np.radians(np.ravel(lat_degrees))
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def test_dpr_granule_samples_the_truth_with_small_noise(tree):
+    spec = small_spec()
+    gpm = orbit.Orbit.from_settings(spec.dpr)
+    path = next((tree / naming.DPR_FOLDER).glob("*.RT-H5"))
+    (g,) = [g for g in orbit.granules_over(gpm, IOWA, START, START + timedelta(hours=6), spec.dpr)
+            if path.name == naming.dpr_pps_path(g.start, g.end, spec.dpr.version).name]
+    scans = orbit.granule_scans(gpm, g, spec.dpr)
+    rain = read_truth(tree)
+    with h5py.File(path, "r") as f:
+        assert np.allclose(f["FS/Latitude"][:], scans.lat, atol=1e-4)
+        assert np.allclose(f["FS/Longitude"][:], scans.lon, atol=1e-4)
+        rate = f["FS/SLV/precipRateNearSurface"][:]
+        seconds = f["FS/ScanTime/SecondOfDay"][:]
+    valid = rate != np.float32(-9999.9)
+    assert 1000 < valid.sum() < rate.size  # only the twin's region has values
+    rows, cols = np.nonzero(valid)
+    step = (seconds[rows] // 1800).astype(int) - START.hour * 2
+    lat, lon = rain["lat"].values, rain["lon"].values
+    i = np.clip(np.round((scans.lat[rows, cols] - lat[0]) / 0.05).astype(int), 0, lat.size - 1)
+    j = np.clip(np.round((scans.lon[rows, cols] - lon[0]) / 0.05).astype(int), 0, lon.size - 1)
+    nearest = rain.values[step, i, j]
+    observed = rate[valid]
+    assert np.corrcoef(nearest, observed)[0, 1] > 0.85
+    assert observed.mean() == pytest.approx(nearest.mean(), rel=0.2)
+
+
+# ---------------------------------------------------------------- the world itself
+
+SMALL = Domain(-96, 40, -92, 43)
+
+
+def run_world(seed: int, hours: int = 48, **settings):
+    world_settings = replace(WorldSettings(buffer_degrees=1.0), **settings)
+    grid = target_grid(SMALL.buffered(world_settings.buffer_degrees))
+    relief = truth.synthetic_relief(truth.dem_grid(grid, 0.01), world_settings, seed)
+    elevation = truth.block_mean(relief, 5)
+    starts = [datetime(2024, 6, 1, tzinfo=timezone.utc) + k * timedelta(minutes=30) for k in range(2 * hours)]
+    return grid, elevation, list(truth.World(world_settings, grid, elevation, seed).frames(starts))
+
+
+def test_world_is_reproducible_from_its_seed():
+    _, _, a = run_world(5, hours=3)
+    _, _, b = run_world(5, hours=3)
+    _, _, c = run_world(6, hours=3)
+    assert all(np.array_equal(x.rain, y.rain) for x, y in zip(a, b))
+    assert not np.array_equal(a[-1].rain, c[-1].rain)
+    assert 0.02 < np.mean([(f.rain > 0).mean() for f in a]) < 0.6
+
+
+def test_world_rain_moves_with_the_wind():
+    grid, _, frames = run_world(8, hours=6, diurnal_amplitude=0.0, orographic_strength=0.0, wind_speed_ms=15.0)
+    dy, dx = truth.cell_km(grid)
+    lagrangian, eulerian = [], []
+    for a, b in zip(frames[:-1], frames[1:]):
+        u, v = a.wind
+        shift = (round(v * 1.8 / dy), round(u * 1.8 / dx))
+        moved = np.roll(a.rain, shift, axis=(0, 1))[20:-20, 20:-20]
+        lagrangian.append(np.corrcoef(moved.ravel(), b.rain[20:-20, 20:-20].ravel())[0, 1])
+        eulerian.append(np.corrcoef(a.rain[20:-20, 20:-20].ravel(), b.rain[20:-20, 20:-20].ravel())[0, 1])
+    assert np.mean(lagrangian) > np.mean(eulerian) + 0.05
+
+
+def test_world_has_a_diurnal_cycle():
+    _, _, frames = run_world(1, diurnal_amplitude=1.0, orographic_strength=0.0)
+    wet = np.array([(f.rain > 0).mean() for f in frames])
+    local = np.array([(f.start.hour + f.start.minute / 60 + 0.25 - 94 / 15) % 24 for f in frames])
+    from_peak = np.abs((local - 17.0 + 12) % 24 - 12)
+    assert wet[from_peak < 3].mean() > 3 * wet[from_peak > 9].mean()
+
+
+@pytest.mark.parametrize("strength, low, high", [(0.5, 2.0, math.inf), (0.0, 0.7, 1.4)])
+def test_world_rains_more_on_windward_slopes(strength, low, high):
+    grid, elevation, frames = run_world(2, diurnal_amplitude=0.0, orographic_strength=strength)
+    windward, lee = [], []
+    for f in frames:
+        lift = truth.upslope_lift(elevation, grid, f.wind)
+        windward.append(f.rain[lift > 0.025].mean())
+        lee.append(f.rain[lift < -0.025].mean())
+    assert low < np.mean(windward) / np.mean(lee) < high
+
+
+# ---------------------------------------------------------------- GEOS-FP against the truth
+
+
+def test_geosfp_is_consistent_with_the_truth(tree):
+    rain = read_truth(tree)
+    valid = START + timedelta(hours=2, minutes=30)
+    hour = rain.sel(time=[np.datetime64(valid.replace(tzinfo=None) - np.timedelta64(30, "m")),
+                          np.datetime64(valid.replace(tzinfo=None))]).mean("time")
+    init = START
+    read = {}
+    for collection in naming.GEOSFP_COLLECTIONS:
+        with netCDF4.Dataset(tree / naming.geosfp_forecast_path(collection, init, valid)) as nc:
+            lat, lon = nc["lat"][:], nc["lon"][:]
+            rows = np.flatnonzero((lat > IOWA.south - 2) & (lat < IOWA.north + 2))
+            cols = np.flatnonzero((lon > IOWA.west - 2) & (lon < IOWA.east + 2))
+            for name in nc.variables:
+                if nc[name].ndim == 3:
+                    read[name] = np.ma.filled(nc[name][0, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], np.nan)
+    truth_there = hour.interp(lat=lat[rows], lon=lon[cols]).values
+    assert all(np.isfinite(v).all() for v in read.values())
+    wet = truth_there > 1.0
+    dry = truth_there == 0
+    assert read["TQV"][wet].mean() > read["TQV"][dry].mean() + 3  # moister where it rains
+    assert read["QV2M"][wet].mean() > read["QV2M"][dry].mean()
+    # Convergence where it rains: the divergence of the 10 m wind is negative on average there.
+    dudx = np.gradient(read["U10M"], axis=1) / (0.3125 * 111.195 * np.cos(np.radians(lat[rows]))[:, None])
+    dvdy = np.gradient(read["V10M"], axis=0) / (0.25 * 111.195)
+    divergence = dudx + dvdy
+    assert divergence[wet].mean() < 0 < divergence[dry].mean() + 1e-3
+    # The advecting wind, and a smoothed, biased truth for PRECTOT (kg m-2 s-1).
+    u = rain["time"].size and float(np.mean(read["U10M"]))
+    assert u == pytest.approx(float(xr_wind(tree, valid)[0]), abs=1.0)
+    prectot = read["PRECTOT"] * 3600
+    assert np.corrcoef(prectot.ravel(), truth_there.ravel())[0, 1] > 0.5
+    assert prectot.mean() == pytest.approx(small_spec().geosfp.precip_bias * truth_there.mean(), rel=0.3)
+
+
+def xr_wind(tree: Path, valid: datetime) -> tuple[float, float]:
+    import xarray as xr
+
+    with xr.open_dataset(tree / naming.truth_path(valid)) as ds:
+        at = ds.sel(time=np.datetime64(valid.replace(tzinfo=None)))
+        return float(at["u_wind"]), float(at["v_wind"])
