@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -398,13 +398,15 @@ class Catalog:
         try:
             yield
         except DBAPIError as exc:
-            if exc.orig is None or type(exc).__name__ in ("IntegrityError", "DataError"):
+            if exc.orig is None or isinstance(exc, (IntegrityError, DataError)):  # a bug, not the operator's
                 raise
             message = _first_line(exc)
-            if "readonly" in message.replace("-", "").replace(" ", "") or "read-only" in message:
+            # SQLite says "readonly database", PostgreSQL (standby, read-only default) "read-only transaction".
+            if "readonly" in message.replace("-", "").replace(" ", ""):
                 raise CatalogError(f"{self.url}: catalog is read-only: {message}") from None
             if self.sqlite_path is not None and "unable to open" in message:
-                raise CatalogError(f"{self.sqlite_path}: cannot open or create the catalog (read-only directory?)") from None
+                reason = "cannot open or create the catalog (read-only directory?)"
+                raise CatalogError(f"{self.sqlite_path}: {reason}") from None
             raise CatalogError(f"{self.url}: {message}") from None
 
     @contextmanager
@@ -461,7 +463,8 @@ class Catalog:
             except OSError as exc:
                 raise CatalogError(f"{directory}: cannot create the catalog directory: {exc.strerror or exc}") from None
             if not self.sqlite_path.exists():
-                created = [self.sqlite_path.with_name(self.sqlite_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+                name = self.sqlite_path.name
+                created = [self.sqlite_path.with_name(name + suffix) for suffix in ("", "-wal", "-shm")]
         try:
             with self._translated(), self.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
                 command.upgrade(self._alembic_config(connection), "head")

@@ -271,8 +271,18 @@ class ServiceConfig(Section):
 
 
 class VerifyConfig(Section):
-    thresholds_mmh: list[float] = [1.0, 5.0]
+    thresholds_mmh: list[float] = [1.0, 5.0]  # CSI, POD and FAR of the ensemble mean (event: rate > threshold)
     min_swath_cells: int = Field(50, ge=1)
+    brier_thresholds_mmh: list[float] = [1.0, 5.0, 10.0]  # Brier score and reliability diagram per threshold
+    rank_min_mmh: float = Field(0.1, ge=0)  # rank histogram: rates below this tie; all-dry cells are left out
+    reliability_bins: int = Field(10, ge=2)
+
+    @field_validator("thresholds_mmh", "brier_thresholds_mmh")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("thresholds must be positive")
+        return sorted(set(values))
 
 
 class Secrets(Section):

@@ -252,13 +252,118 @@ def _advect_mask(mask: np.ndarray, velocity: np.ndarray, steps: int) -> np.ndarr
 
 
 class _Recorder:
-    def __init__(self, where: str):
-        self.where, self.reasons = where, []
+    """Collects degradation reasons, logging each with what happened."""
+
+    def __init__(self):
+        self.where, self.reasons = "nowcast", []
 
     def add(self, reason: str, message: str, *args) -> None:
         log.warning("%s: " + message + " [degraded: %s]", self.where, *args, reason)
         if reason not in self.reasons:
             self.reasons.append(reason)
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    """The usable part of the input: granules with data, NaN filled as dry, and how they are spaced."""
+
+    filled: np.ndarray  # (t, lat, lon) mm/h of the granules with data, oldest first
+    gaps: list[int]  # half-hours between consecutive ones
+    contiguous: int  # how many of the newest are 30 min apart
+    newest_time: datetime
+    late: int  # half-hours between the newest frame given and the newest with data
+    missing: np.ndarray  # (lat, lon) NaN mask of the newest granule with data
+
+    @property
+    def ar_frames(self) -> np.ndarray:
+        """The newest consecutive granules, at most MAX_AR_ORDER + 1: what the cascade methods see."""
+        return self.filled[-self.contiguous :][-(MAX_AR_ORDER + 1) :]
+
+
+def _sequence(values: np.ndarray, times: list[datetime], record: _Recorder) -> _Sequence:
+    present = [i for i in range(len(times)) if np.isfinite(values[i]).any()]
+    if not present:
+        span = f"{isoformat(times[0])}..{isoformat(times[-1])}" if times else "no frames"
+        raise DataError(f"nowcast input {span}", "every pixel of every granule is missing")
+    halfhours = [(t - times[0]) / HALF_HOUR for t in times]
+    if any(h != int(h) for h in halfhours) or len(set(halfhours)) < len(halfhours):
+        raise ValueError(f"frame times must be distinct multiples of 30 min apart, got {[isoformat(t) for t in times]}")
+    late = int(halfhours[-1] - halfhours[present[-1]])
+    record.where = f"nowcast from {isoformat(times[present[-1]])}"
+    if late:
+        record.add(MISSING_NEWEST, "the newest %d granule(s) hold no data; starting from an older one", late)
+    gaps = [int(halfhours[b] - halfhours[a]) for a, b in zip(present, present[1:])]
+    empty = [isoformat(times[i]) for i in range(present[-1]) if i not in present]
+    if empty or any(g > 1 for g in gaps):
+        record.add(MISSING_GRANULE, "empty granules %s; the ones with data are %s half-hours apart", empty, gaps)
+    contiguous = 1
+    while contiguous < len(present) and gaps[-contiguous] == 1:
+        contiguous += 1
+    if any(np.isnan(values[i]).any() for i in present):
+        record.add(MISSING_PIXELS, "%.1f%% of the newest granule is missing; filled as dry and re-masked", 100 * np.isnan(values[present[-1]]).mean())
+    usable = values[present]
+    return _Sequence(
+        filled=np.where(np.isfinite(usable), np.maximum(usable, 0.0), 0.0),
+        gaps=gaps,
+        contiguous=contiguous,
+        newest_time=times[present[-1]],
+        late=late,
+        missing=np.isnan(usable[-1]),
+    )
+
+
+def _motion(seq: _Sequence, settings, grid: LatLonGrid, record: _Recorder) -> np.ndarray:
+    """Advection in grid cells per 30 min; zeros (with the reason recorded) when there is none to be had."""
+    zero = np.zeros((2,) + grid.shape)
+    if seq.contiguous >= 2:
+        frames, per_step = seq.filled[-seq.contiguous :], 1
+    elif len(seq.filled) >= 2:  # the newest granule's predecessor is missing: pair it with an older one
+        frames, per_step = seq.filled[-2:], seq.gaps[-1]
+    else:
+        record.add(ZERO_MOTION, "a single granule gives no motion")
+        return zero
+    try:
+        flow = estimate_motion(frames, settings.motion, settings.rain_threshold_mmh) / per_step
+    except Exception as exc:  # pysteps raises many types on degenerate fields; the bridge must still deliver
+        record.add(MOTION_FAILED, "%s optical flow failed: %r", settings.motion, exc)
+        return zero
+    if not np.isfinite(flow).all():
+        record.add(MOTION_FAILED, "%s optical flow returned non-finite vectors", settings.motion)
+        return zero
+    if _speed_kmh(flow, grid).max() < settings.min_speed_kmh:
+        record.add(ZERO_MOTION, "motion below %g km/h everywhere", settings.min_speed_kmh)
+        return zero
+    return flow
+
+
+def _choose(requested: str, seq: _Sequence, velocity: np.ndarray, settings, record: _Recorder) -> str:
+    """The simplest method the inputs still support, starting from the requested one."""
+    if not velocity.any():
+        return "persistence"
+    if requested not in NEEDS_CASCADE:
+        return requested
+    if seq.ar_frames.shape[0] < 2:
+        record.add(MISSING_GRANULE, "%s needs 2 consecutive granules", requested)
+        return SIMPLER[requested]
+    valid = ~seq.missing
+    wet = [float((frame[valid] >= settings.rain_threshold_mmh).mean()) for frame in seq.ar_frames]
+    if min(wet) < settings.min_wet_fraction:
+        record.add(NEARLY_DRY, "wet fractions %s below %g", [round(w, 5) for w in wet], settings.min_wet_fraction)
+        return SIMPLER[requested]
+    return requested
+
+
+def _run(chosen: str, inputs: MethodInputs, record: _Recorder) -> tuple[np.ndarray, str]:
+    """Run `chosen`, stepping down to simpler methods while one raises or returns nothing finite."""
+    while True:
+        try:
+            forecast = (METHODS | FALLBACKS)[chosen](inputs)
+            if not np.isfinite(forecast).any():
+                raise ValueError("no finite value in the output")
+            return forecast, chosen
+        except Exception as exc:  # as in _motion: fall back rather than leave the cycle without a nowcast
+            record.add(METHOD_FAILED, "%s failed: %r; trying %s", chosen, exc, SIMPLER[chosen])
+            chosen = SIMPLER[chosen]
 
 
 def nowcast(
@@ -270,14 +375,15 @@ def nowcast(
     lead_offset: int = 0,
     method: str | None = None,
 ) -> NowcastResult:
-    """Nowcast `steps` half-hours after the newest frame (+ `lead_offset` half-hours, see below).
+    """Nowcast the `steps` half-hours after the newest frame given (shifted by `lead_offset`).
 
     frames: (time, lat, lon) mm/h on a regular lat/lon grid, latitude ascending, times 30-min multiples apart
-      (gaps allowed); typically the last 3 IMERG granules over the domain plus `nowcast_domain`'s buffer.
+      (gaps allowed; an all-NaN granule counts as missing); typically the last 3 IMERG granules over the
+      domain plus `nowcast_domain`'s buffer.
     settings: a `NowcastConfig` (method, motion, members, steps, threshold, seed, ...).
-    lead_offset: the number of half-hours by which the newest frame is older than the nominal start
-      (its successor never came): the nowcast runs `steps + lead_offset` steps and returns the last `steps`,
-      so valid times stay the ones the caller asked for.
+    lead_offset: half-hours by which the newest frame given is older than the nominal start S (its
+      successors never came). Valid times are newest + (lead_offset + k) x 30 min, k = 1..steps; the
+      nowcast runs the extra steps and drops them. A trailing all-NaN frame shifts the start the same way.
     Returns every member even for deterministic methods (identical copies), so member i always exists.
     """
     steps = settings.steps if steps is None else steps
@@ -291,105 +397,43 @@ def nowcast(
     if tuple(frames.dims) != ("time", "lat", "lon"):
         raise ValueError(f"frames must have dims (time, lat, lon), got {frames.dims}")
     frames = frames.sortby("time")
-    grid, times = _grid_of(frames), _times(frames)
-    values = frames.values.astype(np.float64)
-    record = _Recorder(f"nowcast from {isoformat(times[-1])}" if times else "nowcast")
-
-    present = [i for i in range(len(times)) if np.isfinite(values[i]).any()]
-    if not present:
-        span = f"{isoformat(times[0])}..{isoformat(times[-1])}" if times else "no frames"
-        raise DataError(f"nowcast input {span}", "every pixel of every granule is missing")
-    if len(present) < len(times):
-        record.add(MISSING_GRANULE, "%d of %d granules are entirely missing", len(times) - len(present), len(times))
-    gaps = [(times[b] - times[a]) / HALF_HOUR for a, b in zip(present, present[1:])]
-    if any(g != int(g) or g < 1 for g in gaps):
-        raise ValueError(f"frame times must be distinct multiples of 30 min apart, got gaps {gaps} half-hours")
-    if any(g > 1 for g in gaps):
-        record.add(MISSING_GRANULE, "gaps in the granule sequence: %s half-hours", [int(g) for g in gaps])
-    contiguous = 1
-    while contiguous < len(present) and gaps[-contiguous] == 1:
-        contiguous += 1
-    newest_time = times[present[-1]]
-    record.where = f"nowcast from {isoformat(newest_time)}"
+    grid = _grid_of(frames)
+    record = _Recorder()
     if lead_offset:
         record.add(MISSING_NEWEST, "starting %d half-hour(s) before the nominal start", lead_offset)
+    seq = _sequence(frames.values.astype(np.float64), _times(frames), record)
+    skip = lead_offset + seq.late  # leads computed only to reach the requested valid times
 
-    missing = np.isnan(values[present[-1]])
-    if any(np.isnan(values[i]).any() for i in present):
-        record.add(MISSING_PIXELS, "%.1f%% of the newest granule is missing; filled as dry and re-masked", 100 * missing.mean())
-    filled = np.where(np.isfinite(values), np.maximum(values, 0.0), 0.0)
     threshold = settings.rain_threshold_mmh
-    ar_frames = filled[present[-contiguous:]][-(MAX_AR_ORDER + 1) :]
-    newest = ar_frames[-1]
-    valid = ~missing
-
     velocity = np.zeros((2,) + grid.shape)
-    chosen = requested
-    if not (newest[valid] >= threshold).any():
+    if not (seq.filled[-1][~seq.missing] >= threshold).any():
         record.add(DRY, "no pixel reaches %g mm/h", threshold)
         chosen = "zero"
     else:
-        if contiguous >= 2:
-            motion_frames, per_step = filled[present[-contiguous:]], 1.0
-        elif len(present) >= 2:
-            motion_frames, per_step = filled[present[-2:]], gaps[-1]
-        else:
-            motion_frames, per_step = None, 1.0
-        flow = None
-        if motion_frames is None:
-            record.add(ZERO_MOTION, "a single granule gives no motion")
-        else:
-            try:
-                flow = estimate_motion(motion_frames, settings.motion, threshold) / per_step
-            except Exception as exc:  # pysteps raises many types on degenerate fields; the bridge must still deliver
-                record.add(MOTION_FAILED, "%s optical flow failed: %r", settings.motion, exc)
-        if flow is not None and not np.isfinite(flow).all():
-            record.add(MOTION_FAILED, "%s optical flow returned non-finite vectors", settings.motion)
-        elif flow is not None and _speed_kmh(flow, grid).max() < settings.min_speed_kmh:
-            record.add(ZERO_MOTION, "motion below %g km/h everywhere", settings.min_speed_kmh)
-        elif flow is not None:
-            velocity = flow
-        if not velocity.any():
-            chosen = "persistence"
-        elif chosen in NEEDS_CASCADE:
-            wet = [float((frame[valid] >= threshold).mean()) for frame in ar_frames]
-            if ar_frames.shape[0] < 2:
-                record.add(MISSING_GRANULE, "%s needs 2 consecutive granules", chosen)
-                chosen = SIMPLER[chosen]
-            elif min(wet) < settings.min_wet_fraction:
-                record.add(NEARLY_DRY, "wet fractions %s below %g", [round(w, 5) for w in wet], settings.min_wet_fraction)
-                chosen = SIMPLER[chosen]
-
+        velocity = _motion(seq, settings, grid, record)
+        chosen = _choose(requested, seq, velocity, settings, record)
     inputs = MethodInputs(
-        precip=ar_frames,
+        precip=seq.ar_frames,
         velocity=velocity,
-        steps=steps + lead_offset,
+        steps=steps + skip,
         members=members,
         seed=seed,
         km_per_pixel=grid.km_per_pixel(),
         threshold=threshold,
         cascade_levels=settings.cascade_levels,
     )
-    forecast = None
-    while forecast is None:
-        try:
-            forecast = (METHODS | FALLBACKS)[chosen](inputs)
-            if not np.isfinite(forecast).any():
-                raise ValueError("no finite value in the output")
-        except Exception as exc:  # same reason as above: fall back rather than leave the cycle without a nowcast
-            record.add(METHOD_FAILED, "%s failed: %r; trying %s", chosen, exc, SIMPLER[chosen])
-            chosen, forecast = SIMPLER[chosen], None
-    log.info("nowcast from %s: %s, %d member(s), %d step(s), degraded=%s", isoformat(newest_time), chosen, members, steps, record.reasons or "no")
+    forecast, chosen = _run(chosen, inputs, record)
+    log.info("%s: %s, %d member(s), %d step(s), degraded=%s", record.where, chosen, members, steps, record.reasons or "no")
 
-    forecast = np.asarray(forecast[:, lead_offset:], dtype=np.float32)
-    masked = _advect_mask(missing, velocity, steps + lead_offset)[lead_offset:]
+    forecast = np.asarray(forecast[:, skip:], dtype=np.float32)
+    masked = _advect_mask(seq.missing, velocity, steps + skip)[skip:]
     forecast = np.where(masked[np.newaxis], np.float32(np.nan), forecast)
     if forecast.shape[0] != members:
         forecast = np.repeat(forecast[:1], members, axis=0)
-    leads = np.arange(lead_offset + 1, lead_offset + steps + 1)
+    leads = np.arange(skip + 1, skip + steps + 1)
     space = _space_coords(frames, grid)
     return NowcastResult(
-        precip=_as_dataarray(forecast, space, newest_time, leads, requested, chosen, record.reasons, settings, seed),
+        precip=_as_dataarray(forecast, space, seq.newest_time, leads, requested, chosen, record.reasons, settings, seed),
         method_used=chosen,
         degraded=record.reasons,
         velocity=_velocity_dataarray(velocity, grid, space),

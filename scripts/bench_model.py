@@ -73,12 +73,13 @@ def conditioning(grid: LatLonGrid, seed: int = 0) -> Conditioning:
     return Conditioning(coarse, grid, lead=2, random_error=coarse[0] * 0.5)
 
 
-def patch_flops(ds: Downscaler) -> float:
+def patch_flops(ds: Downscaler, tile: tuple[int, int]) -> float:
+    """FLOPs of one diffusion-network call on one tile."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    p, n = ds.patch_size, ds.spec.diffusion.in_channels
-    x = torch.zeros(1, 1, p, p, device=ds.device)
-    cond = torch.zeros(1, n - 1, p, p, device=ds.device)
+    n = ds.spec.diffusion.in_channels
+    x = torch.zeros(1, 1, *tile, device=ds.device)
+    cond = torch.zeros(1, n - 1, *tile, device=ds.device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         ds.diffusion(x, torch.ones(1, device=ds.device), cond, torch.zeros(1, dtype=torch.long, device=ds.device))
     return float(counter.get_total_flops())
@@ -102,12 +103,13 @@ def bench_demo(cfg, args, device) -> dict:
     out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
     sync(device)
     seconds = time.perf_counter() - t0
-    patches = len(PatchGrid(max(grid.nlat, ds.patch_size), max(grid.nlon, ds.patch_size), ds.patch_size, ds.patch_overlap))
+    tiles = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds._multiple)
+    patches = f"{len(tiles)} of {tiles.tile[0]}x{tiles.tile[1]}"
     return {
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
         "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
         "seconds_per_sample": round(seconds, 2), "output_shape": list(out.shape),
-        "gflop_per_patch_call": round(patch_flops(ds) / 1e9, 3),
+        "gflop_per_patch_call": round(patch_flops(ds, tiles.tile) / 1e9, 3),
     }
 
 
@@ -119,15 +121,16 @@ def bench_production(cfg, args, device) -> list[dict]:
     for bf16, channels_last, compiled in variants:
         ds = random_downscaler(cfg, PRODUCTION, device, patch_size=64, patch_overlap=8, max_batch=args.max_batch,
                                bf16=bf16, channels_last=channels_last, compile=compiled)
-        patches = len(PatchGrid(*CONUS_SHAPE, 64, 8))
+        layout = PatchGrid(*CONUS_SHAPE, 64, 8, ds._multiple)
+        patches = len(layout)
         row = {"case": "production", "grid": list(CONUS_SHAPE), "members": args.members, "steps": args.steps,
                "solver": args.solver, "bf16": bf16 and device.type == "cuda", "channels_last": channels_last,
                "compile": compiled, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-               "gflop_per_patch_call": round(patch_flops(ds) / 1e9, 2)}
+               "tile": list(layout.tile), "gflop_per_patch_call": round(patch_flops(ds, layout.tile) / 1e9, 2)}
         if args.tiles:
             n = ds.spec.diffusion.in_channels
-            x = torch.randn(args.tiles, 1, 64, 64, device=device)
-            cond = torch.randn(args.tiles, n - 1, 64, 64, device=device)
+            x = torch.randn(args.tiles, 1, *layout.tile, device=device)
+            cond = torch.randn(args.tiles, n - 1, *layout.tile, device=device)
             sig = torch.full((args.tiles,), 1.0, device=device)
             lead = torch.zeros(args.tiles, dtype=torch.long, device=device)
             with torch.no_grad():

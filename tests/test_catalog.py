@@ -48,24 +48,30 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return line
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A catalog URL with nothing in it yet: a new SQLite path, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/catalog/catalog.sqlite"
-        return
-    base = request.getfixturevalue("pg_url")
+@contextlib.contextmanager
+def fresh_pg_schema(base_url: str):
+    """A URL whose connections work in a new, empty PostgreSQL schema, dropped afterwards."""
     schema = f"nrt_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(resolve_url(base))
+    admin = create_engine(resolve_url(base_url))
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = resolve_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    url = resolve_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.set(drivername="postgresql").render_as_string(hide_password=False)
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A catalog URL with nothing in it yet: a new SQLite path, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/catalog/catalog.sqlite"
+        return
+    with fresh_pg_schema(request.getfixturevalue("pg_url")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -141,7 +147,8 @@ def test_check_refuses_a_revision_it_does_not_know(catalog):
 def test_sqlite_writer_waits_for_a_lock_then_reports_it_in_one_line(tmp_path):
     url = f"sqlite:///{tmp_path}/c.sqlite"
     Catalog.open(url, migrate=True).close()
-    with Catalog(url, busy_timeout_s=0.2) as catalog, contextlib.closing(sqlite3.connect(tmp_path / "c.sqlite")) as other:
+    other = sqlite3.connect(tmp_path / "c.sqlite")
+    with Catalog(url, busy_timeout_s=0.2) as catalog, contextlib.closing(other):
         other.isolation_level = None
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
@@ -219,7 +226,8 @@ def test_runs_record_state_timings_and_degradation(catalog):
     catalog.finish_run(first, "ok", {"ingest": 1.5, "nowcast": 12.0})
     catalog.finish_run(second, "degraded", {"ingest": 2.0}, error=None, degraded=["nowcast:extrapolation"])
     newest, oldest = catalog.runs()
-    assert (newest.id, newest.state, newest.degraded, newest.cycle_time) == (second, "degraded", ["nowcast:extrapolation"], T0 + HALF)
+    assert (newest.id, newest.state, newest.cycle_time) == (second, "degraded", T0 + HALF)
+    assert newest.degraded == ["nowcast:extrapolation"]
     assert oldest.timings == {"ingest": 1.5, "nowcast": 12.0} and oldest.finished_at >= oldest.started_at
     assert [r.id for r in catalog.runs(state="ok")] == [first]
     assert [r.id for r in catalog.runs(since=T0 + HALF)] == [second]
@@ -449,7 +457,6 @@ def test_cli_init_then_status_counts_rows(db_url):
     lines = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
     assert lines["jobs"] == ["queued=1", "running=0", "done=0", "failed=0"]
     assert lines["granules"] == ["expected=1", "downloaded=0", "bad=0"]
-    assert run_nrt("catalog", "init", env=env).returncode == 0  # idempotent
 
 
 def test_cli_status_of_missing_sqlite_catalog_creates_nothing(tmp_path):
@@ -472,9 +479,10 @@ def test_cli_read_only_directory_fails_cleanly_and_writes_nothing(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     with read_only(locked):
-        for target in (locked / "catalog.sqlite", locked / "sub" / "catalog.sqlite"):
-            result = run_nrt("catalog", "init", env={"NRT_DB_URL": f"sqlite:///{target}"})
-            assert_one_line_error(result, str(target.parent))
+        result = run_nrt("catalog", "init", env={"NRT_DB_URL": f"sqlite:///{locked / 'sub' / 'catalog.sqlite'}"})
+        assert_one_line_error(result, str(locked / "sub"), "cannot create")
+        with pytest.raises(CatalogError, match="cannot open or create"):
+            Catalog.open(f"sqlite:///{locked / 'catalog.sqlite'}", migrate=True)
         assert list(locked.iterdir()) == []
 
 
@@ -485,13 +493,26 @@ def test_cli_read_only_catalog_file_fails_cleanly_and_keeps_its_rows(tmp_path):
         catalog.enqueue("cycle", {}, key="keep")
     before = path.read_bytes()
     with read_only(path):
-        for action in ("init", "status"):
-            assert_one_line_error(run_nrt("catalog", action, env={"NRT_DB_URL": url}), "read-only")
+        assert_one_line_error(run_nrt("catalog", "init", env={"NRT_DB_URL": url}), "read-only")
         with pytest.raises(CatalogError, match="read-only"):
             Catalog.open(url)
     assert path.read_bytes() == before
     with Catalog.open(url) as catalog:
         assert catalog.job(1).key == "keep"
+
+
+def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
+    with fresh_pg_schema(pg_url) as url:
+        with Catalog.open(url, migrate=True) as catalog:
+            # Server up, schema at head, but every transaction read-only (as on a hot standby).
+            parsed = resolve_url(url)
+            options = parsed.query["options"] + " -cdefault_transaction_read_only=on"
+            read_only_url = parsed.update_query_dict({"options": options}).set(drivername="postgresql")
+            read_only_url = read_only_url.render_as_string(hide_password=False)
+            with pytest.raises(CatalogError, match="read-only"):
+                Catalog.open(read_only_url)
+            assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": read_only_url}), "read-only")
+            assert catalog.check() == "0001"
 
 
 def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):

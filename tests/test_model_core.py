@@ -11,7 +11,7 @@ import torch
 from nrt.model.loss import EDMLoss, regression_loss
 from nrt.model.networks import NetworkSpec, SongUNet, parameter_count
 from nrt.model.normalize import ChannelStats
-from nrt.model.patching import PatchGrid, PatchSampler, axis_starts, pad_to
+from nrt.model.patching import PatchGrid, PatchSampler, axis_starts, pad_to, tile_length
 from nrt.model.precond import EDMPrecond, edm_coefficients
 from nrt.model.sampler import edm_sample, sigma_steps
 from nrt.model.transforms import PrecipTransform
@@ -123,7 +123,7 @@ def test_blending_every_step_equals_full_domain_sampling_for_a_pointwise_denoise
     full = edm_sample(denoise_full, latents, steps=12)
     patched = edm_sample(denoise_patched, latents, steps=12)
     torch.testing.assert_close(patched, full, rtol=1e-5, atol=1e-5)
-    assert len(grid) == len(axis_starts(height, 32, 6)) * len(axis_starts(width, 32, 6))
+    assert grid.shape == (height, width) and len(grid) == 3 * 5 and max(grid.tile) <= 32
 
 
 def test_blend_of_extract_is_identity_and_weights_taper_in_overlaps():
@@ -133,6 +133,24 @@ def test_blend_of_extract_is_identity_and_weights_taper_in_overlaps():
     # a seam-free blend: a patch's weight falls towards its interior edges
     window = grid._window[0]
     assert window[0, 0] == 1 and window[-1, -1] < 0.2 and window[4, 4] == 1
+
+
+@pytest.mark.parametrize("length,expected", [(66, 40), (132, 56), (520, 64), (1160, 64), (64, 64), (10, 16), (65, 40)])
+def test_tiles_shrink_to_the_fewest_that_cover_an_axis(length, expected):
+    tile = tile_length(length, 64, 8, multiple=8 if length != 520 and length != 1160 else 16)
+    assert tile == expected and tile <= 64
+    if length > tile:
+        starts = axis_starts(length, tile, 8)
+        assert len(starts) == math.ceil((length - 8) / (64 - 8))  # no more tiles than 64-cell ones would need
+
+
+def test_a_domain_smaller_than_a_tile_is_padded_then_cropped():
+    grid = PatchGrid(10, 14, 32, 4, multiple=8)
+    assert grid.shape == (16, 16) and grid.tile == (16, 16) and len(grid) == 1
+    x = torch.randn(2, 3, 10, 14)
+    padded = grid.pad(x)
+    assert padded.shape == (2, 3, 16, 16) and torch.equal(padded[..., 15, 15], x[..., 9, 13])
+    torch.testing.assert_close(grid.crop(grid.blend(grid.extract(padded))), x)
 
 
 def test_pad_to_replicates_edges():

@@ -188,6 +188,17 @@ def test_missing_newest_granule_starts_from_the_older_one_with_extra_leads(setti
     np.testing.assert_allclose(late.precip.values, normal.precip.values[:, 1:], equal_nan=True)
 
 
+def test_an_empty_newest_granule_shifts_the_start_but_not_the_valid_times(settings):
+    values = moving(rain_field(), 4, u=2, v=1)
+    expected = nc.nowcast(as_frames(values[:3]), settings, steps=3, method="extrapolation", lead_offset=1)
+    values[3] = np.nan
+    result = nc.nowcast(as_frames(values), settings, steps=2, method="extrapolation")
+    assert result.degraded == [nc.MISSING_NEWEST]
+    newest_given = T0 + pd.Timedelta(minutes=90)
+    assert list(pd.DatetimeIndex(result.precip["time"].values)) == [newest_given + pd.Timedelta(minutes=m) for m in (30, 60)]
+    np.testing.assert_allclose(result.precip.values, expected.precip.values[:, :2], equal_nan=True)
+
+
 def test_dry_domain_gives_zero_rain(settings):
     result = nc.nowcast(as_frames(np.zeros((3, NY, NX))), settings, members=3)
     assert result.method_used == "zero" and result.degraded == [nc.DRY]

@@ -55,6 +55,12 @@ class Alert:
 
 
 @dataclass
+class Overpass:
+    gauge_rows: list
+    new_overpass: bool
+
+
+@dataclass
 class Report:
     timings: dict
     degraded: list = field(default_factory=list)
@@ -63,6 +69,7 @@ class Report:
     sources: dict = field(default_factory=dict)
     summary: Summary | None = None
     alerts: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
 
 
 def scrape(port: int) -> dict:
@@ -144,6 +151,10 @@ def test_cycle_report_values(served):
         sources={"imerg": newest, "dem": None},
         summary=Summary(0.75, {1.0: 0.9, 10: 0.25}),
         alerts=[Alert("des_moines", 10, 0.25, False)],
+        scores=[
+            Overpass([{"metric": "crps", "threshold": None, "lead": 0, "value": 0.5, "model": "nrt"}], True),
+            Overpass([{"metric": "crps", "threshold": None, "lead": 0, "value": 0.4, "model": "nrt"}], False),
+        ],
     )
     assert metrics.record_cycle(report, at=t) == "degraded"
     metrics.record_cycle_failure("ingest", "FetchError")
@@ -172,6 +183,9 @@ def test_cycle_report_values(served):
     assert value(families, "nrt_precipitation_alert", "nrt_precipitation_alert", area="des_moines", threshold="10") == 0
     assert value(families, "nrt_precipitation_alert_probability", "nrt_precipitation_alert_probability", area="des_moines", threshold="10") == 0.25
     assert value(families, "nrt_cycle_last_success_timestamp_seconds", "nrt_cycle_last_success_timestamp_seconds") == t.timestamp()
+    # a re-score of the same crossing updates the gauge but is not a second overpass
+    assert value(families, "nrt_verification_score", "nrt_verification_score", metric="crps", threshold="", lead="0", model="nrt") == 0.4
+    assert value(families, "nrt_verification_overpasses", "nrt_verification_overpasses_total") == 1
 
 
 def test_jobs_checkpoint_scores_and_disk(served, tmp_path):

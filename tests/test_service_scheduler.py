@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -71,6 +79,10 @@ def test_accelerated_clock():
     assert clock.now() == T + HALF
     assert clock.real_time_of(T + 2 * HALF) == datetime.fromtimestamp(1006.0, UTC)
     assert Clock().is_real
+    fast = Clock(speed=1000)
+    started = time.monotonic()
+    fast.sleep(300)  # five simulated minutes
+    assert 0.25 <= time.monotonic() - started < 2.0
     with pytest.raises(ValueError):
         Clock(speed=0)
 
@@ -178,8 +190,6 @@ def test_catch_up_is_bounded(cfg, catalog):
 
 def test_background_scheduler_on_an_accelerated_clock(cfg, catalog):
     """The real APScheduler path at one simulated half hour per real second."""
-    import time
-
     from nrt.service.scheduler import CycleScheduler
 
     clock = Clock(origin=T + timedelta(minutes=4, seconds=30), speed=1800)  # 30 s before the 23:35 tick
@@ -222,14 +232,6 @@ def test_backfill_command_enqueues_past_cycles_idempotently(cfg, catalog, tmp_pa
 
 def test_nrt_scheduler_process_notifies_enqueues_serves_metrics_and_stops(cfg, catalog, tmp_path):
     """`nrt scheduler` as systemd runs it: READY after the first tick, metrics on 127.0.0.1, STOPPING on SIGTERM."""
-    import os
-    import re
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
     from nrt.timeline import floor_to
 

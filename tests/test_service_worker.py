@@ -72,6 +72,7 @@ class Report:
     sources: dict = field(default_factory=dict)
     summary: None = None
     alerts: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
 
 
 @dataclass
@@ -87,7 +88,7 @@ class StageFailure(RuntimeError):
 def catalog(cfg):
     from nrt.catalog import Catalog
 
-    cfg.service.lease_seconds = 1.0
+    cfg.service.lease_seconds = 2.0
     cfg.service.heartbeat_seconds = 0.2
     cfg.service.worker_poll_s = 0.1
     with Catalog.from_config(cfg, migrate=True) as cat:
@@ -103,11 +104,11 @@ def make_worker(cfg, catalog, handlers, **kwargs):
 
 
 def test_claims_heartbeats_and_completes(cfg, catalog, tmp_path):
-    """The job outlives its 1 s lease three times over; heartbeats keep a second claimer away."""
+    """The job outlives its 2 s lease more than twice over; heartbeats keep a second claimer away."""
     seen, rival = {}, {}
 
     def compete():
-        deadline = time.monotonic() + 2.8
+        deadline = time.monotonic() + 4.3
         while time.monotonic() < deadline:
             if (job := catalog.claim("rival", lease_s=1.0)) is not None:
                 rival["job"] = job
@@ -119,8 +120,8 @@ def test_claims_heartbeats_and_completes(cfg, catalog, tmp_path):
     def handler(job, model):
         seen["model"] = model
         competitor.start()  # only now: the job is claimed, and stays claimed only through heartbeats
-        time.sleep(3.0)
-        return Report(timings={"nowcast": 1.5, "diffusion": 1.5})
+        time.sleep(4.5)
+        return Report(timings={"nowcast": 1.5, "diffusion": 3.0})
 
     job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="cycle:2024-06-01T12:30:00Z")
     worker = make_worker(cfg, catalog, {"cycle": handler}, load_model=Model)
@@ -244,7 +245,7 @@ def test_sigterm_mid_job_lets_a_short_job_finish(sqlite_url, tmp_path):
     out.mkdir()
     notify = NotifyListener(tmp_path)
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("cycle", {"name": "short"}, key="short")
+        job_id = catalog.enqueue("write", {"name": "short"}, key="short")
         worker = spawn(sqlite_url, out, notify, chunks=6, chunk_s=0.25, shutdown_timeout_s=6)
         try:
             notify.wait_for("READY=1")
@@ -273,7 +274,7 @@ def test_sigterm_mid_job_releases_a_long_job_within_the_bound(sqlite_url, tmp_pa
     out.mkdir()
     notify = NotifyListener(tmp_path)
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("cycle", {"name": "long"}, key="long")
+        job_id = catalog.enqueue("write", {"name": "long"}, key="long")
         worker = spawn(sqlite_url, out, notify, chunks=100, chunk_s=0.2, shutdown_timeout_s=4)
         try:
             wait_until(lambda: events(out), 30, "the job to start")
@@ -297,7 +298,7 @@ def test_kill_9_mid_job_then_another_worker_finishes_it(sqlite_url, tmp_path):
     out.mkdir()
     options = {"chunks": 12, "chunk_s": 0.25, "lease_seconds": 1.5, "heartbeat_seconds": 0.3, "worker_poll_s": 0.2}
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("cycle", {"name": "product"}, key="product")
+        job_id = catalog.enqueue("write", {"name": "product"}, key="product")
         first = spawn(sqlite_url, out, **options)
         try:
             wait_until(lambda: any(p.name.startswith(".product.bin.part-") for p in out.iterdir()), 30, "a partial file")
@@ -358,7 +359,7 @@ def test_several_workers_on_postgresql_do_each_job_once(pg_catalog_url, tmp_path
         for listener in listeners:
             listener.wait_for("READY=1")
         with Catalog.open(pg_catalog_url) as catalog:
-            ids = [catalog.enqueue("cycle", {"name": f"p{i:02d}"}, key=f"p{i:02d}") for i in range(24)]
+            ids = [catalog.enqueue("write", {"name": f"p{i:02d}"}, key=f"p{i:02d}") for i in range(24)]
             wait_until(lambda: catalog.counts()["jobs"]["done"] == len(ids), 60, "all jobs done")
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -380,7 +381,7 @@ def worker_main(spec: dict) -> int:
     from nrt import config, logs
     from nrt.catalog import Catalog
     from nrt.service.metrics import Metrics
-    from nrt.service.worker import Worker
+    from nrt.service.worker import Worker, hard_exit
 
     out = Path(spec.pop("out"))
     url = spec.pop("url")
@@ -389,10 +390,12 @@ def worker_main(spec: dict) -> int:
     service = {"lease_seconds": 5.0, "heartbeat_seconds": 0.5, "worker_poll_s": 0.2, **spec}
     cfg = config.from_dict({"general": {"workdir": str(out.parent / "work")}, "service": service}, "<worker test>")
     logs.setup("INFO")
-    with Catalog.open(url) as catalog:
-        worker = Worker(cfg, catalog, Metrics(), {"cycle": handler})
+    with Catalog.open(url) as catalog:  # as `nrt worker` does
+        worker = Worker(cfg, catalog, Metrics(), {"write": handler})
         worker.install_signal_handlers()
         worker.run(max_jobs=max_jobs)
+    if worker.abandoned is not None:
+        hard_exit(0)
     return 0
 
 

@@ -97,7 +97,8 @@ def test_bridge_on_leap_day_and_refusal_when_reversed():
 
 
 def test_motion_starts_cross_midnight_oldest_first():
-    assert motion_starts(t("2025-01-01T00:30"), 3) == [t("2024-12-31T23:30"), t("2025-01-01T00:00"), t("2025-01-01T00:30")]
+    expected = [t("2024-12-31T23:30"), t("2025-01-01T00:00"), t("2025-01-01T00:30")]
+    assert motion_starts(t("2025-01-01T00:30"), 3) == expected
     assert motion_starts(t("2024-03-01T00:10"), 4)[0] == t("2024-02-29T22:30")
 
 

@@ -12,13 +12,14 @@ import h5py
 import netCDF4
 import numpy as np
 import pytest
+import xarray as xr
 from scipy.spatial import cKDTree
 
 from nrt.grids import Domain, target_grid
 from nrt.twin import naming, orbit, truth
 from nrt.twin.spec import DprSettings, WorldSettings
 from nrt.twin.writers import read_truth
-from twin_helpers import IOWA, END, START, make_tree, small_spec
+from twin_helpers import IOWA, START, make_tree, small_spec
 
 BIAS, CORRELATION = 1.25, 0.5
 
@@ -29,8 +30,8 @@ def tree(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("twin"), spec)
 
 
-def imerg_vs_truth(tree: Path):
-    """(IMERG, truth averaged to 0.1°) over the truth region, read straight from the files."""
+def imerg_vs_truth(tree: Path, variable: str = "precipitation"):
+    """(IMERG `variable`, truth averaged to 0.1°) over the truth region, read straight from the files."""
     rain = read_truth(tree)
     lat, lon = rain["lat"].values, rain["lon"].values
     t = rain.values.reshape(rain.shape[0], lat.size // 2, 2, lon.size // 2, 2).mean(axis=(2, 4))
@@ -43,7 +44,7 @@ def imerg_vs_truth(tree: Path):
             glat, glon = f["Grid/lat"][:], f["Grid/lon"][:]
             rows = np.flatnonzero(np.isclose(glat[:, None], lat01[None, :], atol=1e-3).any(axis=1))
             cols = np.flatnonzero(np.isclose(glon[:, None], lon01[None, :], atol=1e-3).any(axis=1))
-            estimates.append(f["Grid/precipitation"][0, cols[0] : cols[-1] + 1, rows[0] : rows[-1] + 1].T)
+            estimates.append(f[f"Grid/{variable}"][0, cols[0] : cols[-1] + 1, rows[0] : rows[-1] + 1].T)
     return np.stack(estimates).astype(np.float64), t, lat01, lon01
 
 
@@ -71,11 +72,19 @@ def test_imerg_misses_light_rain_and_has_false_alarms(tree):
 
 def test_imerg_random_error_tracks_the_actual_error(tree):
     est, t, _, _ = imerg_vs_truth(tree)
-    with h5py.File(next((tree / "pps/imerg/early").rglob("*.RT-H5")), "r") as f:
-        error = f["Grid/randomError"][...]
-        plp = f["Grid/probabilityLiquidPrecipitation"][...]
-    assert (error[error != np.float32(-9999.9)] >= 0).all()
-    assert set(np.unique(plp[plp != -9999])) <= set(range(0, 101)) and (plp == 100).any()  # June in Iowa: rain
+    error = imerg_vs_truth(tree, "randomError")[0]
+    raining = est > 0
+    assert (error[raining] > 0).all() and (error[~raining] == 0).all()
+    rms_actual = np.sqrt(np.mean((est[raining] - t[raining]) ** 2))
+    assert np.sqrt(np.mean(error[raining] ** 2)) == pytest.approx(rms_actual, rel=0.02)
+    bins = [(0.0, 1.0), (1.0, 5.0), (5.0, np.inf)]
+    predicted = [np.mean(error[raining & (est >= lo) & (est < hi)]) for lo, hi in bins]
+    assert predicted[0] < predicted[1] < predicted[2]  # larger rates, larger errors, as in IMERG
+
+
+def test_imerg_liquid_probability_follows_the_season(tree):
+    plp = imerg_vs_truth(tree, "probabilityLiquidPrecipitation")[0]
+    assert (plp >= 0).all() and (plp <= 100).all() and np.median(plp) == 100  # June in Iowa: rain, not snow
 
 
 def test_dpr_coverage_per_day_matches_the_orbit_geometry():
@@ -228,16 +237,14 @@ def test_geosfp_is_consistent_with_the_truth(tree):
     divergence = dudx + dvdy
     assert divergence[wet].mean() < 0 < divergence[dry].mean() + 1e-3
     # The advecting wind, and a smoothed, biased truth for PRECTOT (kg m-2 s-1).
-    u = rain["time"].size and float(np.mean(read["U10M"]))
-    assert u == pytest.approx(float(xr_wind(tree, valid)[0]), abs=1.0)
+    u, v = truth_wind(tree, valid)
+    assert np.mean(read["U10M"]) == pytest.approx(u, abs=1.0) and np.mean(read["V10M"]) == pytest.approx(v, abs=1.0)
     prectot = read["PRECTOT"] * 3600
     assert np.corrcoef(prectot.ravel(), truth_there.ravel())[0, 1] > 0.5
     assert prectot.mean() == pytest.approx(small_spec().geosfp.precip_bias * truth_there.mean(), rel=0.3)
 
 
-def xr_wind(tree: Path, valid: datetime) -> tuple[float, float]:
-    import xarray as xr
-
+def truth_wind(tree: Path, valid: datetime) -> tuple[float, float]:
     with xr.open_dataset(tree / naming.truth_path(valid)) as ds:
         at = ds.sel(time=np.datetime64(valid.replace(tzinfo=None)))
         return float(at["u_wind"]), float(at["v_wind"])

@@ -13,7 +13,7 @@ def run_service(args, cfg) -> int:
     from nrt.service import load_downscaler, metrics_port, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import CycleScheduler
-    from nrt.service.worker import Worker
+    from nrt.service.worker import Worker, hard_exit
 
     catalog = open_catalog(cfg, migrate=True)  # one machine, one catalog: create it on first start
     metrics = Metrics()
@@ -25,4 +25,7 @@ def run_service(args, cfg) -> int:
         worker.run()
     finally:
         scheduler.shutdown(wait=False)
+        catalog.close()
+    if worker.abandoned is not None:
+        hard_exit(0)
     return 0

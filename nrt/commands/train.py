@@ -19,6 +19,8 @@ def register(sub) -> None:
     parser.add_argument("--run-dir", type=Path, help="directory of the resumable training state (default: train.run_dir)")
     parser.add_argument("--start", help="build the training set from collocated granules from this UTC time (ISO)")
     parser.add_argument("--end", help="... up to this UTC time (ISO)")
+    parser.add_argument("--register-tree", type=Path, metavar="DIR",
+                        help="first validate and catalog the granule files under DIR (a bulk download or a twin tree)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the training set even if the file exists")
     parser.add_argument("--build-only", action="store_true", help="build the training set and stop")
     parser.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
@@ -54,8 +56,14 @@ def run_train(args, cfg) -> int:
         from nrt.catalog import Catalog
         from nrt.timeline import utc
 
-        catalog = Catalog.open(cfg.database_url)
-        dataset_mod.build_from_catalog(cfg, catalog, utc(start), utc(end), dataset)
+        try:
+            start, end = utc(start), utc(end)
+        except ValueError as exc:
+            raise ConfigError("--start/--end", str(exc)) from None
+        with Catalog.from_config(cfg, migrate=True) as catalog:
+            if args.register_tree:
+                dataset_mod.register_tree(cfg, catalog, args.register_tree)
+            dataset_mod.build_from_catalog(cfg, catalog, start, end, dataset)
     if args.build_only:
         return 0
     result = train(cfg, dataset, output, run_dir, resume=not args.fresh, progress=not args.no_progress)

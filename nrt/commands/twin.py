@@ -74,9 +74,16 @@ def generate_command(args, cfg) -> int:
 
 
 def serve_command(args, cfg) -> int:
+    from pathlib import Path
+
+    from nrt.twin import naming
+    from nrt.twin.generate import load_manifest
     from nrt.twin.server import make_server
 
     server = make_server(args.root, args.port, args.host)
+    spec = load_manifest(args.root).get("spec") if (Path(args.root) / naming.MANIFEST).is_file() else None
+    if spec:
+        print(f"twin {spec['start']} .. {spec['end']}, seed {spec['seed']}, domain {spec['domain']}")
     print(f"serving {args.root} at {server.base_url} (/pps: user = password = an e-mail address); Ctrl-C stops",
           flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())

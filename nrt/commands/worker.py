@@ -18,7 +18,7 @@ def register(sub) -> None:
 def run_worker(args, cfg) -> int:
     from nrt.service import load_downscaler, metrics_port, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
-    from nrt.service.worker import Worker
+    from nrt.service.worker import Worker, hard_exit
 
     catalog = open_catalog(cfg)
     metrics = Metrics()
@@ -26,5 +26,8 @@ def run_worker(args, cfg) -> int:
     worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_downscaler(cfg))
     worker.install_signal_handlers()
     done = worker.run(max_jobs=args.max_jobs, drain=args.drain)
+    catalog.close()
     log.info("worker %s exits after %d jobs", worker.owner, done)
+    if worker.abandoned is not None:
+        hard_exit(0)
     return 0

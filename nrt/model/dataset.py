@@ -8,8 +8,10 @@ as conditioning, the DPR swath gridded to 0.05° as truth (mask = inside the swa
 from __future__ import annotations
 
 import json
+import logging
+import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,9 @@ from safetensors.torch import save_file
 
 from nrt.errors import DataError
 from nrt.io import atomic_path
-from nrt.model.conditioning import ChannelSet
+from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels
+
+log = logging.getLogger("nrt.model.dataset")
 
 FORMAT = "nrt-trainingset/1"
 
@@ -102,3 +106,171 @@ def read_training_set(path: str | Path) -> TrainingSet:
         times=json.loads(meta.get("times", "[]")),
         provenance=json.loads(meta.get("provenance", "{}")),
     )
+
+
+def channel_set_for(cfg) -> ChannelSet:
+    """The conditioning channels that `[train]` asks for, with the GEOS-FP variables of `[sources.geosfp]`."""
+    tcfg, geos = cfg.train, cfg.sources.geosfp
+    return ChannelSet(
+        geosfp_variables=tuple(geos.slv_variables) + tuple(geos.flx_variables) if tcfg.use_geosfp else (),
+        random_error=tcfg.use_random_error,
+        dem=tcfg.use_dem,
+        position=tcfg.use_position,
+    )
+
+
+# ---------------------------------------------------------------- building from the catalog (the I/O edge)
+
+HALF_HOUR = timedelta(minutes=30)
+
+
+def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
+    """Validate and register in the catalog every granule file found under `root` (a bulk download or a twin
+    mirror tree), so that a training archive fetched outside the real-time ingest can be built from.
+
+    Returns (registered, skipped); files that no source names, or that fail their source's validation, are skipped.
+    """
+    from nrt.io import sha256_file
+    from nrt.sources import module, parse_any
+
+    registered = skipped = 0
+    for path in sorted(Path(root).expanduser().rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        rf = parse_any(path.name)
+        try:
+            if rf is None:
+                raise DataError(path, "not a granule of any source")
+            module(rf.source).validate(path, cfg, rf.name)
+        except DataError as exc:
+            log.debug("skipping %s", exc)
+            skipped += 1
+            continue
+        catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path.resolve()), path.stat().st_size, sha256_file(path))
+        registered += 1
+    log.info("registered %d granule files under %s (%d other files skipped)", registered, root, skipped)
+    return registered, skipped
+
+
+def _paths_by_start(catalog, source: str, start: datetime, end: datetime) -> dict[datetime, Path]:
+    return {g.start_time: Path(g.path) for g in catalog.granules(source, start, end, state="downloaded") if g.path}
+
+
+def _geosfp_files(catalog, start: datetime, end: datetime) -> dict[datetime, list[Path]]:
+    """Hourly stamp (HH:30) -> the files holding it: assimilation if held, else the newest forecast initialisation."""
+    from nrt.sources import geosfp
+
+    chosen: dict[tuple[datetime, str], tuple[str, Path]] = {}
+    for g in catalog.granules(geosfp.NAME, start, end, state="downloaded"):
+        match = geosfp.FILE_PATTERN.fullmatch(g.name)
+        if not match or not g.path:
+            continue
+        rank = "~asm" if match["stream"] == "asm" else match["init"]  # "~" sorts after every digit
+        key = (g.start_time + timedelta(minutes=30), match["collection"])
+        if key not in chosen or rank > chosen[key][0]:
+            chosen[key] = (rank, Path(g.path))
+    files: dict[datetime, list[Path]] = {}
+    for (hour, _), (_, path) in sorted(chosen.items()):
+        files.setdefault(hour, []).append(path)
+    return files
+
+
+class CatalogInputs:
+    """The model's inputs at any valid time and lead, read from the catalog's granules as the service reads them.
+
+    Lead 0 is the IMERG granule at the valid time; lead L is a hindcast nowcast from the granule L half-hours
+    earlier, run as the service runs it (same motion granules, method and settings; one member). GEOS-FP is
+    interpolated to the valid time; the DEM is read once. Missing GEOS-FP or DEM leave their channels NaN.
+    """
+
+    def __init__(self, cfg, catalog, start: datetime, end: datetime, max_lead: int = 8):
+        from nrt.grids import target_grid
+        from nrt.sources.dem import load_dem
+
+        self.cfg, self.channels = cfg, channel_set_for(cfg)
+        self.grid = target_grid(cfg.domain.box())
+        reach = (max_lead + cfg.timeline.motion_granules) * HALF_HOUR
+        self.imerg_paths = _paths_by_start(catalog, "imerg", start - reach, end)
+        two_hours = timedelta(hours=2)
+        self.geos_files = _geosfp_files(catalog, start - two_hours, end + two_hours) if self.channels.geosfp_variables else {}
+        self.dem = None
+        dems = catalog.granules("dem", state="downloaded") if self.channels.dem else []
+        if dems:
+            self.dem = load_dem(dems[-1].path, self.grid, cache_dir=cfg.data_dir / "dem-cache")
+
+    def geosfp(self, valid: datetime):
+        from nrt.sources.geosfp import read_geosfp
+        from nrt.timeline import geosfp_hours_for
+
+        if not self.channels.geosfp_variables or not all(h in self.geos_files for h in geosfp_hours_for(valid)):
+            return None
+        return read_geosfp(self.geos_files, valid, self.grid, self.channels.geosfp_variables)
+
+    def conditioning(self, valid: datetime, lead: int, geosfp=None) -> Conditioning | None:
+        """None when the IMERG granule the lead starts from is not in the catalog."""
+        from nrt.grids import imerg_grid
+        from nrt.nowcast import nowcast, nowcast_domain
+        from nrt.sources.imerg import read_imerg
+        from nrt.timeline import motion_starts
+
+        cfg, domain = self.cfg, self.cfg.domain.box()
+        newest = valid - lead * HALF_HOUR
+        if newest not in self.imerg_paths:
+            return None
+        latest = read_imerg([self.imerg_paths[newest]], domain, ("precipitation", *cfg.sources.imerg.extra_variables))
+        error = latest["randomError"].values[0] if "randomError" in latest else None
+        precip = latest["precipitation"].values
+        if lead > 0:
+            starts = [t for t in motion_starts(newest, cfg.timeline.motion_granules) if t in self.imerg_paths]
+            frames = read_imerg([self.imerg_paths[t] for t in starts], nowcast_domain(domain, cfg.nowcast, steps=lead))
+            seed = zlib.crc32(f"{valid.isoformat()}/{lead}".encode())  # reproducible, different per sample
+            result = nowcast(frames["precipitation"], cfg.nowcast, steps=lead, members=1, seed=seed)
+            coarse = imerg_grid(domain)
+            last = result.precip.isel(member=0, time=-1)
+            precip = last.sel(lat=coarse.lats, lon=coarse.lons, method="nearest", tolerance=1e-3).values[None]
+        geosfp = self.geosfp(valid) if geosfp is None else geosfp
+        return Conditioning(precip, self.grid, lead=lead, random_error=error, geosfp=geosfp, dem=self.dem)
+
+
+def build_from_catalog(cfg, catalog, start: datetime, end: datetime, path: str | Path) -> Path:
+    """Collocate every DPR overpass in [start, end] with its inputs at each lead of `train.leads`; write the set.
+
+    Truth: the DPR swath gridded to 0.05° (mask = inside the swath with a retrieval), at the half-hour holding
+    the overpass' median scan time over the domain. Overpasses covering fewer than `train.min_swath_cells`
+    cells are skipped, as are leads whose IMERG granule is missing.
+    """
+    from nrt.sources.dpr import grid_swath, read_dpr
+    from nrt.timeline import floor_halfhour
+
+    tcfg = cfg.train
+    inputs = CatalogInputs(cfg, catalog, start, end, max(tcfg.leads))
+    grid, channels = inputs.grid, inputs.channels
+    samples, skipped = [], 0
+    for granule in catalog.granules("dpr", start - timedelta(hours=2), end, state="downloaded"):
+        gridded = grid_swath(read_dpr(granule.path), grid, cfg.sources.dpr.footprint_km)
+        truth = gridded["precipitation"].values.astype(np.float32)
+        mask = gridded["coverage"].values.astype(bool) & np.isfinite(truth)
+        if mask.sum() < tcfg.min_swath_cells:
+            continue
+        times = gridded["scan_time"].values[mask].astype("datetime64[ns]")
+        times = times[~np.isnat(times)]
+        if not times.size:
+            continue
+        median_ns = float(np.median(times.astype("int64")))
+        valid = floor_halfhour(datetime.fromtimestamp(median_ns / 1e9, tz=timezone.utc))
+        if not start <= valid <= end:
+            continue
+        geos = inputs.geosfp(valid)
+        for lead in tcfg.leads:
+            cond = inputs.conditioning(valid, lead, geos)
+            if cond is None:
+                skipped += 1
+                continue
+            samples.append(Sample(raw_channels(cond, channels)[0], truth, mask, lead, valid))
+        log.info("%s: %d truth cells at %s", granule.name, int(mask.sum()), valid.isoformat())
+    if not samples:
+        raise DataError(path, f"no DPR overpass with >= {tcfg.min_swath_cells} cells and its IMERG inputs in {start.isoformat()} .. {end.isoformat()}")
+    provenance = {"built_from": "catalog", "start": start.isoformat(), "end": end.isoformat(),
+                  "leads": list(tcfg.leads), "samples": len(samples), "skipped_leads": skipped, "grid": list(grid.shape)}
+    log.info("training set: %d samples (%d leads skipped for missing IMERG) -> %s", len(samples), skipped, path)
+    return write_training_set(path, samples, channels, provenance)

@@ -1,7 +1,7 @@
 """Inference: the `Downscaler` turns a `Conditioning` into an ensemble of 0.05° rain-rate fields.
 
 member = regression mean + EDM sample of the residual. Any domain size works: the normalised inputs are padded
-to at least one patch, cut into overlapping patches, and every network call runs all patches of all members
+to whole tiles, cut into overlapping tiles, and every network call runs all patches of all members
 as one batch (split into chunks of `max_batch` for memory), blended back before each sampler update.
 """
 
@@ -17,7 +17,7 @@ import torch
 from nrt.errors import ConfigError, DataError
 from nrt.model import checkpoint
 from nrt.model.conditioning import Conditioning, raw_channels
-from nrt.model.patching import PatchGrid, pad_to
+from nrt.model.patching import PatchGrid
 from nrt.model.sampler import edm_sample
 from nrt.model.spec import ModelSpec
 
@@ -53,6 +53,7 @@ class Downscaler:
         if not 4 <= patch_overlap < patch_size:
             raise ConfigError("model.patch_overlap", f"{patch_overlap} must be at least 4 and less than the patch size")
         self.patch_size, self.patch_overlap, self.max_batch, self.churn = patch_size, patch_overlap, max_batch, churn
+        self._multiple = down
         self.autocast = device.type == "cuda" and bf16
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.regression, self.diffusion = spec.build()
@@ -102,10 +103,8 @@ class Downscaler:
         raw = raw_channels(cond, self.spec.channels)
         missing = np.isnan(raw[:, 0])
         z = self.spec.normalize_inputs(torch.from_numpy(raw)).to(self.device)
-        height, width = z.shape[-2:]
-        z = pad_to(z, self.patch_size, self.patch_size)
-        grid = PatchGrid(z.shape[-2], z.shape[-1], self.patch_size, self.patch_overlap)
-        return z, grid, missing, (height, width)
+        grid = PatchGrid(*z.shape[-2:], self.patch_size, self.patch_overlap, self._multiple)
+        return grid.pad(z), grid, missing
 
     def _mean(self, z: torch.Tensor, grid: PatchGrid, lead: int) -> torch.Tensor:
         tiles = grid.extract(z)
@@ -115,14 +114,14 @@ class Downscaler:
     @torch.no_grad()
     def regression_mean(self, cond: Conditioning) -> np.ndarray:
         """The regression UNet's mean, (member of `cond.precip`, lat, lon) mm/h."""
-        z, grid, missing, (h, w) = self._prepare(cond)
-        rate = self.spec.denormalize_target(self._mean(z, grid, cond.lead))[:, 0, :h, :w].cpu().numpy()
+        z, grid, missing = self._prepare(cond)
+        rate = grid.crop(self.spec.denormalize_target(self._mean(z, grid, cond.lead)))[:, 0].cpu().numpy()
         return np.where(missing, np.nan, rate).astype(np.float32)
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int = 18, solver: str = "heun") -> np.ndarray:
         """(member, lat, lon) float32 mm/h; member i is driven by coarse member i mod the number given."""
-        z, grid, missing, (h, w) = self._prepare(cond)
+        z, grid, missing = self._prepare(cond)
         mean = self._mean(z, grid, cond.lead)
         source = torch.arange(members, device=self.device) % z.shape[0]
         condition = grid.extract(torch.cat([z, mean], dim=1)[source])
@@ -136,5 +135,5 @@ class Downscaler:
         generator = torch.Generator(self.device).manual_seed(seed)
         latents = torch.randn((members, 1, *z.shape[-2:]), device=self.device, generator=generator)
         residual = edm_sample(denoise, latents, steps=steps, solver=solver, churn=self.churn, generator=generator)
-        rate = self.spec.denormalize_target(mean[source] + residual)[:, 0, :h, :w].cpu().numpy()
+        rate = grid.crop(self.spec.denormalize_target(mean[source] + residual))[:, 0].cpu().numpy()
         return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)

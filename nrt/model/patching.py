@@ -1,8 +1,11 @@
 """Patches: random ones for training where the truth mask covers enough, overlapping ones for inference.
 
-Inference splits any domain into a grid of overlapping square patches, runs the network on all of them (and all
+Inference splits any domain into a grid of overlapping tiles, runs the network on all of them (and all
 members) in one batch, and blends the outputs back with weights that taper linearly across each overlap. The
-sampler calls the blend at every step, so every patch sees the same full-domain state and no seam can grow.
+sampler calls the blend at every step, so every tile sees the same full-domain state and no seam can grow.
+Tiles are at most `max_patch` cells a side; along each axis they are shrunk to the smallest multiple of the
+network's downsampling that still covers the axis with as few tiles (the demo's 66 rows take two 40-row
+tiles rather than two 64-row ones), so little work is spent on overlap and padding.
 """
 
 from __future__ import annotations
@@ -14,6 +17,22 @@ import torch
 from torch.nn import functional as F
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_length(length: int, max_patch: int, overlap: int, multiple: int = 1) -> int:
+    """The shortest tile (a multiple of `multiple`, <= max_patch) covering `length` with the fewest tiles."""
+    if max_patch % multiple:
+        raise ValueError(f"patch size {max_patch} is not a multiple of {multiple}")
+    if not 0 <= overlap < max_patch:
+        raise ValueError(f"patch overlap {overlap} must be in [0, {max_patch})")
+    if length <= max_patch:
+        return _round_up(length, multiple)
+    count = math.ceil((length - overlap) / (max_patch - overlap))
+    return _round_up(math.ceil((length + (count - 1) * overlap) / count), multiple)
+
+
 def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
     """Patch origins along one axis: the first at 0, the last flush with the end, neighbours overlapping >= `overlap`."""
     if length < patch:
@@ -22,8 +41,7 @@ def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
         raise ValueError(f"patch overlap {overlap} must be in [0, {patch})")
     if length == patch:
         return [0]
-    count = math.ceil((length - overlap) / (patch - overlap))
-    count = max(count, 2)
+    count = max(2, math.ceil((length - overlap) / (patch - overlap)))
     # integer floor keeps every step <= patch - overlap, because (length - patch)/(count - 1) <= patch - overlap
     return [(i * (length - patch)) // (count - 1) for i in range(count)]
 
@@ -45,37 +63,50 @@ def _taper(starts: list[int], patch: int) -> list[np.ndarray]:
 
 
 class PatchGrid:
-    """Overlapping square patches covering an (height, width) domain at least `patch` cells on each side."""
+    """Overlapping tiles covering an (height, width) domain; `pad` first when the domain is under one tile.
 
-    def __init__(self, height: int, width: int, patch: int, overlap: int):
-        self.height, self.width, self.patch = height, width, patch
-        rows, cols = axis_starts(height, patch, overlap), axis_starts(width, patch, overlap)
-        row_w, col_w = _taper(rows, patch), _taper(cols, patch)
+    `shape` is the (possibly padded) domain the tiles cover and `tile` the (rows, cols) of every tile.
+    """
+
+    def __init__(self, height: int, width: int, max_patch: int, overlap: int, multiple: int = 1):
+        self.domain = (height, width)
+        tile_h = tile_length(height, max_patch, overlap, multiple)
+        tile_w = tile_length(width, max_patch, overlap, multiple)
+        self.tile = (tile_h, tile_w)
+        self.shape = (max(height, tile_h), max(width, tile_w))
+        rows, cols = axis_starts(self.shape[0], tile_h, overlap), axis_starts(self.shape[1], tile_w, overlap)
         self.origins = [(r, c) for r in rows for c in cols]
-        window = np.stack([np.outer(rw, cw) for rw in row_w for cw in col_w])  # (P, patch, patch)
-        total = np.zeros((height, width))
+        window = np.stack([np.outer(rw, cw) for rw in _taper(rows, tile_h) for cw in _taper(cols, tile_w)])
+        total = np.zeros(self.shape)
         for (r, c), w in zip(self.origins, window):
-            total[r : r + patch, c : c + patch] += w
+            total[r : r + tile_h, c : c + tile_w] += w
         self._window = torch.from_numpy(window).float()
         self._total = torch.from_numpy(total).float()
 
     def __len__(self) -> int:
         return len(self.origins)
 
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad (…, H, W) on the domain to the covered `shape`."""
+        return pad_to(x, *self.shape)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : self.domain[0], : self.domain[1]]
+
     def extract(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B * P, C, patch, patch), patch index fastest."""
-        p = self.patch
-        tiles = torch.stack([x[..., r : r + p, c : c + p] for r, c in self.origins], dim=1)
+        """(B, C, *shape) -> (B * P, C, *tile), tile index fastest."""
+        th, tw = self.tile
+        tiles = torch.stack([x[..., r : r + th, c : c + tw] for r, c in self.origins], dim=1)
         return tiles.reshape(-1, *tiles.shape[2:])
 
     def blend(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(B * P, C, patch, patch) -> (B, C, H, W), a weighted mean wherever patches overlap."""
-        p, n = self.patch, len(self.origins)
+        """(B * P, C, *tile) -> (B, C, *shape), a weighted mean wherever tiles overlap."""
+        (th, tw), n = self.tile, len(self.origins)
         tiles = tiles.reshape(-1, n, *tiles.shape[1:])
         window = self._window.to(tiles.device, tiles.dtype)
-        out = tiles.new_zeros(tiles.shape[0], tiles.shape[2], self.height, self.width)
+        out = tiles.new_zeros(tiles.shape[0], tiles.shape[2], *self.shape)
         for k, (r, c) in enumerate(self.origins):
-            out[..., r : r + p, c : c + p] += tiles[:, k] * window[k]
+            out[..., r : r + th, c : c + tw] += tiles[:, k] * window[k]
         return out / self._total.to(tiles.device, tiles.dtype)
 
 

@@ -31,7 +31,7 @@ from nrt import __version__
 from nrt.errors import ConfigError
 from nrt.io import sha256_file
 from nrt.model import checkpoint
-from nrt.model.conditioning import PRECIP_CHANNELS, ChannelSet
+from nrt.model.conditioning import PRECIP_CHANNELS
 from nrt.model.dataset import TrainingSet, read_training_set
 from nrt.model.inference import pick_device
 from nrt.model.loss import EDMLoss, regression_loss
@@ -91,12 +91,6 @@ def fit_spec(tcfg, data: TrainingSet) -> ModelSpec:
         diffusion=network_spec(tcfg.diffusion, len(names) + 2),
         sigma_data=tcfg.sigma_data,
     )
-
-
-def channel_set_for(cfg) -> ChannelSet:
-    tcfg = cfg.train
-    geos = tuple(cfg.sources.geosfp.slv_variables) + tuple(cfg.sources.geosfp.flx_variables) if tcfg.use_geosfp else ()
-    return ChannelSet(geosfp_variables=geos, random_error=tcfg.use_random_error, dem=tcfg.use_dem, position=tcfg.use_position)
 
 
 def _fingerprint(tcfg, spec: ModelSpec, dataset_sha: str) -> str:

@@ -26,6 +26,7 @@ CONVENTIONS = "CF-1.10"
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 PRECIP_VAR = "precipitation"
+INPUT_VAR = "input_precipitation"  # the verification baseline, see ensemble_dataset
 # least_significant_digit=2 keeps 0.01 mm/h: netCDF4 rounds to a power of two finer than 10**-2 (1/128),
 # so the stored error is at most 1/256 mm/h and the zeroed low mantissa bits deflate well.
 QUANTIZE_DIGITS = 2
@@ -162,8 +163,13 @@ def ensemble_dataset(
     forecast_reference_time: dt.datetime,
     lead: int,
     attrs: Mapping | None = None,
+    input_precipitation: np.ndarray | None = None,
 ) -> xr.Dataset:
-    """The ensemble as a CF dataset (pure): `precip` is (member, time=1, lat, lon) or (member, lat, lon), mm/h."""
+    """The ensemble as a CF dataset (pure): `precip` is (member, time=1, lat, lon) or (member, lat, lon), mm/h.
+
+    `input_precipitation` ([time=1,] lat, lon, mm/h), when given, is the model's coarse input bilinearly
+    upsampled (IMERG at lead 0, the nowcast member mean later): the baseline `nrt.verify` scores beside the ensemble.
+    """
     if precip.ndim == 3:
         precip = precip.expand_dims("time", axis=1)
     if precip.dims != ("member", "time", "lat", "lon") or precip.shape[1] != 1 or precip.shape[2:] != grid.shape:
@@ -185,8 +191,15 @@ def ensemble_dataset(
             "grid_mapping": "crs",
         },
     )
+    data = {PRECIP_VAR: variable}
+    if input_precipitation is not None:
+        data[INPUT_VAR] = (
+            ("time", "lat", "lon"),
+            np.asarray(input_precipitation, dtype=np.float32).reshape(1, *grid.shape),
+            {**variable[2], "long_name": "model input (IMERG Early or nowcast), bilinearly upsampled"},
+        )
     meta = {**(attrs or {}), "lead_half_hours": int(lead), "valid_time": utc(valid_time)}
-    return xr.Dataset({PRECIP_VAR: variable, **aux}, coords=coords, attrs=global_attrs("nrt precipitation ensemble", meta))
+    return xr.Dataset({**data, **aux}, coords=coords, attrs=global_attrs("nrt precipitation ensemble", meta))
 
 
 def write_ensemble(
@@ -200,15 +213,22 @@ def write_ensemble(
     attrs: Mapping | None = None,
     quantize: bool = True,
     deflate_level: int = 4,
+    input_precipitation: np.ndarray | None = None,
 ) -> Path:
     """Write one valid time's ensemble as CF-1.10 NetCDF4, deflated + shuffled, chunked one member by one map.
 
     `lead` counts half-hours from `forecast_reference_time` (the IMERG start S) to `valid_time`; the two must
     agree. With `quantize`, values keep 0.01 mm/h (error <= 1/256 mm/h). Returns `path`.
     """
-    ds = ensemble_dataset(precip, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, lead=lead, attrs=attrs)
+    ds = ensemble_dataset(precip, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, lead=lead, attrs=attrs,
+                          input_precipitation=input_precipitation)
     chunks = {"member": 1, "time": 1}
-    return write_dataset(Path(path), ds, [PRECIP_VAR], deflate_level=deflate_level, quantize=quantize, chunks=chunks)
+    return write_dataset(Path(path), ds, data_vars(ds), deflate_level=deflate_level, quantize=quantize, chunks=chunks)
+
+
+def data_vars(ds: xr.Dataset) -> list[str]:
+    """The ensemble file's data variables: the members, and the upsampled input when present."""
+    return [name for name in (PRECIP_VAR, INPUT_VAR) if name in ds]
 
 
 def open_product(path: str | Path, variable: str = PRECIP_VAR) -> xr.Dataset:

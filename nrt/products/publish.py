@@ -24,7 +24,7 @@ import xarray as xr
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
 from nrt.products.ef5 import export_ef5
-from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, ensemble_dataset, product_path, write_dataset
+from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, data_vars, ensemble_dataset, product_path, write_dataset
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
 from nrt.products.summary import (
     ProductStats,
@@ -143,6 +143,7 @@ def publish_valid_time(
     lead: int,
     attrs: Mapping | None = None,
     quicklook: bool | None = None,
+    input_precipitation=None,
 ) -> Published:
     """Write, register and index every product of one valid time of one cycle.
 
@@ -151,19 +152,21 @@ def publish_valid_time(
     a quicklook PNG (by default for the cycle's newest valid time only, when `products.quicklook`); the EF5
     GeoTIFFs when `products.ef5_export` and this ensemble is now the best available; then `latest.json`.
     `precip` is (member, [time=1,] lat, lon) in mm/h; `attrs` carries the provenance (see
-    `netcdf.global_attrs`), its `checkpoint_sha256` also goes to the catalog.
+    `netcdf.global_attrs`), its `checkpoint_sha256` also goes to the catalog. `input_precipitation` (lat, lon)
+    is the upsampled model input stored beside the members as the verification baseline.
     """
     pc = cfg.products
     valid, cycle = utc(valid_time), utc(cycle_time)
     meta = {**(attrs or {}), "cycle_time": cycle}
     checkpoint = meta.get("checkpoint_sha256") or None
-    ds = ensemble_dataset(precip, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time, lead=lead, attrs=meta)
+    ds = ensemble_dataset(precip, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time, lead=lead, attrs=meta,
+                          input_precipitation=input_precipitation)
     members = ds.sizes["member"]
     where = dict(valid_time=valid, cycle_time=cycle, lead=lead, members=members, checkpoint=checkpoint)
     records = []
 
     ens_path = write_dataset(
-        product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, [PRECIP_VAR],
+        product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, data_vars(ds),
         deflate_level=pc.deflate_level, quantize=pc.quantize, chunks={"member": 1, "time": 1},
     )
     records.append(register_file(catalog, ENSEMBLE, ens_path, **where))

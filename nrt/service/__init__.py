@@ -46,22 +46,21 @@ def load_downscaler(cfg):
 def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
     """Job handlers backed by `nrt.pipeline`: a `cycle` job runs `run_cycle` for its payload's cycle time.
 
-    `clock` (an accelerated `scheduler.Clock` in the demo) is the time ingest polls against; its waits
-    shrink by the same speed. `progress(message)` hears each stage as it starts.
+    `clock` (a `nrt.service.scheduler.Clock`) gives the pipeline its notion of now and of waiting, so an
+    accelerated demo clock also shortens the ingest's waits for late files. `progress(message)` hears each
+    stage of a cycle as it starts (the demo's progress bar).
     """
-    import time
-
     from nrt import pipeline
+    from nrt.service.scheduler import Clock
     from nrt.sources.http import Client
 
     client = Client.from_config(cfg)
-    now = clock.now if clock is not None else None
-    speed = clock.speed if clock is not None else 1.0
+    clock = clock or Clock()
 
     def run_cycle(job, downscaler):
+        cycle_time = utc(job.payload["cycle_time"])
         return pipeline.run_cycle(
-            utc(job.payload["cycle_time"]), cfg, catalog, client, downscaler,
-            now=now, sleep=lambda seconds: time.sleep(seconds / speed), progress=progress,
+            cycle_time, cfg, catalog, client, downscaler, now=clock.now, sleep=clock.sleep, progress=progress
         )
 
     return {"cycle": run_cycle}

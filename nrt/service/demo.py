@@ -27,8 +27,8 @@ from nrt.timeline import HALF_HOUR, floor_to, isoformat
 
 log = logging.getLogger("nrt.demo")
 
-#: A summer afternoon over Iowa: the twin's diurnal cycle peaks in the late afternoon (local time).
-FIRST_CYCLE = datetime(2025, 6, 14, 18, 0, tzinfo=timezone.utc)
+#: A summer evening over Iowa, near the twin's diurnal peak, with a DPR overpass at 21:02-21:32 UTC.
+FIRST_CYCLE = datetime(2025, 6, 14, 21, 0, tzinfo=timezone.utc)
 DEMO_EMAIL = "demo@example.org"  # the twin's PPS mirror wants an e-mail as user and password, like the real one
 CLOCK_SPEED = 180.0  # simulated seconds per real second: a new cycle every 10 s of real time
 
@@ -96,7 +96,7 @@ def ensure_twin(cfg, root: Path, start: datetime, end: datetime, seed: int, prog
     spec = TwinSpec(cfg.domain.box(), start, end, seed)
     if (root / "twin.json").is_file():
         try:
-            if load_manifest(root) == spec.to_dict():
+            if load_manifest(root).get("spec") == spec.to_dict():
                 log.info("reusing the twin in %s", root)
                 return
         except NrtError:

@@ -43,6 +43,11 @@ class AlertLike(Protocol):
     active: bool
 
 
+class OverpassLike(Protocol):
+    gauge_rows: Sequence[Mapping]  # rows for `record_scores`
+    new_overpass: bool  # False when these products' half-hour was scored before
+
+
 class CycleReportLike(Protocol):
     """What `record_cycle` reads from `pipeline.run_cycle`'s report."""
 
@@ -53,6 +58,7 @@ class CycleReportLike(Protocol):
     sources: Mapping[str, datetime | None]  # source ingested -> start of its newest granule (None: static)
     summary: LastProductLike | None  # statistics of the newest valid time's product
     alerts: Sequence[AlertLike]
+    scores: Sequence[OverpassLike]  # DPR overpasses scored this cycle (`nrt.verify.verify_granules`)
 
 
 def threshold_label(value: float) -> str:
@@ -127,10 +133,9 @@ class Metrics:
         self.stage_duration.labels(stage=stage).observe(seconds)
         self.stage_last_success.labels(stage=stage).set(_epoch(at))
 
-    def record_stage_failure(self, stage: str, reason: str, seconds: float | None = None) -> None:
+    def record_stage_failure(self, stage: str, reason: str) -> None:
+        """`reason` is an exception class name or a short fixed word: label values must stay few."""
         self.stage_failures.labels(stage=stage, reason=reason).inc()
-        if seconds is not None:
-            self.stage_duration.labels(stage=stage).observe(seconds)
 
     def record_source(self, source: str, newest_granule: datetime | None = None, at: datetime | float | None = None) -> None:
         """A source ingested without error at `at`; `newest_granule` is the start of the newest file held."""
@@ -150,6 +155,8 @@ class Metrics:
         if report.summary is not None:
             self.record_last_product(report.summary.mean_rain_rate, report.summary.max_exceedance)
         self.record_alerts(report.alerts)
+        for overpass in report.scores:
+            self.record_scores(overpass.gauge_rows, new_overpass=overpass.new_overpass)
         outcome = "degraded" if report.degraded else "ok"
         self.cycles.labels(outcome=outcome).inc()
         self.cycle_last_success.set(_epoch(at))
@@ -176,14 +183,18 @@ class Metrics:
             self.alert.labels(**labels).set(1 if alert.active else 0)
             self.alert_probability.labels(**labels).set(alert.probability)
 
-    def record_scores(self, rows: Iterable[Mapping]) -> None:
-        """One overpass's scores: rows of {metric, threshold (None if none), lead, value, model}."""
+    def record_scores(self, rows: Iterable[Mapping], new_overpass: bool = True) -> None:
+        """One overpass's scores: rows of {metric, threshold (None if none), lead, value, model}.
+
+        `new_overpass=False` updates the gauges without counting again (later leads of an overpass already counted).
+        """
         for row in rows:
             threshold = "" if row.get("threshold") is None else threshold_label(row["threshold"])
             self.verification_score.labels(
                 metric=row["metric"], threshold=threshold, lead=str(row["lead"]), model=row["model"]
             ).set(row["value"])
-        self.verification_overpasses.inc()
+        if new_overpass:
+            self.verification_overpasses.inc()
 
     # -- process and host state --------------------------------------------------------------------------------
     def refresh_jobs(self, counts: Mapping[str, Mapping[str, int]]) -> None:

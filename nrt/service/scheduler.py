@@ -59,6 +59,10 @@ class Clock:
 
     __call__ = now
 
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        time.sleep(max(0.0, seconds) / self.speed)
+
     def real_time_of(self, t: datetime) -> datetime:
         """The real moment at which this clock shows `t`."""
         real = self._real_start + (utc(t).timestamp() - self._origin) / self.speed

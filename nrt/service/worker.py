@@ -15,10 +15,11 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from nrt.errors import CatalogError
 from nrt.service.metrics import Metrics
@@ -62,6 +63,19 @@ class JobThread(threading.Thread):
             self.error = exc
 
 
+def hard_exit(code: int = 0) -> NoReturn:
+    """Exit now, skipping interpreter teardown.
+
+    Used after a job was released at shutdown: its thread may still be inside torch, where teardown can
+    crash or stall, and teardown alone takes around a second on a busy host, which the stop bound cannot
+    spare. What that thread was writing stays under a hidden temporary name, as after a kill -9.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class Worker:
     """Claim-run-complete loop over the catalog's job queue.
 
@@ -94,6 +108,7 @@ class Worker:
         self.owner = owner or worker_id()
         self.model: Any = None
         self.jobs_done = 0
+        self.abandoned: JobThread | None = None  # a released job's thread, still running at shutdown
         self._monotonic = monotonic
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
@@ -186,6 +201,7 @@ class Worker:
                 if lease_held:
                     self.catalog.release(job.id, self.owner)
                 log.warning("job %s released unfinished at shutdown", job.id)
+                self.abandoned = thread
                 return "released"
         seconds = self._monotonic() - started
         if not lease_held:

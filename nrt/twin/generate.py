@@ -83,22 +83,21 @@ class Generator:
 
     # -------------------------------------------------------------- stages
 
-    def relief(self) -> np.ndarray:
+    def relief(self) -> None:
+        """Write the DEM and keep it, with its means on the truth grid (0.05°) and the IMERG grid (0.1°)."""
         started = time.perf_counter()
-        dem_grid = truth.dem_grid(self.grid, self.spec.world.dem_resolution)
-        self.dem_grid = dem_grid
-        self.dem = truth.synthetic_relief(dem_grid, self.spec.world, self.spec.seed)
-        writers.write_dem(self.out / naming.DEM_FILE, dem_grid, self.dem)
+        self.dem_grid = truth.dem_grid(self.grid, self.spec.world.dem_resolution)
+        self.dem = truth.synthetic_relief(self.dem_grid, self.spec.world, self.spec.seed)
+        writers.write_dem(self.out / naming.DEM_FILE, self.dem_grid, self.dem)
+        self.elevation = truth.block_mean(self.dem, upsample_factor(self.grid, self.dem_grid))
+        self.elevation_01 = truth.block_mean(self.elevation, 2)  # the 0.1° IMERG cells hold 2 x 2 truth cells
         self.report.files["dem"] += 1
         self.report.timed("dem", started)
-        return truth.block_mean(self.dem, upsample_factor(self.grid, dem_grid))
 
     def run(self) -> GenerateReport:
         spec = self.spec
-        elevation = self.relief()
-        self.elevation_01 = observe.coarsen(elevation)
-        self.elevation = elevation
-        world = truth.World(spec.world, self.grid, elevation, spec.seed)
+        self.relief()
+        world = truth.World(spec.world, self.grid, self.elevation, spec.seed)
         degrader = observe.ImergDegrader(spec.imerg, self.window.grid, spec.seed)
         started = time.perf_counter()
         (self.out / naming.DPR_FOLDER).mkdir(parents=True, exist_ok=True)  # listed even before the first overpass
@@ -116,7 +115,7 @@ class Generator:
                 self.flush_day(day)
                 day = []
             started = time.perf_counter()
-            truth_01 = observe.coarsen(frame.rain)
+            truth_01 = truth.block_mean(frame.rain, 2)
             degraded, normal = degrader.step(truth_01)
             day.append((frame, truth_01, degraded, normal))
             self.report.timed("imerg", started)
@@ -143,20 +142,19 @@ class Generator:
         self.report.timed("truth_files", started)
         started = time.perf_counter()
         truths = np.stack([d[1] for d in day])
-        degraded = np.stack([d[2] for d in day])
         settings = self.spec.imerg
-        cal = observe.calibrate(truths, degraded, np.stack([d[3] for d in day]), settings.correlation)
+        precipitation, random_error, cal = observe.imerg_day(
+            truths, np.stack([d[2] for d in day]), np.stack([d[3] for d in day]), settings,
+        )
         if not cal.reachable:
-            log.warning("IMERG errors other than the multiplicative one already lower r below %.2f on %s",
+            log.warning("IMERG correlation %.2f is out of reach of the other errors on %s; the nearest is used",
                         settings.correlation, frames[0].start.date())
-        estimates = []
         grid01 = self.window.grid
-        for (frame, truth_01, deg, normal) in day:
-            precipitation, random_error = observe.imerg_estimate(deg, normal, cal, settings.bias, settings.additive_mmh)
+        for k, (frame, truth_01, _, normal) in enumerate(day):
             surface = observe.near_surface(frame.start, grid01.lats, grid01.lons, self.elevation_01, truth_01)
             fields = {
-                "precipitation": precipitation,
-                "randomError": random_error,
+                "precipitation": precipitation[k],
+                "randomError": random_error[k],
                 "probabilityLiquidPrecipitation": np.round(observe.liquid_probability(surface["T2M"])).astype(np.int16),
                 "precipitationQualityIndex": observe.quality_index(normal, cal.log_sigma),
             }
@@ -164,10 +162,9 @@ class Generator:
             writers.write_imerg(pps, frame.start, self.window, fields, settings.version)
             if settings.gesdisc_copy:
                 publish_copy(pps, self.out / naming.imerg_gesdisc_path(frame.start, settings.version))
-            estimates.append(precipitation)
             self.report.files["imerg"] += 1
             self.progress(1)
-        estimate = np.stack(estimates).astype(np.float64)
+        estimate = precipitation.astype(np.float64)
         self.report.imerg_days.append({
             "day": frames[0].start.date().isoformat(),
             "bias": round(float(estimate.mean() / max(truths.mean(), 1e-12)), 4),

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+from pyresample import kd_tree
+from pyresample.geometry import SwathDefinition
 from scipy import ndimage, optimize, special
 
 from nrt.grids import LatLonGrid
@@ -67,12 +69,6 @@ def liquid_probability(t2m: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- IMERG Early
 
 MAX_LOG_SIGMA = 3.0
-
-
-def coarsen(rain_05: np.ndarray) -> np.ndarray:
-    """0.05° truth -> 0.1° cell means (the grids nest 2 x 2)."""
-    ny, nx = rain_05.shape[0] // 2, rain_05.shape[1] // 2
-    return rain_05[: 2 * ny, : 2 * nx].reshape(ny, 2, nx, 2).mean(axis=(1, 3))
 
 
 class ImergDegrader:
@@ -153,13 +149,24 @@ def calibrate(truth: np.ndarray, degraded: np.ndarray, normal: np.ndarray, corre
     return ImergCalibration(float(scale), float(log_sigma), reachable)
 
 
-def imerg_estimate(degraded: np.ndarray, normal: np.ndarray, cal: ImergCalibration, bias: float, additive_mmh: float):
-    """(precipitation, randomError) in mm/h from the degraded field, its error field and the calibration."""
+def imerg_day(truth: np.ndarray, degraded: np.ndarray, normal: np.ndarray, settings: ImergSettings):
+    """A day of IMERG (time, lat, lon): (precipitation, randomError, calibration), all mm/h.
+
+    randomError follows IMERG's idea of an RMS error that grows with the rate: the spread of the
+    multiplicative and additive errors at each estimate, scaled so that over the day's raining cells its RMS
+    equals the RMS of the actual error against the truth (which also holds the displacement and smoothing).
+    """
+    cal = calibrate(truth, degraded, normal, settings.correlation)
     base = degraded * cal.scale
-    precipitation = (bias * base * _multiplier(normal, cal.log_sigma)).astype(np.float32)
+    precipitation = (settings.bias * base * _multiplier(normal, cal.log_sigma)).astype(np.float32)
     relative = math.sqrt(math.expm1(cal.log_sigma**2))
-    random_error = np.where(precipitation > 0, bias * np.hypot(base * relative, additive_mmh), 0.0).astype(np.float32)
-    return precipitation, random_error
+    spread = np.hypot(settings.bias * base * relative, settings.additive_mmh)
+    raining = precipitation > 0
+    if raining.any():
+        actual = np.sqrt(np.mean((precipitation[raining] - truth[raining]) ** 2.0))
+        spread *= actual / np.sqrt(np.mean(spread[raining] ** 2.0))
+    random_error = np.where(raining, spread, 0.0).astype(np.float32)
+    return precipitation, random_error, cal
 
 
 def quality_index(normal: np.ndarray, log_sigma: float) -> np.ndarray:
@@ -172,19 +179,16 @@ def quality_index(normal: np.ndarray, log_sigma: float) -> np.ndarray:
 
 def sample_footprints(rain: np.ndarray, grid: LatLonGrid, lat: np.ndarray, lon: np.ndarray, footprint_km: float) -> np.ndarray:
     """The truth averaged over Gaussian footprints centred at (lat, lon); NaN outside the grid."""
-    from pyresample import kd_tree
-
     out = np.full(lat.shape, np.nan, dtype=np.float32)
     west, south, east, north = grid.extent
     inside = (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
     if not inside.any():
         return out
-    from pyresample.geometry import SwathDefinition
-
     target = SwathDefinition(lons=lon[inside].astype(np.float64), lats=lat[inside].astype(np.float64))
-    sigma_m = footprint_km * 1000.0 / 2.355  # the footprint size is the beam's FWHM on the ground
+    # pyresample weighs exp(-d²/σ²): this σ makes the footprint size the FWHM of the beam on the ground.
+    sigma_m = footprint_km * 1000.0 / (2 * math.sqrt(math.log(2)))
     values = kd_tree.resample_gauss(
-        grid.area_definition(), rain[::-1].astype(np.float64), target, radius_of_influence=3 * sigma_m,
+        grid.area_definition(), rain[::-1].astype(np.float64), target, radius_of_influence=2 * sigma_m,
         sigmas=sigma_m, neighbours=16, fill_value=np.nan,
     )
     out[inside] = values

@@ -1,12 +1,12 @@
 """What a twin run is made of: the domain, the span, the seed and the knobs of the world and its observers.
 
-Everything here is plain data. `TwinSpec.to_dict()` is what `twin.json` records, and `TwinSpec.from_dict()`
-reads it back, so a mirror tree says exactly how it was made.
+Everything here is plain data; `TwinSpec.to_dict()` is what `twin.json` records, so a mirror tree says
+exactly how it was made.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from nrt.errors import ConfigError
@@ -124,20 +124,3 @@ class TwinSpec:
         data["domain"] = asdict(self.domain)
         data["start"], data["end"] = isoformat(self.start), isoformat(self.end)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TwinSpec:
-        parts = {"world": WorldSettings, "imerg": ImergSettings, "dpr": DprSettings, "geosfp": GeosfpSettings}
-        kwargs = {name: _settings(kind, data.get(name, {}), name) for name, kind in parts.items()}
-        try:
-            return cls(Domain(**data["domain"]), utc(data["start"]), utc(data["end"]), int(data["seed"]), **kwargs)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError("twin.json", f"not a twin specification: {exc}") from None
-
-
-def _settings(kind, values: dict, where: str):
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"twin.{where}", f"unknown key {unknown[0]!r}")
-    return kind(**values)

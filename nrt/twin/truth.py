@@ -46,7 +46,8 @@ class SpectralField:
 
     Hand-written rather than pysteps.noise: pysteps draws independent fields, while the twin needs each
     mode to keep memory (scale-dependent AR(1)) and to move with the wind (a phase shift per step).
-    The field lives on a padded periodic grid so what leaves one side re-enters only outside the crop.
+    The field lives on a padded periodic grid: what leaves one side crosses the padding before it re-enters
+    the crop (about half a day at the mean wind for the default buffer), by when most of it has decorrelated.
     """
 
     def __init__(

@@ -1,0 +1,409 @@
+"""Skill of the residual-diffusion downscaler on real rain texture (an observing-system experiment).
+
+Truth is radar rain averaged to 5 km; the input is the truth averaged to 10 km with IMERG-like errors:
+a spatially correlated multiplicative log-normal error (σ = 0.6 in log, ~30 km correlation), a random
+displacement of up to one 10-km cell, a per-field bias (median 0.9) and light rain (< 0.3 mm/h) missed.
+Fields are cut into 48 x 48 tiles (240 km). Training tiles keep truth only inside a DPR-like swath (a
+245 km = 49-cell wide strip at a random angle and offset over the whole radar field); test tiles keep the
+full truth. Held out for testing: the MeteoSwiss event of 2017-01-31 and the BoM day from 12:00 to 15:00 UTC
+(training uses the BoM day to 10:00, KNMI 2010-08-26 and the MeteoSwiss events of 2015-05-15 and 2016-07-11;
+the BoM day is dry after 15:00).
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py prepare --out skill/     # training + test sets
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py train --out skill/       # nrt.model.train.train
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py score --out skill/ --tiles 8
+
+The same experiment on the twin scores a checkpoint trained on the twin (the demo) on held-out twin days,
+with the inputs the service would have (IMERG at lead 0, hindcast nowcasts at later leads, GEOS-FP, DEM) and
+the twin's full 0.05° truth:
+
+    nrt twin generate --start 2024-05-22T00:00Z --end 2024-05-24T00:00Z --out twin-test
+    python scripts/model_skill.py twin --tree twin-test --out skill-twin/ --config config/train-demo.toml \
+        --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4
+
+`score` reports, pooled over the test tiles: CRPS of the 30-member ensemble (pysteps), the MAE of the
+bilinearly upsampled input and of the regression mean alone, the spread-skill ratio
+sqrt((M+1)/M · mean ensemble variance) / RMSE(ensemble mean) (1 for a reliable ensemble), the rank histogram
+(pysteps, cells where truth or a member reaches 0.1 mm/h) and radially averaged power spectra (pysteps
+rapsd) of truth, input, regression mean and members. Results go to skill/scores.json and skill/skill.png.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # the team shares 2 cores
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nrt import config  # noqa: E402
+from nrt.grids import LatLonGrid  # noqa: E402
+from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels, upsample  # noqa: E402
+from nrt.model.dataset import Sample, read_training_set, write_training_set  # noqa: E402
+
+with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints a banner on import
+    from pysteps.io import importers
+    from pysteps.utils import conversion, spectral
+    from pysteps.verification import ensscores, probscores
+
+log = logging.getLogger("model_skill")
+RADAR = Path(os.environ.get("NRT_SHARED_DATA", REPO.parent / "shared" / "data")) / "radar"
+TILE = 48  # 5-km cells (240 km)
+SWATH_CELLS = 49  # DPR's 245 km swath at 5 km
+MEMBERS = 30
+CHANNELS = ChannelSet(position=False)  # radar grids carry no geography worth learning: precipitation only
+
+
+@dataclass(frozen=True)
+class Source:
+    pattern: str
+    importer: str
+    block: int  # native pixels per 5-km cell along each axis
+    kwargs: tuple = ()
+    hours: tuple[int, int] | None = None  # keep files whose HH (UTC) lies in [start, end)
+
+
+SOURCES = {
+    "knmi-20100826": Source("KNMI/2010/08/*.h5", "import_knmi_hdf5", 5),
+    "mch-20150515": Source("mch/20150515/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
+    "mch-20160711": Source("mch/20160711/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
+    "bom-20201031-early": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(0, 10)),
+    "mch-20170131": Source("mch/20170131/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
+    "bom-20201031-late": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(12, 15)),
+}
+TRAIN = ("knmi-20100826", "mch-20150515", "mch-20160711", "bom-20201031-early")
+TEST = ("mch-20170131", "bom-20201031-late")
+
+
+def block_mean(values: np.ndarray, block: int) -> np.ndarray:
+    """Mean of each block x block cell; NaN unless at least half its pixels are valid."""
+    h, w = (values.shape[0] // block) * block, (values.shape[1] // block) * block
+    v = values[:h, :w].reshape(h // block, block, w // block, block)
+    valid = np.isfinite(v).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(v), v, np.nan), axis=(1, 3))
+    return np.where(2 * valid >= block * block, mean, np.nan).astype(np.float32)
+
+
+def load_frames(name: str) -> list[np.ndarray]:
+    """Every file of a source as a 5-km rain-rate field (mm/h, NaN outside radar coverage)."""
+    src = SOURCES[name]
+    files = sorted(RADAR.glob(src.pattern))
+    if src.hours:
+        files = [f for f in files if src.hours[0] <= int(re.search(r"_\d{8}_(\d{2})", f.name).group(1)) < src.hours[1]]
+    if not files:
+        sys.exit(f"model_skill: no files for {name} under {RADAR}")
+    importer = getattr(importers, src.importer)
+    frames = []
+    for path in files:
+        with contextlib.redirect_stdout(io.StringIO()):
+            values, _, metadata = importer(str(path), **dict(src.kwargs))
+            rate, _ = conversion.to_rainrate(np.ma.filled(values, np.nan).astype(np.float64), metadata)
+        frames.append(block_mean(rate, src.block))
+    return frames
+
+
+def imerg_like(fine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The 10-km input: 2x2 means of the 5-km truth with IMERG-like errors (see the module docstring)."""
+    coarse = fine.reshape(fine.shape[0] // 2, 2, fine.shape[1] // 2, 2).mean(axis=(1, 3))
+    noise = ndimage.gaussian_filter(rng.normal(size=coarse.shape), 3.0, mode="wrap")
+    noise /= noise.std()
+    sigma = 0.6
+    bias = 0.9 * np.exp(0.2 * rng.normal())
+    out = coarse * bias * np.exp(sigma * noise - sigma**2 / 2)
+    shift = rng.integers(-1, 2, size=2)
+    out = ndimage.shift(np.nan_to_num(out, nan=0.0), shift, order=0, mode="nearest")
+    out = np.where(np.isnan(coarse), np.nan, out)
+    return np.where(out < 0.3, 0.0, out).astype(np.float32)
+
+
+def swath_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A DPR-like strip SWATH_CELLS wide at a random angle through a random point of the field."""
+    rows, cols = np.indices(shape)
+    angle = rng.uniform(0, np.pi)
+    centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+    distance = (rows - centre[0]) * np.cos(angle) - (cols - centre[1]) * np.sin(angle)
+    return np.abs(distance) < SWATH_CELLS / 2
+
+
+def tiles_of(field: np.ndarray) -> list[tuple[int, int]]:
+    """Origins of TILE x TILE tiles every half tile (they overlap by half), centred in the field."""
+    h, w = field.shape
+    step = TILE // 2
+    r0, c0 = ((h - TILE) % step) // 2, ((w - TILE) % step) // 2
+    return [(r, c) for r in range(r0, h - TILE + 1, step) for c in range(c0, w - TILE + 1, step)]
+
+
+def fake_grid() -> LatLonGrid:
+    """Only the shape matters: position channels are off."""
+    return LatLonGrid(0.05, 0.025, 0.025, TILE, TILE)
+
+
+def make_samples(names, train: bool, seed: int) -> tuple[list[Sample], list[np.ndarray], list[dict]]:
+    rng = np.random.default_rng(seed)
+    samples, inputs, index = [], [], []
+    for name in names:
+        frames = load_frames(name)
+        kept = 0
+        for number, frame in enumerate(frames):
+            mask_full = swath_mask(frame.shape, rng) if train else np.ones(frame.shape, bool)
+            for r, c in tiles_of(frame):
+                truth = frame[r : r + TILE, c : c + TILE]
+                valid = np.isfinite(truth)
+                if valid.mean() < 0.9 or np.nanmean(truth >= 0.1) < 0.05:  # mostly outside coverage, or dry
+                    continue
+                coarse = imerg_like(np.where(valid, truth, np.nan), rng)
+                mask = valid & mask_full[r : r + TILE, c : c + TILE]
+                if train and mask.sum() < 0.2 * TILE * TILE:
+                    continue
+                cond = Conditioning(coarse[None], fake_grid(), lead=0)
+                samples.append(Sample(raw_channels(cond, CHANNELS)[0], truth, mask, 0))
+                inputs.append(coarse)
+                index.append({"source": name, "frame": number, "row": r, "col": c})
+                kept += 1
+        log.info("%s: %d frames -> %d %s tiles", name, len(frames), kept, "training" if train else "test")
+    return samples, inputs, index
+
+
+def prepare(out: Path, seed: int) -> None:
+    """Write train.safetensors / test.safetensors (nrt training sets) and the test tiles' 10-km inputs."""
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split, names, train in (("train", TRAIN, True), ("test", TEST, False)):
+        samples, inputs, index = make_samples(names, train, seed + (0 if train else 1))
+        write_training_set(out / f"{split}.safetensors", samples, CHANNELS,
+                           {"experiment": "radar OSSE", "split": split, "tiles": index, "seed": seed})
+        if not train:
+            save_file({"coarse": np.stack(inputs)}, str(out / "test_inputs.safetensors"))
+        log.info("%s: %d tiles", split, len(samples))
+
+
+def skill_config(out: Path, regression_steps: int, diffusion_steps: int):
+    demo = config.load(REPO / "config" / "train-demo.toml")
+    train = demo.train.model_dump()
+    train.update(dataset=str(out / "train.safetensors"), output=str(out / "model.safetensors"), run_dir=str(out / "run"),
+                 regression_steps=regression_steps, diffusion_steps=diffusion_steps, use_random_error=False,
+                 use_geosfp=False, use_dem=False, use_position=False, min_mask_coverage=0.3)
+    return config.from_dict({"general": {"workdir": str(out / "work")}, "model": {"device": "cpu"}, "train": train}, "model_skill")
+
+
+def run_training(out: Path, regression_steps: int, diffusion_steps: int) -> None:
+    from nrt.model.train import train
+
+    cfg = skill_config(out, regression_steps, diffusion_steps)
+    result = train(cfg, cfg.train.dataset, cfg.train.output, cfg.train.run_dir, progress=sys.stderr.isatty())
+    log.info("trained: %s %s losses %s", result.output, result.sha256[:12], result.losses)
+
+
+class Pooled:
+    """Scores pooled over test tiles."""
+
+    def __init__(self):
+        self.crps = probscores.CRPS_init()
+        self.rank = ensscores.rankhist_init(MEMBERS, 0.1)
+        self.sums = {"abs_bilinear": 0.0, "abs_regression": 0.0, "abs_ens_mean": 0.0, "sq_ens_mean": 0.0, "ens_var": 0.0, "n": 0}
+        self.spectra: dict[str, list[np.ndarray]] = {"truth": [], "input (bilinear)": [], "regression mean": [], "ensemble members": []}
+        self.freq = None
+
+    def add(self, truth, bilinear, regression, members):
+        valid = np.isfinite(truth) & np.isfinite(bilinear) & np.all(np.isfinite(members), axis=0)
+        t, b, r, m = truth[valid], bilinear[valid], regression[valid], members[:, valid]
+        probscores.CRPS_accum(self.crps, m[:, :, None], t[:, None])
+        ensscores.rankhist_accum(self.rank, m[:, :, None], t[:, None])
+        ens_mean = m.mean(axis=0)
+        s = self.sums
+        s["abs_bilinear"] += np.abs(b - t).sum()
+        s["abs_regression"] += np.abs(r - t).sum()
+        s["abs_ens_mean"] += np.abs(ens_mean - t).sum()
+        s["sq_ens_mean"] += ((ens_mean - t) ** 2).sum()
+        s["ens_var"] += m.var(axis=0, ddof=1).sum()
+        s["n"] += t.size
+        if valid.all():
+            for key, field in (("truth", truth), ("input (bilinear)", bilinear), ("regression mean", regression)):
+                psd, self.freq = spectral.rapsd(field, fft_method=np.fft, return_freq=True)
+                self.spectra[key].append(psd)
+            self.spectra["ensemble members"].append(np.mean([spectral.rapsd(x, fft_method=np.fft) for x in members], axis=0))
+
+    def result(self) -> dict:
+        s = self.sums
+        n = max(s["n"], 1)
+        rmse = np.sqrt(s["sq_ens_mean"] / n)
+        return {
+            "cells": int(s["n"]),
+            "crps_ensemble": float(probscores.CRPS_compute(self.crps)),
+            "mae_bilinear_input": float(s["abs_bilinear"] / n),
+            "mae_regression_mean": float(s["abs_regression"] / n),
+            "mae_ensemble_mean": float(s["abs_ens_mean"] / n),
+            "rmse_ensemble_mean": float(rmse),
+            "spread_skill": float(np.sqrt((MEMBERS + 1) / MEMBERS * s["ens_var"] / n) / rmse) if rmse > 0 else float("nan"),
+            "rank_histogram": [float(v) for v in ensscores.rankhist_compute(self.rank)],
+            "spectra": {k: np.mean(v, axis=0).tolist() for k, v in self.spectra.items() if v},
+            "spectra_wavelength_km": (5.0 / self.freq[1:]).tolist() if self.freq is not None else [],
+        }
+
+
+def score(out: Path, tiles: int, steps: int, solver: str, seed: int, checkpoint: Path | None) -> dict:
+    import torch
+
+    from nrt.model.inference import Downscaler
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = checkpoint or out / "model.safetensors"
+    ds = Downscaler.load(path, "cpu", config.ModelConfig(device="cpu", patch_size=TILE, patch_overlap=8))
+    from safetensors.numpy import load_file
+
+    test = read_training_set(out / "test.safetensors")
+    coarse_inputs = load_file(str(out / "test_inputs.safetensors"))["coarse"]
+    index = test.provenance["tiles"]
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[int]] = {}
+    for i, entry in enumerate(index):
+        by_source.setdefault(entry["source"], []).append(i)
+    chosen = sorted(j for ids in by_source.values() for j in rng.choice(ids, size=min(tiles, len(ids)), replace=False))
+    pooled, per_source = Pooled(), {name: Pooled() for name in by_source}
+    started = time.time()
+    for k, i in enumerate(chosen):
+        cond = Conditioning(coarse_inputs[i][None], fake_grid(), lead=0)
+        members = ds.sample(cond, members=MEMBERS, seed=seed + i, steps=steps, solver=solver)
+        regression = ds.regression_mean(cond)[0]
+        bilinear = test.channels[i, 0]
+        for target in (pooled, per_source[index[i]["source"]]):
+            target.add(test.truth[i], bilinear, regression, members)
+        log.info("tile %d/%d (%s) %.0f s", k + 1, len(chosen), index[i]["source"], time.time() - started)
+    result = {"checkpoint": str(path), "sha256": ds.sha256, "steps": steps, "solver": solver, "members": MEMBERS,
+              "tiles": len(chosen), "seconds": round(time.time() - started, 1), "pooled": pooled.result(),
+              "by_source": {name: p.result() for name, p in per_source.items()}}
+    (out / "scores.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "skill.png")
+    return result
+
+
+def twin_score(args) -> dict:
+    """Score a checkpoint on a twin tree against the twin's full truth, by lead (see the module docstring)."""
+    import torch
+    import xarray as xr
+
+    from nrt.catalog import Catalog
+    from nrt.model.dataset import CatalogInputs, register_tree
+    from nrt.model.inference import Downscaler
+    from nrt.timeline import cycle_times, utc
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    base = config.load(args.config)
+    cfg = config.from_dict({**base.model_dump(mode="json", exclude={"general"}), "general": {"workdir": str(args.out / "work")}}, "model_skill")
+    start, end = utc(args.start), utc(args.end)
+    ds = Downscaler.load(args.checkpoint, "cpu", cfg.model)
+    truth = xr.open_mfdataset(sorted(Path(args.tree).glob("truth/*.nc")), engine="netcdf4")["precipitation"]
+    with Catalog.from_config(cfg, migrate=True) as catalog:
+        register_tree(cfg, catalog, args.tree)
+        inputs = CatalogInputs(cfg, catalog, start, end, max(args.leads))
+    grid = inputs.grid
+    pooled = {lead: Pooled() for lead in args.leads}
+    started, scored = time.time(), 0
+    for valid in cycle_times(start, end, timedelta(hours=args.every_hours)):
+        observed = truth.sel(time=np.datetime64(valid.replace(tzinfo=None), "ns")).sel(
+            lat=grid.lats, lon=grid.lons, method="nearest", tolerance=1e-3).values.astype(np.float32)
+        if np.mean(observed >= 0.1) < 0.05:  # dry over the domain: nothing to downscale
+            continue
+        geos = inputs.geosfp(valid)
+        for lead in args.leads:
+            cond = inputs.conditioning(valid, lead, geos)
+            if cond is None:
+                continue
+            members = ds.sample(cond, members=MEMBERS, seed=args.seed + scored, steps=args.steps, solver=args.solver)
+            regression = ds.regression_mean(cond)[0]
+            pooled[lead].add(observed, upsample(cond.precip)[0], regression, members)
+            scored += 1
+            log.info("%s lead %d scored (%.0f s)", valid.isoformat(), lead, time.time() - started)
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": args.steps, "solver": args.solver,
+              "members": MEMBERS, "fields": scored, "seconds": round(time.time() - started, 1),
+              "by_lead": {str(lead): p.result() for lead, p in pooled.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scores.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = result["pooled"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    ranks = pooled["rank_histogram"]
+    left.bar(range(len(ranks)), ranks, color="0.4")
+    left.axhline(1 / len(ranks), color="k", ls="--", lw=1)
+    left.set(title=f"rank histogram ({MEMBERS} members, truth or a member >= 0.1 mm/h)", xlabel="rank of truth", ylabel="frequency")
+    wavelength = pooled["spectra_wavelength_km"]
+    for name, psd in pooled["spectra"].items():
+        right.loglog(wavelength, psd[1:], label=name)
+    right.invert_xaxis()
+    right.set(title="radially averaged power spectrum (test tiles)", xlabel="wavelength (km)", ylabel="power")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(result: dict) -> str:
+    rows = ["| test set | cells | CRPS ensemble | MAE bilinear input | MAE regression mean | MAE ensemble mean | spread/skill |",
+            "|---|---|---|---|---|---|---|"]
+    named = [("pooled", result["pooled"]), *result["by_source"].items()] if "pooled" in result else \
+        [(f"lead {lead}", r) for lead, r in result["by_lead"].items()]
+    for name, r in named:
+        rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r['mae_bilinear_input']:.4f} | "
+                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["prepare", "train", "score", "twin"])
+    parser.add_argument("--out", type=Path, default=Path("skill"))
+    parser.add_argument("--seed", type=int, default=20250101)
+    parser.add_argument("--regression-steps", type=int, default=500)
+    parser.add_argument("--diffusion-steps", type=int, default=1000)
+    parser.add_argument("--tiles", type=int, default=8, help="test tiles scored per held-out source")
+    parser.add_argument("--steps", type=int, default=18)
+    parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
+    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors")
+    parser.add_argument("--tree", type=Path, help="twin: the held-out twin tree")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "train-demo.toml", help="twin: the training config")
+    parser.add_argument("--start", help="twin: first valid time (ISO)")
+    parser.add_argument("--end", help="twin: last valid time (ISO)")
+    parser.add_argument("--leads", type=int, nargs="+", default=[0, 4])
+    parser.add_argument("--every-hours", type=float, default=3.0, help="twin: spacing of the scored valid times")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.action == "prepare":
+        prepare(args.out, args.seed)
+    elif args.action == "train":
+        run_training(args.out, args.regression_steps, args.diffusion_steps)
+    elif args.action == "score":
+        result = score(args.out, args.tiles, args.steps, args.solver, args.seed, args.checkpoint)
+        print(markdown(result))
+    else:
+        print(markdown(twin_score(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
