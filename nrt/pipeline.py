@@ -143,7 +143,8 @@ def geosfp_files(cfg, catalog, cycle_time: datetime, client, report: CycleReport
     by_hour: dict[datetime, list[Path]] = {}
     for path in result.files:
         rf = geosfp.parse_name(path.name)
-        by_hour.setdefault(rf.start, []).append(path)
+        # Keyed by the hourly stamp (HH:30, the middle of the averaging hour), as read_geosfp looks files up.
+        by_hour.setdefault(rf.start + (rf.end - rf.start) / 2, []).append(path)
     return by_hour
 
 
@@ -237,24 +238,40 @@ def run_cycle(
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[str], None] | None = None,
 ) -> CycleReport:
-    """Run one cycle end to end and return what it did. Raises `CycleFailed` when nothing can be made."""
-    from nrt.model.conditioning import Conditioning
-    from nrt.products import alert_states, publish_valid_time
+    """Run one cycle end to end and return what it did. Raises `CycleFailed` when nothing can be made.
 
-    cycle_time = utc(cycle_time)
-    now = now or (lambda: datetime.now(timezone.utc))
-    report = CycleReport(cycle_time)
+    The catalog's `runs` table keeps one row per attempt: `running` while it works, then `ok`, `degraded`
+    (with the flags) or `failed` (with the error), and the stage timings.
+    """
+    report = CycleReport(utc(cycle_time))
+    run_id = catalog.start_run(report.cycle_time)
+    try:
+        _run_stages(report, cfg, catalog, client, downscaler, now or (lambda: datetime.now(timezone.utc)), sleep,
+                    progress or (lambda _msg: None))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        catalog.finish_run(run_id, "failed", report.timings, error=error[:500], degraded=report.degraded)
+        raise
+    catalog.finish_run(run_id, "degraded" if report.degraded else "ok", report.timings, degraded=report.degraded)
+    return report
+
+
+def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, sleep, tell) -> None:
+    from nrt.model.conditioning import Conditioning, upsample
+    from nrt.products import alert_states, check_areas, publish_valid_time
+
+    cycle_time = report.cycle_time
     timed = Stopwatch(report)
     grid = target_grid(cfg.domain.box())
-    tell = progress or (lambda _msg: None)
+    check_areas(cfg.alerts.areas, grid)  # a misplaced alert area fails the cycle before any work, not after it
 
     tell("ingest")
     with timed("ingest"):
         imerg_files = imerg_inputs(cfg, catalog, cycle_time, client, report, now, sleep)
         report.sources["imerg"] = _imerg_start(imerg_files[-1])
         by_hour = geosfp_files(cfg, catalog, cycle_time, client, report, now, sleep)
-        if by_hour:
-            report.sources["geosfp"] = max(by_hour)
+        if by_hour:  # the newest file's averaging hour starts half an hour before its stamp
+            report.sources["geosfp"] = max(by_hour) - sources.module("geosfp").AVERAGING / 2
         dem = dem_fields(cfg, catalog, client, grid, report)
         report.sources["dem"] = None
         dpr_files = sources.ingest("dpr", cfg, catalog, cycle_time, client).files if cfg.sources.dpr.enabled else []
@@ -287,6 +304,8 @@ def run_cycle(
                 ensemble, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
                 forecast_reference_time=report.imerg_start, lead=lead,
                 attrs={**attrs, "degraded": ",".join(report.degraded) or "none"},
+                # The verification baseline: the model's input (IMERG, or the nowcast member mean) at 0.05°.
+                input_precipitation=upsample(coarse.mean(axis=0)),
             )
             report.products.extend(published.products)
             report.summary = published.stats
@@ -310,4 +329,3 @@ def run_cycle(
         isoformat(cycle_time), len(report.products), report.nowcast_method, report.degraded or "no",
         ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()),
     )
-    return report

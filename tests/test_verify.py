@@ -314,14 +314,14 @@ def test_each_product_is_scored_once_and_each_overpass_counted_once(cfg, world):
     first = add_product(cfg, catalog, grid, calibrated(truth, rng), upsample(coarsen(truth)), lead=4)
     results = verify_granules(cfg, catalog, world["dpr"])
     assert len(results) == 1 and results[0].new_overpass and results[0].product_ids == [first]
-    results[0].record(metrics)
+    metrics.record_scores(results[0].gauge_rows, new_overpass=results[0].new_overpass)  # as record_cycle does
     assert verify_granules(cfg, catalog, world["dpr"]) == []  # nothing new: nothing rescored
 
     # A later cycle brings a smaller lead for the same half-hour: only it is scored, and the overpass is not new.
     second = add_product(cfg, catalog, grid, calibrated(truth, rng), upsample(coarsen(truth)), lead=0)
     results = verify_granules(cfg, catalog, world["dpr"])
     assert results[0].product_ids == [second] and not results[0].new_overpass
-    results[0].record(metrics)
+    metrics.record_scores(results[0].gauge_rows, new_overpass=results[0].new_overpass)  # as record_cycle does
     text = generate_latest(metrics.registry).decode()
     assert "nrt_verification_overpasses_total 1.0" in text
     crps = stored(catalog, second)[("crps", None)]

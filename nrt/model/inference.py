@@ -132,7 +132,7 @@ class Downscaler:
             sigmas = torch.full((tiles.shape[0],), sigma, device=self.device)
             return grid.blend(self._chunked(self._diff_call, tiles, sigmas, condition, leads))
 
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generator = torch.Generator(self.device).manual_seed(int(seed))
         latents = torch.randn((members, 1, *z.shape[-2:]), device=self.device, generator=generator)
         residual = edm_sample(denoise, latents, steps=steps, solver=solver, churn=self.churn, generator=generator)
         rate = grid.crop(self.spec.denormalize_target(mean[source] + residual))[:, 0].cpu().numpy()

@@ -203,6 +203,9 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
         for name, phase in phases.items():
             phase.restore(tensors, meta["param_groups"][name], meta["steps"][name])
         losses, history = meta.get("losses", {}), meta.get("history", [])
+        if phases["diffusion"].step > 0 and phases["regression"].step < totals["regression"]:
+            raise ConfigError("train.regression_steps", f"{state_path} already trains the diffusion model on a regression "
+                              f"model of {phases['regression'].step} steps; extend only diffusion_steps, or start --fresh")
         if rank == 0:
             log.info("resuming %s at regression step %d, diffusion step %d", state_path, phases["regression"].step, phases["diffusion"].step)
 

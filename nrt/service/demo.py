@@ -8,6 +8,7 @@ the demo differs from production only in its configuration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from nrt.errors import NrtError
-from nrt.timeline import HALF_HOUR, floor_to, isoformat
+from nrt.timeline import HALF_HOUR, floor_to, geosfp_hours_for, isoformat
 
 log = logging.getLogger("nrt.demo")
 
@@ -80,10 +81,32 @@ def write_config(cfg, path: Path) -> Path:
 
 
 def twin_span(first: datetime, last: datetime, cfg) -> tuple[datetime, datetime]:
-    """Enough twin for every cycle: IMERG from the first motion window, GEOS-FP from its forecast start."""
+    """Enough twin for every cycle: IMERG from the first motion window, GEOS-FP from its forecast start.
+
+    The last cycle's newest valid time needs the GEOS-FP hour stamped after it (HH:30), and the twin
+    writes that hour once it has simulated the half-hour starting at the stamp.
+    """
     latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
     earliest = first - latency - cfg.timeline.motion_granules * HALF_HOUR
-    return floor_to(earliest, timedelta(hours=6)), last + timedelta(hours=1)
+    return floor_to(earliest, timedelta(hours=6)), geosfp_hours_for(last)[1] + HALF_HOUR
+
+
+def twin_spec(cfg, start: datetime, end: datetime, seed: int):
+    """The twin for `cfg`'s domain, its world wide enough for the nowcast's upwind buffer.
+
+    The nowcast reads IMERG over the domain plus speed x horizon; a twin narrower than that leaves the edges
+    of each granule missing and every cycle degraded. One extra lead is covered, so that a single late
+    granule (the nowcast then runs one step longer) still reads only simulated rain.
+    """
+    from nrt.grids import IMERG_RES
+    from nrt.nowcast import nowcast_domain
+    from nrt.twin.spec import TwinSpec, WorldSettings
+
+    box = cfg.domain.box()
+    wide = nowcast_domain(box, cfg.nowcast, steps=cfg.nowcast.steps + 1)
+    needed = max(box.west - wide.west, box.south - wide.south, wide.east - box.east, wide.north - box.north)
+    buffer = max(WorldSettings().buffer_degrees, round(needed + IMERG_RES, 1))
+    return TwinSpec(box, start, end, seed, world=WorldSettings(buffer_degrees=buffer))
 
 
 def ensure_twin(cfg, root: Path, start: datetime, end: datetime, seed: int, progress: bool) -> None:
@@ -91,9 +114,8 @@ def ensure_twin(cfg, root: Path, start: datetime, end: datetime, seed: int, prog
     from tqdm import tqdm
 
     from nrt.twin.generate import generate, load_manifest, work_units
-    from nrt.twin.spec import TwinSpec
 
-    spec = TwinSpec(cfg.domain.box(), start, end, seed)
+    spec = twin_spec(cfg, start, end, seed)
     if (root / "twin.json").is_file():
         try:
             if load_manifest(root).get("spec") == spec.to_dict():
@@ -151,6 +173,7 @@ def metrics_sample(registry) -> list[str]:
 
 def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, progress: bool = True) -> DemoResult:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from nrt.service import load_downscaler, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
@@ -176,9 +199,12 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
         catalog = open_catalog(cfg, migrate=True)
         metrics = Metrics()
         delay = timedelta(minutes=cfg.timeline.cycle_delay_minutes)
-        clock = Clock(first + delay - timedelta(seconds=1), speed=CLOCK_SPEED)
+        clock = Clock(first + delay, speed=CLOCK_SPEED)  # the first tick is due now and enqueues `first`
         steps_per_cycle = len(bridge_valid_times(newest_imerg_start(first, timedelta(minutes=cfg.timeline.imerg_latency_minutes)), first))
-        with tqdm(total=cycles * steps_per_cycle, desc="demo", unit="valid time", disable=not progress, file=sys.stderr) as bar:
+        # Log lines go through tqdm.write while the bar is shown, so they print above it instead of through it.
+        redirect = logging_redirect_tqdm([logging.getLogger("nrt")]) if progress else contextlib.nullcontext()
+        with redirect, tqdm(total=cycles * steps_per_cycle, desc="demo", unit="valid time", disable=not progress,
+                            file=sys.stderr) as bar:
 
             def tell(message: str) -> None:
                 bar.set_postfix_str(message)

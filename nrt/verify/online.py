@@ -50,10 +50,6 @@ class OverpassScores:
         """Scalar scores pooled per (lead, model) over this call's products, for Prometheus."""
         return gauge_rows(pool(self.sets))
 
-    def record(self, metrics) -> None:
-        """Export to a `nrt.service.metrics.Metrics`: the gauges, and the overpass counter when it is new."""
-        metrics.record_scores(self.gauge_rows, new_overpass=self.new_overpass)
-
 
 def half_hours(path: Path) -> list[datetime]:
     """The half-hours a DPR granule's file name says it reaches into."""

@@ -7,7 +7,6 @@ tables and plots agree with what one big `score_overpass` call would give. Figur
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ class Report:
 
 @dataclass
 class Pooled:
-    """The span's scores: per (lead, model), over all leads per model, and the sets they came from."""
+    """The span's scores pooled per (lead, model) and over all leads per model, and the rank histograms."""
 
     by_lead: dict[tuple[int | None, str], ScoreSet]
     all_leads: dict[tuple[int | None, str], ScoreSet]
@@ -329,7 +328,7 @@ def write_report(catalog, start: datetime, end: datetime, out: str | Path, cfg) 
     start, end = utc(start), utc(end)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [dataclasses.asdict(r) for r in catalog.scores(truth_source=TRUTH_SOURCE, since=start, until=end)]
+    rows = [vars(r) for r in catalog.scores(truth_source=TRUTH_SOURCE, since=start, until=end)]  # asdict deep-copies: 10x slower
     sets = score_sets(rows)
     report = Report(out / REPORT)
     report.overpasses = len({r["valid_time"] for r in rows})

@@ -114,7 +114,8 @@ def derive(values: dict[Key, float]) -> dict[Key, float]:
     if spread is not None:
         out[("spread_skill", None)] = spread / rmse if rmse else math.nan
     for threshold in sorted({t for m, t in values if m == "hits"}):
-        contab = {name: values.get((name, threshold), 0.0) for name in CONTINGENCY}
+        # numpy floats: a dry overpass (no hits or misses) gives NaN scores instead of ZeroDivisionError
+        contab = {name: np.float64(values.get((name, threshold), 0.0)) for name in CONTINGENCY}
         with np.errstate(divide="ignore", invalid="ignore"):
             scores = detcatscores.det_cat_fct_compute(contab, ["CSI", "POD", "FAR"])
         for name, value in scores.items():

@@ -1,0 +1,69 @@
+"""`nrt demo` as a user runs it: a subprocess that generates a twin, serves it, runs the service and reports.
+
+The config passed with --config keeps it small (2° x 1.5° domain, 4 members, 2 sampler steps); everything
+else is the demo's own path: `nrt twin serve` child process, scheduler and worker on an accelerated clock,
+SQLite in the work directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import MEMBERS, config_data, model_settings, write_toml
+from nrt import config
+from nrt.catalog import Catalog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_one_cycle_and_reports_what_it_made(tmp_path_factory, tmp_path):
+    base = config_data(tmp_path / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
+    conf = write_toml(tmp_path / "small.toml", base)
+    workdir = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in config.SECRET_ENV.values():  # offline and without credentials
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "1", "--workdir", str(workdir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert out.startswith("nrt demo: 1 cycles (2025-06-14T21:00:00Z .. 2025-06-14T21:00:00Z)")
+    assert f"work directory {workdir}" in out
+    assert "products (19 files):" in out
+    assert re.search(r"jobs: .*done 1", out) and re.search(r"products: current 19", out)
+    assert 'nrt_cycles_total{outcome="ok"} 1.0' in out
+    assert re.search(r"demo: 100%.*9/9", done.stderr)  # the progress display counts valid times
+
+    used = config.load(workdir / "config.toml")  # the config it ran with reads back
+    assert used.workdir == workdir and used.model.members == MEMBERS and used.domain.west == base["domain"]["west"]
+    assert used.sources.imerg.pps_url.startswith("http://127.0.0.1:")
+    assert "demo@example.org" not in (workdir / "config.toml").read_text()  # secrets are never written
+    assert (workdir / "quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    catalog = Catalog.open(used.database_url)
+    try:
+        ensembles = catalog.products(kind="ensemble")
+        assert len(ensembles) == 9 and {p.members for p in ensembles} == {MEMBERS}
+        assert all(Path(p.path).is_file() for p in catalog.products())
+        assert [(r.state, r.degraded) for r in catalog.runs()] == [("ok", [])]
+    finally:
+        catalog.close()
+
+
+@pytest.mark.parametrize("cycles", ["0", "x"])
+def test_demo_refuses_a_bad_cycle_count(tmp_path, cycles):
+    done = subprocess.run(
+        [sys.executable, "-m", "nrt.cli", "demo", "--cycles", cycles, "--workdir", str(tmp_path / "demo")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--cycles" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "demo" / "twin").exists()

@@ -1,0 +1,237 @@
+"""Faults around a cycle: a worker killed with SIGKILL mid-cycle, late or missing sources, no IMERG at all.
+
+Each case serves its own copy of the shared twin (with the files that are late or lost deleted) through the
+real HTTP mirror and runs the real pipeline into a fresh work directory and SQLite catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline_helpers import (
+    EMAIL, T2, config_data, copy_tree, hidden_files, make_config, model_settings, sha256, twin_tree, visible_files,
+    write_toml,
+)
+from nrt.timeline import HALF_HOUR, bridge_valid_times, isoformat
+
+REPO = Path(__file__).resolve().parents[1]
+S2 = T2 - timedelta(hours=4)  # 08:30, the newest IMERG Early granule expected at 12:30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return twin_tree(tmp_path_factory), model_settings(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def downscaler(world, tmp_path_factory):
+    from nrt.service import load_downscaler
+
+    return load_downscaler(make_config(config_data(tmp_path_factory.mktemp("model"), "http://127.0.0.1:1", world[1])))
+
+
+class Served:
+    """A twin tree served on 127.0.0.1 and a config pointing at it, with a catalog in `work`."""
+
+    def __init__(self, root: Path, work: Path, model: dict, **sections):
+        from nrt.service import open_catalog
+        from nrt.twin import serve_in_thread
+
+        self.server, base_url = serve_in_thread(root)
+        self.data = config_data(work, base_url, model, **sections)
+        self.cfg = make_config(self.data)
+        self.catalog = open_catalog(self.cfg, migrate=True)
+
+    def cycle(self, cycle_time, downscaler):
+        from nrt import pipeline
+        from nrt.sources.http import Client
+
+        with Client.from_config(self.cfg) as client:
+            return pipeline.run_cycle(cycle_time, self.cfg, self.catalog, client, downscaler)
+
+    def close(self):
+        self.catalog.close()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve(world, tmp_path):
+    """serve(edit=None, **config sections): copy the twin, let `edit(root)` damage it, serve it."""
+    made = []
+
+    def start(edit=None, **sections):
+        root = copy_tree(world[0], tmp_path / "twin") if edit else world[0]
+        if edit:
+            edit(root)
+        made.append(Served(root, tmp_path / "work", world[1], **sections))
+        return made[-1]
+
+    yield start
+    for served in made:
+        served.close()
+
+
+def imerg_granules(root: Path, start) -> list[Path]:
+    """The PPS and GES DISC copies of the IMERG Early granule starting at `start`."""
+    stamp = f"{start:%Y%m%d}-S{start:%H%M%S}"
+    found = [p for p in (root / "pps").rglob("3B-HHR-E*") if stamp in p.name]
+    found += [p for p in (root / "gesdisc").rglob("3B-HHR-E*") if stamp in p.name]
+    assert len(found) == 2, found
+    return found
+
+
+def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_more_lead(serve, downscaler):
+    served = serve(lambda root: [p.unlink() for p in imerg_granules(root, S2)])
+    report = served.cycle(T2, downscaler)
+    flag = f"imerg_missing:{isoformat(S2)}"
+    assert report.degraded == [flag]
+    assert report.imerg_start == S2 - HALF_HOUR
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert [p.valid_time for p in ensembles] == bridge_valid_times(S2, T2)  # every valid time is still made
+    assert [p.lead for p in ensembles] == list(range(1, 10))  # ... each one lead further from the granule used
+    with xr.open_dataset(ensembles[0].path) as ds:
+        assert ds.attrs["degraded"] == flag
+        assert ds["forecast_reference_time"].values == np.datetime64("2024-06-01T08:00")  # the granule used
+        assert ds["time"].values[0] == np.datetime64("2024-06-01T08:30")
+    assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("degraded", [flag])]
+
+
+def geosfp_forecast(root: Path, init) -> Path:
+    return root / "nccs" / "datashare" / "gmao" / "geos-fp" / "forecast" / f"{init:Y%Y/M%m/D%d/H%H}"
+
+
+def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, downscaler):
+    # With a 30 min publication latency the 12:30 cycle wants the 12:00 forecast for its last hours.
+    init = T2.replace(minute=0)
+    served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, init)), timeline={"geosfp_latency_hours": 0.5})
+    report = served.cycle(T2, downscaler)
+    assert report.degraded == ["geosfp_previous_forecast"]  # and no hour went without GEOS-FP
+    assert len([p for p in report.products if p.kind == "ensemble"]) == 9
+    used = [g.name for g in served.catalog.granules("geosfp", state="downloaded")]
+    assert len(used) == 2 * 6 and all(".20240601_06+" in name for name in used)  # hours 08:30 ... 13:30
+    assert report.sources["geosfp"] == T2 + HALF_HOUR  # the hour stamped 13:30 starts at 13:00
+
+
+def test_without_any_geosfp_products_are_still_written(serve, downscaler):
+    served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, T2).parents[3]))
+    report = served.cycle(T2, downscaler)
+    assert report.degraded == ["geosfp_missing"]
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert [p.lead for p in ensembles] == list(range(9))
+    assert "geosfp" not in report.sources
+    with xr.open_dataset(ensembles[-1].path) as ds:
+        assert ds.attrs["degraded"] == "geosfp_missing"
+
+
+def test_without_dpr_there_is_no_verification_and_no_failure(serve, downscaler):
+    served = serve(lambda root: [p.unlink() for p in (root / "pps" / "radar").rglob("2A.GPM.DPR*")])
+    report = served.cycle(T2, downscaler)
+    assert report.degraded == [] and report.scores == []
+    assert "verify" not in report.timings and "dpr" not in report.sources
+    assert len(report.products) == 19
+    assert served.catalog.scores() == []
+
+
+def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, downscaler):
+    from nrt.pipeline import CycleFailed
+
+    served = serve(lambda root: [p.unlink() for p in (root / "pps" / "imerg").rglob("3B-HHR-E*")])
+    with pytest.raises(CycleFailed) as failure:
+        served.cycle(T2, downscaler)
+    assert failure.value.stage == "ingest"
+    [run] = served.catalog.runs()
+    assert run.state == "failed" and run.error.startswith("CycleFailed: ingest: no IMERG Early granule")
+    assert served.catalog.products() == []
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_finishes(serve, downscaler, tmp_path):
+    from nrt.service import pipeline_handlers
+    from nrt.service.metrics import Metrics
+    from nrt.service.scheduler import CycleScheduler
+    from nrt.service.worker import Worker
+
+    lease = {"lease_seconds": 3.0, "heartbeat_seconds": 0.5, "worker_poll_s": 0.2}
+    served = serve(service=lease)
+    catalog, cfg = served.catalog, served.cfg
+    job_id = CycleScheduler(cfg, catalog).enqueue(T2)
+    conf = write_toml(tmp_path / "worker.toml", served.data)
+    env = {**os.environ, "NRT_PPS_EMAIL": EMAIL, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "victim.log"
+    with open(log, "wb") as err:
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "nrt.cli", "--config", str(conf), "worker", "--max-jobs", "1", "--metrics-port", "0"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        wait_for(lambda: catalog.products() or victim.poll() is not None, 120, "the first registered product")
+        assert victim.poll() is None, log.read_text()[-2000:]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)
+
+    # At the crash: the job is still leased to the dead worker, and every registered product is a whole file.
+    job = catalog.job(job_id)
+    assert job.state == "running" and job.lease_owner.split(":")[1] == str(victim.pid)
+    assert 0 < len(catalog.products()) < 19  # killed mid-cycle
+    assert catalog.claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
+    for row in catalog.products():
+        assert sha256(Path(row.path)) == row.sha256
+    for path in visible_files(cfg.product_dir):
+        if path.suffix == ".nc":
+            xr.open_dataset(path).close()  # complete: a renamed temp file, never a half-written one
+
+    metrics = Metrics()
+    rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: downscaler)
+    assert rescuer.run(max_jobs=1) == 1
+    job = catalog.job(job_id)
+    assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
+
+    rows = catalog.products()
+    assert len(rows) == 19 and {r.cycle_time for r in rows} == {T2}
+    for row in rows:
+        assert sha256(Path(row.path)) == row.sha256  # the catalog never points at a missing or stale file
+    registered = {Path(r.path) for r in rows} | {cfg.product_dir / "latest.json"}
+    assert set(visible_files(cfg.product_dir)) == registered
+    # Only the killed process's temporary files may remain (hidden; retention sweeps them), none of ours.
+    leftovers = hidden_files(cfg.product_dir)
+    assert all(f".part-{victim.pid}-" in p.name for p in leftovers), leftovers
+    latest = (cfg.product_dir / "latest.json").read_text()
+    assert not any(p.name in latest for p in leftovers)
+    assert json.loads(latest)["newest_valid_time"] == isoformat(T2)
+    assert [r.state for r in catalog.runs()] == ["ok", "running"]  # the killed attempt never finished
