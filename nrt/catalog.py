@@ -627,6 +627,19 @@ class Catalog:
                 job_id = session.scalars(select(Job.id).where(Job.key == key)).one()
             return job_id
 
+    def requeue(self, key: str) -> bool:
+        """Queue a finished (done or failed) job again with fresh attempts, for reprocessing.
+
+        A queued or running job is left alone; returns whether a job went back into the queue.
+        """
+        stmt = (
+            update(Job)
+            .where(Job.key == key, Job.state.in_(("done", "failed")))
+            .values(state="queued", attempts=0, error=None, lease_owner=None, lease_expires=None, updated_at=_now())
+        )
+        with self._write() as session:
+            return session.execute(stmt).rowcount == 1
+
     def claim(self, owner: str, kinds: Iterable[str] | None = None, lease_s: float = 300) -> JobRow | None:
         """Atomically take the next job (queued, or running with an expired lease) for `owner`.
 

@@ -99,14 +99,15 @@ def _pysteps():
 
 
 def to_db(precip: np.ndarray, threshold: float) -> np.ndarray:
+    _pysteps()
     from pysteps.utils import transformation
 
-    _pysteps()
     db, _ = transformation.dB_transform(precip, threshold=threshold, zerovalue=DB_ZEROVALUE)
     return db
 
 
 def from_db(db: np.ndarray, threshold: float) -> np.ndarray:
+    _pysteps()
     from pysteps.utils import transformation
 
     metadata = {"transform": "dB", "threshold": 10 * math.log10(threshold), "zerovalue": DB_ZEROVALUE}
@@ -127,7 +128,15 @@ def steps_method(inp: MethodInputs) -> np.ndarray:
     """STEPS ensemble (Bowler et al. 2006, Seed et al. 2013) in dB, spectral domain, seeded."""
     nowcasts = _pysteps().nowcasts
     ar_order = min(MAX_AR_ORDER, inp.precip.shape[0] - 1)
-    db = _quiet(
+    out = np.empty((inp.members, inp.steps) + inp.precip.shape[1:], dtype=np.float32)
+    done = []
+
+    def store(step_db: np.ndarray) -> None:
+        # pysteps hands over each lead as it is made: keep it as float32 mm/h instead of a float64 dB stack.
+        out[:, len(done)] = from_db(step_db, inp.threshold)
+        done.append(True)
+
+    _quiet(
         nowcasts.get_method("steps"),
         to_db(inp.precip[-(ar_order + 1) :], inp.threshold),
         inp.velocity,
@@ -143,11 +152,15 @@ def steps_method(inp: MethodInputs) -> np.ndarray:
         mask_method="incremental",
         probmatching_method="cdf",
         domain="spectral",
-        # numpy FFT: pyfftw is not installed, and its plan cache is not proven safe with parallel members.
+        # numpy FFT: pyfftw gave wrong fields and crashes with parallel members (pysteps issues #30, #337).
         fft_method="numpy",
         seed=inp.seed,
+        callback=store,
+        return_output=False,
     )
-    return from_db(db, inp.threshold)
+    if len(done) != inp.steps:
+        raise RuntimeError(f"STEPS returned {len(done)} of {inp.steps} leads")
+    return out
 
 
 def sprog_method(inp: MethodInputs) -> np.ndarray:

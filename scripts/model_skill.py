@@ -196,19 +196,19 @@ def prepare(out: Path, seed: int) -> None:
         log.info("%s: %d tiles", split, len(samples))
 
 
-def skill_config(out: Path, regression_steps: int, diffusion_steps: int):
+def skill_config(out: Path, regression_steps: int, diffusion_steps: int, transform: dict):
     demo = config.load(REPO / "config" / "train-demo.toml")
     train = demo.train.model_dump()
     train.update(dataset=str(out / "train.safetensors"), output=str(out / "model.safetensors"), run_dir=str(out / "run"),
                  regression_steps=regression_steps, diffusion_steps=diffusion_steps, use_random_error=False,
-                 use_geosfp=False, use_dem=False, use_position=False, min_mask_coverage=0.3)
+                 use_geosfp=False, use_dem=False, use_position=False, min_mask_coverage=0.3, **transform)
     return config.from_dict({"general": {"workdir": str(out / "work")}, "model": {"device": "cpu"}, "train": train}, "model_skill")
 
 
-def run_training(out: Path, regression_steps: int, diffusion_steps: int) -> None:
+def run_training(out: Path, regression_steps: int, diffusion_steps: int, transform: dict) -> None:
     from nrt.model.train import train
 
-    cfg = skill_config(out, regression_steps, diffusion_steps)
+    cfg = skill_config(out, regression_steps, diffusion_steps, transform)
     result = train(cfg, cfg.train.dataset, cfg.train.output, cfg.train.run_dir, progress=sys.stderr.isatty())
     log.info("trained: %s %s losses %s", result.output, result.sha256[:12], result.losses)
 
@@ -381,6 +381,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20250101)
     parser.add_argument("--regression-steps", type=int, default=500)
     parser.add_argument("--diffusion-steps", type=int, default=1000)
+    parser.add_argument("--transform", choices=["log1p", "power"], default="log1p", help="train: precipitation transform")
+    parser.add_argument("--epsilon", type=float, default=1.0, help="train: log1p knee (mm/h)")
+    parser.add_argument("--power", type=float, default=0.5, help="train: power-transform exponent")
     parser.add_argument("--tiles", type=int, default=8, help="test tiles scored per held-out source")
     parser.add_argument("--steps", type=int, default=18)
     parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
@@ -396,7 +399,8 @@ def main() -> int:
     if args.action == "prepare":
         prepare(args.out, args.seed)
     elif args.action == "train":
-        run_training(args.out, args.regression_steps, args.diffusion_steps)
+        transform = {"precip_transform": args.transform, "precip_epsilon_mmh": args.epsilon, "precip_power": args.power}
+        run_training(args.out, args.regression_steps, args.diffusion_steps, transform)
     elif args.action == "score":
         result = score(args.out, args.tiles, args.steps, args.solver, args.seed, args.checkpoint)
         print(markdown(result))

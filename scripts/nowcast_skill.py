@@ -28,7 +28,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +283,28 @@ def verdict(report: dict) -> str:
     )
 
 
+def plot(reports: list[dict], path: Path) -> None:
+    """CRPS and FSS at 1 and 5 mm/h by lead, one column per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = ("CRPS", "FSS 1", "FSS 5")
+    fig, axes = plt.subplots(len(scores), len(reports), figsize=(4 * len(reports), 8), squeeze=False, sharex=True)
+    for col, report in enumerate(reports):
+        for row, score in enumerate(scores):
+            ax = axes[row][col]
+            for method in METHODS:
+                ax.plot(report["leads_minutes"], [r[score] for r in report["scores"][method]], marker="o", ms=3, label=method)
+            ax.set_title(f"{report['dataset']}: {score}" + (" (mm/h, lower is better)" if score == "CRPS" else " mm/h"), fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[-1][col].set_xlabel("lead (min)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("datasets", nargs="+", choices=sorted(SEQUENCES))
@@ -292,15 +314,22 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="at most this many nowcasts per dataset (quick looks)")
     parser.add_argument("--seed", type=int, default=20250101)
     parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--from-json", type=Path, help="re-print (and plot) a report written by --json instead of computing")
+    parser.add_argument("--plot", type=Path, help="PNG of CRPS and FSS by lead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    reports = [evaluate(name, args.radar_dir, args.members, args.stride, args.limit, args.seed) for name in args.datasets]
+    if args.from_json:
+        reports = [r for r in json.loads(args.from_json.read_text()) if r["dataset"] in args.datasets]
+    else:
+        reports = [evaluate(name, args.radar_dir, args.members, args.stride, args.limit, args.seed) for name in args.datasets]
     for report in reports:
         print(markdown(report), end="\n\n")
     for report in reports:
         print(verdict(report))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))
+    if args.plot:
+        plot(reports, args.plot)
     return 0
 
 

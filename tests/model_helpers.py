@@ -15,7 +15,7 @@ GRID = LatLonGrid(0.05, 41.025, -95.975, 32, 48)
 def rain_field(rng: np.random.Generator, shape=(32, 48)) -> np.ndarray:
     """Patchy rain: smoothed noise through an exponential, zero below a threshold (mm/h)."""
     smooth = ndimage.gaussian_filter(rng.normal(size=shape), 3)
-    rate = np.exp(2.5 * smooth / smooth.std()) - 1.5
+    rate = np.exp(1.2 * smooth / smooth.std()) - 1.0  # up to ~50 mm/h
     return np.clip(rate, 0, None).astype(np.float32)
 
 

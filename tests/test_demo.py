@@ -67,3 +67,37 @@ def test_demo_refuses_a_bad_cycle_count(tmp_path, cycles):
     assert done.returncode == 2
     assert "--cycles" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "demo" / "twin").exists()
+
+
+def test_ctrl_c_stops_the_demo_and_its_mirror_promptly(tmp_path_factory, tmp_path):
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    base = config_data(tmp_path / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
+    conf = write_toml(tmp_path / "small.toml", base)
+    workdir = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "3", "--workdir", str(workdir)],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "diffusion" not in log.read_text(errors="replace") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        mirror = config.load(workdir / "config.toml").sources.dem.url
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text(errors="replace")
+    assert "nrt: interrupted" in text and "Traceback" not in text
+    with pytest.raises(urllib.error.URLError):  # the `nrt twin serve` child went with it
+        urllib.request.urlopen(mirror, timeout=5)

@@ -175,3 +175,20 @@ def test_patch_options_are_checked(trained):
     for update in ({"patch_size": 17}, {"patch_overlap": 16}, {"patch_overlap": 3}):
         with pytest.raises(ConfigError):
             Downscaler.load(path, "cpu", cfg.model.model_copy(update=update))
+
+
+def test_the_shipped_demo_checkpoint_loads_verifies_and_samples_the_demo_domain():
+    from nrt.grids import target_grid
+
+    cfg = config.load(None)
+    ds = Downscaler.load(cfg.model.checkpoint, "cpu", cfg.model)
+    assert cfg.model.checkpoint == "builtin:demo"
+    assert ds.sha256 == json.loads((WEIGHTS_DIR / "demo.json").read_text())["sha256"]
+    assert ds.config["provenance"]["config_file"].endswith("train-demo.toml")
+    names = ds.spec.channels.names()
+    assert names[:2] == ["precip", "precip_random_error"] and "dem_mean" in names and "geosfp_TQV" in names
+    grid = target_grid(cfg.domain.box())
+    rng = np.random.default_rng(5)
+    coarse = np.stack([coarsen(rain_field(rng, grid.shape))])
+    out = ds.sample(Conditioning(coarse, grid, lead=3), members=2, seed=0, steps=2)  # GEOS-FP, DEM absent: degraded
+    assert out.shape == (2, 66, 132) and np.all(np.isfinite(out)) and out.min() >= 0

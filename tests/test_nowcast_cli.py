@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import h5py
@@ -116,3 +120,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(granules, cfg_file, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("nrt: error: ") and broken.name in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_vet_motion_in_a_subprocess(granules, cfg_file, tmp_path):
+    # pysteps' VET kernel is OpenMP-parallel and slows down many times over on a busy machine unless it has
+    # one thread; run it as an operator would, with OMP_NUM_THREADS=1.
+    out = tmp_path / "vet.nc"
+    command = [sys.executable, "-m", "nrt.cli", "--config", str(cfg_file), "nowcast", "--inputs", *map(str, granules),
+               "--motion", "vet", "--method", "extrapolation", "--steps", "2", "--members", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["method"] == "extrapolation"
+    with xr.open_dataset(out) as ds:
+        assert ds["precipitation"].attrs["nowcast_motion"] == "vet"
+        east, north = float(ds["eastward_motion"].median()), float(ds["northward_motion"].median())
+    # 2 cells east and 1 north per half hour at about 42°N: ~8.3 and ~6.2 m/s
+    assert east == pytest.approx(2 * 0.1 * 111195 * np.cos(np.radians(42)) / 1800, rel=0.15)
+    assert north == pytest.approx(0.1 * 111195 / 1800, rel=0.15)

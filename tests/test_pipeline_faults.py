@@ -235,3 +235,22 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     assert not any(p.name in latest for p in leftovers)
     assert json.loads(latest)["newest_valid_time"] == isoformat(T2)
     assert [r.state for r in catalog.runs()] == ["ok", "running"]  # the killed attempt never finished
+
+
+def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, capsys):
+    from nrt.cli import build_parser
+    from nrt.errors import ConfigError
+
+    served = serve()
+    args = build_parser().parse_args(["cycle", "--time", "2024-06-01T12:10Z", "--json"])  # floors to 12:00
+    assert args.handler(args, served.cfg) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cycle_time"] == "2024-06-01T12:00:00Z" and report["imerg_start"] == "2024-06-01T08:00:00Z"
+    assert report["degraded"] == [] and report["nowcast_method"] == "steps"
+    assert len(report["products"]) == 19 and all(Path(p).is_file() for p in report["products"])
+    assert {"ingest", "nowcast", "diffusion", "products"} <= set(report["timings_s"])
+
+    args = build_parser().parse_args(["cycle", "--time", "yesterday"])
+    with pytest.raises(ConfigError, match=r"^--time: not an ISO 8601 time") as bad:
+        args.handler(args, served.cfg)
+    assert "\n" not in str(bad.value)

@@ -230,6 +230,28 @@ def test_backfill_command_enqueues_past_cycles_idempotently(cfg, catalog, tmp_pa
     assert "--end" in capsys.readouterr().err
 
 
+def test_backfill_reprocess_queues_finished_cycles_again_but_not_running_ones(cfg, catalog, tmp_path, capsys):
+    from nrt import cli
+
+    config_file = tmp_path / "nrt.toml"
+    config_file.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n[service]\ncatchup_order = "oldest"\n')
+    argv = ["--config", str(config_file), "backfill", "--start", "2024-06-01T00:00Z", "--end", "2024-06-01T01:00Z"]
+    assert cli.main(argv) == 0
+    done = catalog.claim("w1", kinds=["cycle"])
+    assert catalog.complete(done.id, "w1")
+    failed = catalog.claim("w1", kinds=["cycle"])
+    assert catalog.fail(failed.id, "w1", "boom", retry=False)
+    running = catalog.claim("w2", kinds=["cycle"])
+    capsys.readouterr()
+
+    assert cli.main([*argv, "--reprocess"]) == 0
+    assert "2 of them queued again" in capsys.readouterr().out
+    states = {job.id: (job.state, job.attempts, job.error) for job in catalog.jobs(kind="cycle")}
+    assert states[done.id] == ("queued", 0, None)
+    assert states[failed.id] == ("queued", 0, None)
+    assert states[running.id][0] == "running"
+
+
 def test_nrt_scheduler_process_notifies_enqueues_serves_metrics_and_stops(cfg, catalog, tmp_path):
     """`nrt scheduler` as systemd runs it: READY after the first tick, metrics on 127.0.0.1, STOPPING on SIGTERM."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -19,8 +20,15 @@ def register(sub) -> None:
 
 def demo(args, cfg) -> int:
     from nrt.service.demo import describe, run_demo
+    from nrt.service.worker import hard_exit
 
-    result = run_demo(cfg, args.workdir, cycles=args.cycles, seed=args.seed, progress=not args.no_progress)
+    try:
+        result = run_demo(cfg, args.workdir, cycles=args.cycles, seed=args.seed, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        # The mirror is stopped already, but a cycle may still run in the worker's thread, inside torch, where
+        # interpreter teardown aborts (SIGABRT): leave at once, as `nrt worker` does after releasing a job.
+        print("nrt: interrupted", file=sys.stderr)
+        hard_exit(130)
     print(describe(result))
     failed = result.jobs.get("jobs", {}).get("failed", 0)
     return 1 if failed else 0

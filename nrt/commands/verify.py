@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from nrt.errors import ConfigError
+from nrt.commands import parse_span
 
 log = logging.getLogger("nrt.verify")
 
@@ -24,17 +24,12 @@ def register(sub) -> None:
 
 def run_verify(args, cfg) -> int:
     from nrt.service import open_catalog
-    from nrt.timeline import isoformat, utc
+    from nrt.timeline import isoformat
     from nrt.verify import verify_granules
     from nrt.verify.online import GRANULE_REACH
     from nrt.verify.report import write_report
 
-    try:
-        start, end = utc(args.start), utc(args.end)
-    except ValueError as exc:
-        raise ConfigError("--start/--end", str(exc)) from None
-    if end < start:
-        raise ConfigError("--end", f"{isoformat(end)} is before --start {isoformat(start)}")
+    start, end = parse_span(args.start, args.end)
     catalog = open_catalog(cfg)
     try:
         if args.score:

@@ -8,6 +8,7 @@ that the sidecar describes these very weights. Pickle-based formats (.pt/.pth/.c
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> N
     body = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(body, str(tmp), metadata={"format": FORMAT, _META_KEY: json.dumps(meta, sort_keys=True)})
+        os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are not secret and services read them
 
 
 def read_weights(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,6 +16,8 @@ from nrt.model.normalize import ChannelStats
 from nrt.model.precond import EDMPrecond, RegressionNet
 from nrt.model.transforms import PrecipTransform
 
+MAX_RATE_MMH = 500.0  # above any 0.05°, 30-min rain rate on record
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -48,9 +50,14 @@ class ModelSpec:
         return (self.transform.forward(rate) - mean) / std
 
     def denormalize_target(self, z):
-        """Inverse of `normalize_target`, clipped at 0 mm/h."""
+        """Inverse of `normalize_target`, clipped to [0, MAX_RATE_MMH] mm/h.
+
+        The cap only acts when a network extrapolates far outside its training data (inputs many standard
+        deviations out): exp() of such a value would otherwise overflow to inf.
+        """
         mean, std = float(self.target_stats.mean[0]), float(self.target_stats.std[0])
-        return self.transform.inverse(z * std + mean)
+        rate = self.transform.inverse(z * std + mean)
+        return rate.clamp(max=MAX_RATE_MMH) if isinstance(rate, torch.Tensor) else np.minimum(rate, MAX_RATE_MMH)
 
     def build(self) -> tuple[RegressionNet, EDMPrecond]:
         return RegressionNet(SongUNet(self.regression)), EDMPrecond(SongUNet(self.diffusion), self.sigma_data)
