@@ -103,7 +103,7 @@ def bench_demo(cfg, args, device) -> dict:
     out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
     sync(device)
     seconds = time.perf_counter() - t0
-    tiles = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds._multiple)
+    tiles = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
     patches = f"{len(tiles)} of {tiles.tile[0]}x{tiles.tile[1]}"
     return {
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
@@ -121,7 +121,7 @@ def bench_production(cfg, args, device) -> list[dict]:
     for bf16, channels_last, compiled in variants:
         ds = random_downscaler(cfg, PRODUCTION, device, patch_size=64, patch_overlap=8, max_batch=args.max_batch,
                                bf16=bf16, channels_last=channels_last, compile=compiled)
-        layout = PatchGrid(*CONUS_SHAPE, 64, 8, ds._multiple)
+        layout = PatchGrid(*CONUS_SHAPE, 64, 8, ds.tile_multiple)
         patches = len(layout)
         row = {"case": "production", "grid": list(CONUS_SHAPE), "members": args.members, "steps": args.steps,
                "solver": args.solver, "bf16": bf16 and device.type == "cuda", "channels_last": channels_last,
@@ -134,10 +134,10 @@ def bench_production(cfg, args, device) -> list[dict]:
             sig = torch.full((args.tiles,), 1.0, device=device)
             lead = torch.zeros(args.tiles, dtype=torch.long, device=device)
             with torch.no_grad():
-                ds._chunked(ds._diff_call, x, sig, cond, lead)  # warm-up (and compilation)
+                ds.run_batched(ds.diffusion_call, x, sig, cond, lead)  # warm-up (and compilation)
                 sync(device)
                 t0 = time.perf_counter()
-                ds._chunked(ds._diff_call, x, sig, cond, lead)
+                ds.run_batched(ds.diffusion_call, x, sig, cond, lead)
                 sync(device)
             per_tile = (time.perf_counter() - t0) / args.tiles
             calls = patches * args.members * evals

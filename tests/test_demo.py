@@ -22,7 +22,7 @@ from nrt.catalog import Catalog
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_one_cycle_and_reports_what_it_made(tmp_path_factory, tmp_path):
+def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_path):
     base = config_data(tmp_path / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
     conf = write_toml(tmp_path / "small.toml", base)
     workdir = tmp_path / "demo"
@@ -30,17 +30,19 @@ def test_demo_runs_one_cycle_and_reports_what_it_made(tmp_path_factory, tmp_path
     for name in config.SECRET_ENV.values():  # offline and without credentials
         env.pop(name, None)
     done = subprocess.run(
-        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "1", "--workdir", str(workdir)],
+        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(workdir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert out.startswith("nrt demo: 1 cycles (2025-06-14T21:00:00Z .. 2025-06-14T21:00:00Z)")
+    assert out.startswith("nrt demo: 2 cycles (2025-06-16T21:00:00Z .. 2025-06-16T21:30:00Z)")
     assert f"work directory {workdir}" in out
-    assert "products (19 files):" in out
-    assert re.search(r"jobs: .*done 1", out) and re.search(r"products: current 19", out)
-    assert 'nrt_cycles_total{outcome="ok"} 1.0' in out
-    assert re.search(r"demo: 100%.*9/9", done.stderr)  # the progress display counts valid times
+    assert "products (38 files):" in out  # 2 x (9 ensembles + 9 summaries + 1 quicklook)
+    assert re.search(r"jobs: .*done 2", out) and re.search(r"products: current 22, superseded 16", out)
+    assert 'nrt_cycles_total{outcome="ok"} 2.0' in out
+    overpasses = re.search(r"^ +nrt_verification_overpasses_total ([0-9.]+)$", out, re.M)
+    assert overpasses and float(overpasses[1]) >= 1  # the 21:30 cycle verifies against the 21:02 DPR granule
+    assert re.search(r"demo: 100%.*18/18", done.stderr)  # the progress display counts valid times
 
     used = config.load(workdir / "config.toml")  # the config it ran with reads back
     assert used.workdir == workdir and used.model.members == MEMBERS and used.domain.west == base["domain"]["west"]
@@ -51,9 +53,10 @@ def test_demo_runs_one_cycle_and_reports_what_it_made(tmp_path_factory, tmp_path
     catalog = Catalog.open(used.database_url)
     try:
         ensembles = catalog.products(kind="ensemble")
-        assert len(ensembles) == 9 and {p.members for p in ensembles} == {MEMBERS}
+        assert len(ensembles) == 18 and {p.members for p in ensembles} == {MEMBERS}
         assert all(Path(p.path).is_file() for p in catalog.products())
-        assert [(r.state, r.degraded) for r in catalog.runs()] == [("ok", [])]
+        assert [(r.state, r.degraded) for r in catalog.runs()] == [("ok", []), ("ok", [])]
+        assert catalog.scores(truth_source="dpr")
     finally:
         catalog.close()
 

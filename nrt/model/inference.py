@@ -53,7 +53,7 @@ class Downscaler:
         if not 4 <= patch_overlap < patch_size:
             raise ConfigError("model.patch_overlap", f"{patch_overlap} must be at least 4 and less than the patch size")
         self.patch_size, self.patch_overlap, self.max_batch, self.churn = patch_size, patch_overlap, max_batch, churn
-        self._multiple = down
+        self.tile_multiple = down
         self.autocast = device.type == "cuda" and bf16
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.regression, self.diffusion = spec.build()
@@ -65,8 +65,8 @@ class Downscaler:
                 first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
                 raise DataError(name, f"weights do not fit the model config ({first})") from None
             net.to(device=device, memory_format=self.memory_format).eval().requires_grad_(False)
-        self._reg_call = torch.compile(self.regression) if compile else self.regression
-        self._diff_call = torch.compile(self.diffusion) if compile else self.diffusion
+        self.regression_call = torch.compile(self.regression) if compile else self.regression
+        self.diffusion_call = torch.compile(self.diffusion) if compile else self.diffusion
 
     @classmethod
     def load(cls, path_or_builtin: str | Path, device: str | torch.device = "auto", model_cfg=None) -> Downscaler:
@@ -85,12 +85,15 @@ class Downscaler:
                 "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "churn": model_cfg.churn,
                 "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
             }
-        return cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
+        downscaler = cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
+        log.info("loaded %s (sha256 %s) on %s", ckpt.path, ckpt.sha256[:12], device)
+        return downscaler
 
     def _amp(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
-    def _chunked(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
+    def run_batched(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
+        """fn(*tensors) over the leading (tile) axis in chunks of `max_batch`, under bf16 autocast on CUDA."""
         outputs = []
         for start in range(0, tensors[0].shape[0], self.max_batch):
             part = [t[start : start + self.max_batch] for t in tensors]
@@ -103,13 +106,13 @@ class Downscaler:
         raw = raw_channels(cond, self.spec.channels)
         missing = np.isnan(raw[:, 0])
         z = self.spec.normalize_inputs(torch.from_numpy(raw)).to(self.device)
-        grid = PatchGrid(*z.shape[-2:], self.patch_size, self.patch_overlap, self._multiple)
+        grid = PatchGrid(*z.shape[-2:], self.patch_size, self.patch_overlap, self.tile_multiple)
         return grid.pad(z), grid, missing
 
     def _mean(self, z: torch.Tensor, grid: PatchGrid, lead: int) -> torch.Tensor:
         tiles = grid.extract(z)
         leads = torch.full((tiles.shape[0],), lead, device=self.device, dtype=torch.long)
-        return grid.blend(self._chunked(self._reg_call, tiles, leads))
+        return grid.blend(self.run_batched(self.regression_call, tiles, leads))
 
     @torch.no_grad()
     def regression_mean(self, cond: Conditioning) -> np.ndarray:
@@ -130,7 +133,7 @@ class Downscaler:
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             tiles = grid.extract(x)
             sigmas = torch.full((tiles.shape[0],), sigma, device=self.device)
-            return grid.blend(self._chunked(self._diff_call, tiles, sigmas, condition, leads))
+            return grid.blend(self.run_batched(self.diffusion_call, tiles, sigmas, condition, leads))
 
         generator = torch.Generator(self.device).manual_seed(int(seed))
         latents = torch.randn((members, 1, *z.shape[-2:]), device=self.device, generator=generator)

@@ -28,8 +28,9 @@ from nrt.timeline import HALF_HOUR, floor_to, geosfp_hours_for, isoformat
 
 log = logging.getLogger("nrt.demo")
 
-#: A summer evening over Iowa, near the twin's diurnal peak, with a DPR overpass at 21:02-21:32 UTC.
-FIRST_CYCLE = datetime(2025, 6, 14, 21, 0, tzinfo=timezone.utc)
+#: A summer evening over Iowa, near the twin's diurnal peak. The twin's DPR granule 21:02:57-21:32:57 UTC
+#: crosses the default domain (about 4300 footprints), so the second and later cycles verify against it.
+FIRST_CYCLE = datetime(2025, 6, 16, 21, 0, tzinfo=timezone.utc)
 DEMO_EMAIL = "demo@example.org"  # the twin's PPS mirror wants an e-mail as user and password, like the real one
 CLOCK_SPEED = 180.0  # simulated seconds per real second: a new cycle every 10 s of real time
 
