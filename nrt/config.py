@@ -184,7 +184,7 @@ class TrainConfig(Section):
     warmup_steps: int = Field(100, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
-    precip_transform: Literal["log1p", "power"] = "log1p"
+    precip_transform: Literal["log1p", "power"] = "power"  # see docs/model.md, "Skill"
     precip_epsilon_mmh: float = Field(1.0, gt=0)
     precip_power: float = Field(0.5, gt=0, le=1)
     use_random_error: bool = True

@@ -49,3 +49,15 @@ def pg_url() -> str:
     if not url:
         pytest.skip("NRT_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
     return url
+
+
+@pytest.fixture(autouse=True)
+def _restore_nrt_logger():
+    """`nrt.cli.main` configures the "nrt" logger (own handler, no propagation); undo that after each test
+    so that later tests' caplog still sees nrt's records."""
+    import logging
+
+    logger = logging.getLogger("nrt")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]

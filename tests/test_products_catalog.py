@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -32,16 +31,6 @@ def field(value: float, members: int = 4, seed: int | None = None) -> xr.DataArr
     else:
         values = np.random.default_rng(seed).gamma(0.5, value, (members, *GRID.shape)).astype(np.float32)
     return xr.DataArray(values, dims=("member", "lat", "lon"))
-
-
-@pytest.fixture(autouse=True)
-def restore_nrt_logging():
-    """`nrt.cli.main` points the "nrt" logger at this test's captured stderr; put the old setup back after."""
-    logger = logging.getLogger("nrt")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[2]
-    logger.setLevel(saved[1])
 
 
 @pytest.fixture

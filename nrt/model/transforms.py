@@ -1,11 +1,12 @@
 """Invertible precipitation transform applied before z-scoring (inputs and the regression/diffusion target).
 
 Rain rates are heavy-tailed: a few cells at 50-100 mm/h next to drizzle at 0.1 mm/h and a majority of zeros.
-The default `log1p` transform y = log(1 + x / eps) with eps = 1 mm/h is linear below ~eps (drizzle keeps its
-detail, zeros stay exactly 0) and logarithmic above it, so one MSE weights a 2-vs-4 mm/h error about like a
-20-vs-40 mm/h one. The `power` transform y = x**p (p = 0.5 by default) is offered for comparison: it is less
-compressive for heavy rain. Both invert exactly on x >= 0; on the way back the result is clipped at 0 because a
-network output or a diffusion sample may fall slightly below the transform of zero.
+`power`, y = x**p with p = 0.5 (the default of `train.precip_transform`), compresses heavy rain less than
+`log1p`, y = log(1 + x / eps) (linear below ~eps, logarithmic above). Both keep zero at exactly 0. In the
+radar experiment (docs/model.md, "Skill") both gave the same ensemble CRPS, but the square root's gentler
+inverse gave members with a lighter upper tail in mm/h (spread/skill 1.76 against 2.05 for log1p, eps = 1)
+and a better regression mean. Both invert exactly on x >= 0; on the way back the result is clipped at 0
+because a network output or a diffusion sample may fall below the transform of zero.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 @dataclass(frozen=True)
 class PrecipTransform:
-    kind: Literal["log1p", "power"] = "log1p"
+    kind: Literal["log1p", "power"] = "power"
     epsilon: float = 1.0  # mm/h, the knee of log1p
     power: float = 0.5
 
