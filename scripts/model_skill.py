@@ -216,7 +216,9 @@ def run_training(out: Path, regression_steps: int, diffusion_steps: int, transfo
 class Pooled:
     """Scores pooled over test tiles."""
 
-    def __init__(self):
+    def __init__(self, to_model_space):
+        self.to_model_space = to_model_space  # mm/h -> the model's transformed, z-scored units
+        self.cells: dict[str, list[np.ndarray]] = {"var": [], "sq_err": [], "var_z": [], "sq_err_z": [], "bias": []}
         self.crps = probscores.CRPS_init()
         self.rank = ensscores.rankhist_init(MEMBERS, 0.1)
         self.sums = {"abs_bilinear": 0.0, "abs_regression": 0.0, "abs_ens_mean": 0.0, "sq_ens_mean": 0.0, "ens_var": 0.0, "n": 0}
@@ -236,11 +238,28 @@ class Pooled:
         s["sq_ens_mean"] += ((ens_mean - t) ** 2).sum()
         s["ens_var"] += m.var(axis=0, ddof=1).sum()
         s["n"] += t.size
+        z_t, z_m = self.to_model_space(t), self.to_model_space(m)
+        for key, value in (("var", m.var(axis=0, ddof=1)), ("sq_err", (ens_mean - t) ** 2), ("bias", ens_mean - t),
+                           ("var_z", z_m.var(axis=0, ddof=1)), ("sq_err_z", (z_m.mean(axis=0) - z_t) ** 2)):
+            self.cells[key].append(value)
         if valid.all():
             for key, field in (("truth", truth), ("input (bilinear)", bilinear), ("regression mean", regression)):
                 psd, self.freq = spectral.rapsd(field, fft_method=np.fft, return_freq=True)
                 self.spectra[key].append(psd)
             self.spectra["ensemble members"].append(np.mean([spectral.rapsd(x, fft_method=np.fft) for x in members], axis=0))
+
+    def calibration(self) -> dict:
+        """Spread/skill in the model's own space, and in mm/h by fifths of ensemble variance (where it goes wrong)."""
+        if not self.cells["var"]:
+            return {}
+        c = {k: np.concatenate(v) for k, v in self.cells.items()}
+        factor = (MEMBERS + 1) / MEMBERS
+        order = np.argsort(c["var"])
+        return {
+            "spread_skill_model_space": float(np.sqrt(factor * c["var_z"].mean() / c["sq_err_z"].mean())),
+            "spread_skill_by_variance_fifth": [float(np.sqrt(factor * c["var"][q].mean() / c["sq_err"][q].mean()))
+                                               for q in np.array_split(order, 5)],
+        }
 
     def result(self) -> dict:
         s = self.sums
@@ -254,6 +273,8 @@ class Pooled:
             "mae_ensemble_mean": float(s["abs_ens_mean"] / n),
             "rmse_ensemble_mean": float(rmse),
             "spread_skill": float(np.sqrt((MEMBERS + 1) / MEMBERS * s["ens_var"] / n) / rmse) if rmse > 0 else float("nan"),
+            "ensemble_mean_bias": float(np.concatenate(self.cells["bias"]).mean()) if self.cells["bias"] else float("nan"),
+            **self.calibration(),
             "rank_histogram": [float(v) for v in ensscores.rankhist_compute(self.rank)],
             "spectra": {k: np.mean(v, axis=0).tolist() for k, v in self.spectra.items() if v},
             "spectra_wavelength_km": (5.0 / self.freq[1:]).tolist() if self.freq is not None else [],
@@ -278,7 +299,7 @@ def score(out: Path, tiles: int, steps: int, solver: str, seed: int, checkpoint:
     for i, entry in enumerate(index):
         by_source.setdefault(entry["source"], []).append(i)
     chosen = sorted(j for ids in by_source.values() for j in rng.choice(ids, size=min(tiles, len(ids)), replace=False))
-    pooled, per_source = Pooled(), {name: Pooled() for name in by_source}
+    pooled, per_source = Pooled(ds.spec.normalize_target), {name: Pooled(ds.spec.normalize_target) for name in by_source}
     started = time.time()
     for k, i in enumerate(chosen):
         cond = Conditioning(coarse_inputs[i][None], fake_grid(), lead=0)
@@ -311,12 +332,12 @@ def twin_score(args) -> dict:
     cfg = config.from_dict({**base.model_dump(mode="json", exclude={"general"}), "general": {"workdir": str(args.out / "work")}}, "model_skill")
     start, end = utc(args.start), utc(args.end)
     ds = Downscaler.load(args.checkpoint, "cpu", cfg.model)
-    truth = xr.open_mfdataset(sorted(Path(args.tree).glob("truth/*.nc")), engine="netcdf4")["precipitation"]
+    truth = xr.concat([xr.load_dataset(f, engine="netcdf4")["precipitation"] for f in sorted(Path(args.tree).glob("truth/*.nc"))], "time")
     with Catalog.from_config(cfg, migrate=True) as catalog:
         register_tree(cfg, catalog, args.tree)
         inputs = CatalogInputs(cfg, catalog, start, end, max(args.leads))
     grid = inputs.grid
-    pooled = {lead: Pooled() for lead in args.leads}
+    pooled = {lead: Pooled(ds.spec.normalize_target) for lead in args.leads}
     started, scored = time.time(), 0
     for valid in cycle_times(start, end, timedelta(hours=args.every_hours)):
         observed = truth.sel(time=np.datetime64(valid.replace(tzinfo=None), "ns")).sel(
@@ -364,13 +385,15 @@ def plot(result: dict, path: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| test set | cells | CRPS ensemble | MAE bilinear input | MAE regression mean | MAE ensemble mean | spread/skill |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| test set | cells | CRPS ensemble | MAE bilinear input | MAE regression mean | MAE ensemble mean | spread/skill "
+            "| spread/skill, model space | spread/skill by fifth of ensemble variance |", "|---|---|---|---|---|---|---|---|---|"]
     named = [("pooled", result["pooled"]), *result["by_source"].items()] if "pooled" in result else \
         [(f"lead {lead}", r) for lead, r in result["by_lead"].items()]
     for name, r in named:
         rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r['mae_bilinear_input']:.4f} | "
-                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} |")
+                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} | "
+                    f"{r.get('spread_skill_model_space', float('nan')):.2f} | "
+                    f"{' '.join(f'{v:.2f}' for v in r.get('spread_skill_by_variance_fifth', []))} |")
     return "\n".join(rows)
 
 
