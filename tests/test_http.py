@@ -125,16 +125,10 @@ def serve():
 
 @pytest.fixture
 def nrt_logs(caplog):
-    """Capture the "nrt" and urllib3 loggers at DEBUG, even after `nrt.logs.setup` stopped propagation."""
-    loggers = [logging.getLogger(name) for name in ("nrt", "urllib3")]
-    saved = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(caplog.handler)
-        logger.setLevel(logging.DEBUG)
-    yield caplog
-    for logger, level in zip(loggers, saved):
-        logger.removeHandler(caplog.handler)
-        logger.setLevel(level)
+    """Capture the "nrt" and urllib3 loggers at DEBUG (conftest restores nrt's propagation after each test)."""
+    for name in ("nrt", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
 
 
 def leftovers(directory: Path) -> list[str]:
