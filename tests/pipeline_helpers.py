@@ -107,13 +107,13 @@ def write_toml(path: Path, data: dict) -> Path:
 
 def twin_tree(tmp_path_factory) -> Path:
     """The shared twin mirror tree (generated once; treat as read-only)."""
-    from nrt.service.demo import twin_spec
+    from nrt.twin.spec import spec_for_config
     from nrt.twin import generate
 
     root = shared_dir(tmp_path_factory) / "twin"
     if not (root / "twin.json").is_file():
         cfg = make_config(config_data(root.parent / "unused", "http://127.0.0.1:1", {}))
-        generate(twin_spec(cfg, TWIN_START, TWIN_END, TWIN_SEED), root)
+        generate(spec_for_config(cfg, TWIN_START, TWIN_END, TWIN_SEED), root)
     return root
 
 

@@ -248,3 +248,20 @@ def truth_wind(tree: Path, valid: datetime) -> tuple[float, float]:
     with xr.open_dataset(tree / naming.truth_path(valid)) as ds:
         at = ds.sel(time=np.datetime64(valid.replace(tzinfo=None)))
         return float(at["u_wind"]), float(at["v_wind"])
+
+
+def test_twin_for_a_config_covers_the_nowcast_upwind_buffer(cfg):
+    """A twin narrower than the nowcast's reading area would leave NaN edges in every IMERG granule."""
+    from datetime import datetime, timezone
+
+    from nrt.nowcast import nowcast_domain
+    from nrt.twin.spec import spec_for_config
+
+    start = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    spec = spec_for_config(cfg, start, start.replace(hour=6))
+    box = cfg.domain.box()
+    covered = box.buffered(spec.world.buffer_degrees)
+    wide = nowcast_domain(box, cfg.nowcast, steps=cfg.nowcast.steps + 1)
+    assert covered.west <= wide.west and covered.east >= wide.east
+    assert covered.south <= wide.south and covered.north >= wide.north
+    assert spec.world.buffer_degrees > 3.0  # Iowa at 80 km/h over 4.5 h needs more than the 3° floor

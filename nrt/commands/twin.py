@@ -56,10 +56,10 @@ def generate_command(args, cfg) -> int:
     from tqdm import tqdm
 
     from nrt.twin.generate import generate, work_units
-    from nrt.twin.spec import TwinSpec
+    from nrt.twin.spec import spec_for_config
 
     domain = parse_domain(args.domain) if args.domain else cfg.domain.box()
-    spec = TwinSpec(domain, _time(args.start, "--start"), _time(args.end, "--end"), args.seed)
+    spec = spec_for_config(cfg, _time(args.start, "--start"), _time(args.end, "--end"), args.seed, domain)
     overrides = {k: v for k, v in (("bias", args.imerg_bias), ("correlation", args.imerg_correlation)) if v is not None}
     if overrides:
         spec = replace(spec, imerg=replace(spec.imerg, **overrides))

@@ -92,31 +92,14 @@ def twin_span(first: datetime, last: datetime, cfg) -> tuple[datetime, datetime]
     return floor_to(earliest, timedelta(hours=6)), geosfp_hours_for(last)[1] + HALF_HOUR
 
 
-def twin_spec(cfg, start: datetime, end: datetime, seed: int):
-    """The twin for `cfg`'s domain, its world wide enough for the nowcast's upwind buffer.
-
-    The nowcast reads IMERG over the domain plus speed x horizon; a twin narrower than that leaves the edges
-    of each granule missing and every cycle degraded. One extra lead is covered, so that a single late
-    granule (the nowcast then runs one step longer) still reads only simulated rain.
-    """
-    from nrt.grids import IMERG_RES
-    from nrt.nowcast import nowcast_domain
-    from nrt.twin.spec import TwinSpec, WorldSettings
-
-    box = cfg.domain.box()
-    wide = nowcast_domain(box, cfg.nowcast, steps=cfg.nowcast.steps + 1)
-    needed = max(box.west - wide.west, box.south - wide.south, wide.east - box.east, wide.north - box.north)
-    buffer = max(WorldSettings().buffer_degrees, round(needed + IMERG_RES, 1))
-    return TwinSpec(box, start, end, seed, world=WorldSettings(buffer_degrees=buffer))
-
-
 def ensure_twin(cfg, root: Path, start: datetime, end: datetime, seed: int, progress: bool) -> None:
     """Generate the twin window unless `root` already holds this exact one (a rerun reuses it)."""
     from tqdm import tqdm
 
     from nrt.twin.generate import generate, load_manifest, work_units
+    from nrt.twin.spec import spec_for_config
 
-    spec = twin_spec(cfg, start, end, seed)
+    spec = spec_for_config(cfg, start, end, seed)
     if (root / "twin.json").is_file():
         try:
             if load_manifest(root).get("spec") == spec.to_dict():

@@ -20,7 +20,7 @@ MANIFEST_FORMAT = "nrt-twin/1"
 class WorldSettings:
     """The synthetic atmosphere: rain texture, its motion and life cycle, and the forcings that shape it."""
 
-    buffer_degrees: float = 3.0  # truth extends this far beyond the domain (the nowcast reads domain + 2°)
+    buffer_degrees: float = 3.0  # at least this far beyond the domain; `spec_for_config` widens it to the nowcast buffer
     wet_fraction: float = 0.18  # expected raining fraction of cells before forcings
     spectral_slope: float = 3.3  # rain texture power spectrum P(k) ~ k^-slope
     outer_scale_km: float = 250.0  # texture spectrum flattens above this scale
@@ -124,3 +124,20 @@ class TwinSpec:
         data["domain"] = asdict(self.domain)
         data["start"], data["end"] = isoformat(self.start), isoformat(self.end)
         return data
+
+
+def spec_for_config(cfg, start: datetime, end: datetime, seed: int = 20250101, domain: Domain | None = None) -> TwinSpec:
+    """The twin of `cfg`'s domain (or `domain`), its world wide enough for the nowcast's upwind buffer.
+
+    The nowcast reads IMERG over the domain plus speed x horizon; a twin narrower than that leaves the edges
+    of each granule missing and every cycle degraded. One extra lead is covered, so that a single late
+    granule (the nowcast then runs one step longer) still reads only simulated rain.
+    """
+    from nrt.grids import IMERG_RES
+    from nrt.nowcast import nowcast_domain
+
+    box = domain or cfg.domain.box()
+    wide = nowcast_domain(box, cfg.nowcast, steps=cfg.nowcast.steps + 1)
+    needed = max(box.west - wide.west, box.south - wide.south, wide.east - box.east, wide.north - box.north)
+    buffer = max(WorldSettings().buffer_degrees, round(needed + IMERG_RES, 1))
+    return TwinSpec(box, start, end, seed, world=WorldSettings(buffer_degrees=buffer))
