@@ -31,14 +31,7 @@ S1, S2 = T1 - timedelta(hours=4), T2 - timedelta(hours=4)  # newest IMERG Early 
 CLOCK_SPEED = 600.0  # a cycle every 3 s of real time
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

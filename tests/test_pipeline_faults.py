@@ -30,14 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 S2 = T2 - timedelta(hours=4)  # 08:30, the newest IMERG Early granule expected at 12:30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
