@@ -204,9 +204,10 @@ def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: Cy
     for valid in valid_times:
         lead = int((valid - newest) / HALF_HOUR)
         if lead <= 0:
-            # Valid time at (or, when granules are missing, before) the newest granule: IMERG itself.
+            # Valid time at (or, when granules are missing, before) the newest granule: IMERG itself, one
+            # field that every diffusion member shares (the model maps member i to input i mod 1).
             frame = frames["precipitation"].sel(time=np.datetime64(valid.replace(tzinfo=None), "ns"), method="nearest")
-            coarse = np.repeat(frame.values[window][None], members, axis=0)
+            coarse = frame.values[window][None]
             lead = 0
         else:
             coarse = result.precip.values[:, forecast_times.index(valid)][(slice(None), *window)]
@@ -286,7 +287,6 @@ def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, slee
         "input_granules": ",".join(p.name for p in imerg_files),
         "checkpoint_sha256": downscaler.sha256,
         "nowcast_method": report.nowcast_method or "none",
-        "degraded": ",".join(report.degraded) or "none",
         "software_version": __version__,
     }
     for valid, lead, coarse, random_error in bridge:
@@ -304,7 +304,8 @@ def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, slee
                 ensemble, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
                 forecast_reference_time=report.imerg_start, lead=lead,
                 attrs={**attrs, "degraded": ",".join(report.degraded) or "none"},
-                # The verification baseline: the model's input (IMERG, or the nowcast member mean) at 0.05°.
+                # Flags raised so far (GEOS-FP is read per valid time). The verification baseline is the
+                # model's input (IMERG, or the nowcast member mean) at 0.05°.
                 input_precipitation=upsample(coarse.mean(axis=0)),
             )
             report.products.extend(published.products)
