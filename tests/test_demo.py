@@ -37,7 +37,8 @@ def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_pat
     out = done.stdout
     assert out.startswith("nrt demo: 2 cycles (2025-06-16T21:00:00Z .. 2025-06-16T21:30:00Z)")
     assert f"work directory {workdir}" in out
-    assert "products (38 files):" in out  # 2 x (9 ensembles + 9 summaries + 1 quicklook)
+    assert re.search(r"products \(38 files, [\d.]+ MB\):", out)  # 2 x (9 ensembles + 9 summaries + 1 quicklook)
+    assert "cycle 2025-06-16T21:30:00Z: 9 ensemble, 1 quicklook, 9 summary" in out
     assert re.search(r"jobs: .*done 2", out) and re.search(r"products: current 22, superseded 16", out)
     assert 'nrt_cycles_total{outcome="ok"} 2.0' in out
     overpasses = re.search(r"^ +nrt_verification_overpasses_total ([0-9.]+)$", out, re.M)

@@ -47,5 +47,5 @@ def demo(args, cfg) -> int:
         print("nrt: interrupted", file=sys.stderr)
         hard_exit(130)
     print(describe(result))
-    failed = result.jobs.get("jobs", {}).get("failed", 0)
+    failed = result.catalog_counts.get("jobs", {}).get("failed", 0)
     return 1 if failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 import shutil
 import socket
 import subprocess
@@ -39,9 +40,10 @@ CLOCK_SPEED = 180.0  # simulated seconds per real second: a new cycle every 10 s
 class DemoResult:
     workdir: Path
     config_path: Path
+    product_dir: Path
     cycles: list[datetime]
-    jobs: dict[str, dict[str, int]]
-    products: list[Path]
+    catalog_counts: dict[str, dict[str, int]]
+    products: list  # catalog product rows (kind, cycle_time, path, size, ...)
     quicklook: Path | None
     metrics_sample: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -202,14 +204,14 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
                 worker.run(max_jobs=cycles)
             finally:
                 scheduler.shutdown(wait=False)
-        products = sorted(Path(p.path) for p in catalog.products())
-        quicklooks = [p for p in products if p.suffix == ".png"]
+        products = sorted(catalog.products(), key=lambda row: (row.cycle_time, row.valid_time, row.kind))
+        quicklooks = [row.path for row in products if row.kind == "quicklook"]
         quicklook = None
         if quicklooks:
             quicklook = workdir / "quicklook.png"
             shutil.copyfile(quicklooks[-1], quicklook)
         return DemoResult(
-            workdir, config_path, [first + k * HALF_HOUR for k in range(cycles)], catalog.counts(), products,
+            workdir, config_path, cfg.product_dir, [first + k * HALF_HOUR for k in range(cycles)], catalog.counts(), products,
             quicklook, metrics_sample(metrics.registry), time.monotonic() - started,
         )
     finally:
@@ -222,13 +224,18 @@ def describe(result: DemoResult) -> str:
         f"nrt demo: {len(result.cycles)} cycles ({isoformat(result.cycles[0])} .. {isoformat(result.cycles[-1])}) "
         f"in {result.seconds:.0f} s, work directory {result.workdir}",
         f"  config used: {result.config_path}",
-        f"  products ({len(result.products)} files):",
+        f"  products ({len(result.products)} files, {sum(row.size for row in result.products) / 1e6:.1f} MB):",
     ]
-    for path in result.products:
-        size = path.stat().st_size if path.exists() else 0
-        lines.append(f"    {path.relative_to(result.workdir)}  {size / 1e3:.0f} kB")
+    by_cycle: dict[datetime, Counter] = {}
+    for row in result.products:
+        by_cycle.setdefault(row.cycle_time, Counter())[row.kind] += 1
+    for cycle_time, kinds in by_cycle.items():
+        size = sum(row.size for row in result.products if row.cycle_time == cycle_time)
+        made = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        lines.append(f"    cycle {isoformat(cycle_time)}: {made} ({size / 1e6:.1f} MB)")
+    lines.append(f"    under {result.product_dir}")
     lines.append("  catalog:")
-    for table, states in result.jobs.items():
+    for table, states in result.catalog_counts.items():
         lines.append(f"    {table}: " + ", ".join(f"{state} {n}" for state, n in sorted(states.items())))
     lines.append("  metrics sample:")
     lines.extend(f"    {line}" for line in result.metrics_sample)
