@@ -27,13 +27,17 @@ Definitions (n cells where the truth, every member and the baseline are finite i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from pysteps.verification import detcatscores, detcontscores, probscores
+
+with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints its config file's path on first import
+    from pysteps.verification import detcatscores, detcontscores, probscores
 
 from nrt.products.summary import exceedance
 
