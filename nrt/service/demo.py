@@ -29,9 +29,10 @@ from nrt.timeline import HALF_HOUR, floor_to, geosfp_hours_for, isoformat
 
 log = logging.getLogger("nrt.demo")
 
-#: A summer evening over Iowa, near the twin's diurnal peak. The twin's DPR granule 21:02:57-21:32:57 UTC
-#: crosses the default domain (about 4300 footprints), so the second and later cycles verify against it.
-FIRST_CYCLE = datetime(2025, 6, 16, 21, 0, tzinfo=timezone.utc)
+#: A late-May night over Iowa: the season of the demo checkpoint's training twin, on days it was not
+#: trained on. The twin's DPR granule 23:32:58-00:02:57 UTC crosses the domain (about 2100 footprints), so
+#: the cycles from 00:00 on verify against it.
+FIRST_CYCLE = datetime(2024, 5, 22, 23, 30, tzinfo=timezone.utc)
 DEMO_EMAIL = "demo@example.org"  # the twin's PPS mirror wants an e-mail as user and password, like the real one
 CLOCK_SPEED = 180.0  # simulated seconds per real second: a new cycle every 10 s of real time
 
