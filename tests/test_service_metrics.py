@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import shutil
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nrt.pipeline import CycleReport
 from nrt.service.metrics import STAGE_BUCKETS, Metrics
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
@@ -60,16 +62,8 @@ class Overpass:
     new_overpass: bool
 
 
-@dataclass
-class Report:
-    timings: dict
-    degraded: list = field(default_factory=list)
-    nowcast_degraded: list = field(default_factory=list)
-    products: list = field(default_factory=list)
-    sources: dict = field(default_factory=dict)
-    summary: Summary | None = None
-    alerts: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
+# The pipeline's own report type, so the metrics and the worker are tested against what they really get.
+Report = partial(CycleReport, datetime(2024, 6, 1, tzinfo=timezone.utc))
 
 
 def scrape(port: int) -> dict:

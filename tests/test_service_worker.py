@@ -15,12 +15,15 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from nrt.io import atomic_path
+from nrt.pipeline import CycleReport
 
 THIS = Path(__file__).resolve()
 REPO = THIS.parents[1]
@@ -63,16 +66,8 @@ def visible(directory: Path) -> list[str]:
 
 # -- in-process ----------------------------------------------------------------------------------------------
 
-@dataclass
-class Report:
-    timings: dict
-    degraded: list = field(default_factory=list)
-    nowcast_degraded: list = field(default_factory=list)
-    products: list = field(default_factory=list)
-    sources: dict = field(default_factory=dict)
-    summary: None = None
-    alerts: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
+# The pipeline's own report type, so the metrics and the worker are tested against what they really get.
+Report = partial(CycleReport, datetime(2024, 6, 1, tzinfo=timezone.utc))
 
 
 @dataclass
