@@ -842,27 +842,24 @@ class Catalog:
             product = session.get(Product, product_id)
             if product is None:
                 raise LookupError(f"no product {product_id} in the catalog")
+            # One read of this product's scores instead of a DELETE per row (an overpass stores hundreds).
+            existing = {
+                (s.metric, s.threshold, s.lead, s.model): s
+                for s in session.scalars(select(Score).where(Score.product_id == product_id, Score.truth_source == truth_source))
+            }
             now = _now()
             for row in rows:
                 value = row["value"]
                 value = None if value is None or math.isnan(value) else float(value)
                 threshold = row.get("threshold")
-                score = dict(
-                    product_id=product_id, truth_source=truth_source, metric=row["metric"],
-                    threshold=None if threshold is None else float(threshold),
-                    lead=int(row.get("lead", product.lead)), model=row.get("model", "nrt"),
-                )
-                same_threshold = (
-                    Score.threshold.is_(None) if score["threshold"] is None else Score.threshold == score["threshold"]
-                )
-                session.execute(
-                    delete(Score).where(
-                        Score.product_id == product_id, Score.truth_source == truth_source,
-                        Score.metric == score["metric"], same_threshold, Score.lead == score["lead"],
-                        Score.model == score["model"],
-                    )
-                )
-                session.add(Score(value=value, created_at=now, **score))
+                key = (row["metric"], None if threshold is None else float(threshold),
+                       int(row.get("lead", product.lead)), row.get("model", "nrt"))
+                score = existing.get(key)
+                if score is None:
+                    score = existing[key] = Score(product_id=product_id, truth_source=truth_source, metric=key[0],
+                                                  threshold=key[1], lead=key[2], model=key[3])
+                    session.add(score)
+                score.value, score.created_at = value, now
                 stored += 1
         return stored
 
