@@ -5,27 +5,33 @@ a spatially correlated multiplicative log-normal error (σ = 0.6 in log, ~30 km 
 displacement of up to one 10-km cell, a per-field bias (median 0.9) and light rain (< 0.3 mm/h) missed.
 Fields are cut into 48 x 48 tiles (240 km). Training tiles keep truth only inside a DPR-like swath (a
 245 km = 49-cell wide strip at a random angle and offset over the whole radar field); test tiles keep the
-full truth. Held out for testing: the MeteoSwiss event of 2017-01-31 and the BoM day from 12:00 to 15:00 UTC
-(training uses the BoM day to 10:00, KNMI 2010-08-26 and the MeteoSwiss events of 2015-05-15 and 2016-07-11;
-the BoM day is dry after 15:00).
+full truth. Two held-out designs (`prepare --split`), both also scoring the last quarter of every training
+event (frames at least GAP_MINUTES after its last training frame: regimes the model has seen):
+- `events` (default): trained on the first three quarters of KNMI 2010-08-26, MeteoSwiss 2015-05-15 and
+  2016-07-11 and BoM 2020-10-31 00-10 UTC; held out whole: the MeteoSwiss winter event of 2017-01-31 and
+  the BoM day from 12:00 to 15:00 UTC (it is dry after 15:00);
+- `hours`: the first three quarters of the winter event are trained on too; its last quarter and BoM
+  12-15 UTC are the headline test.
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py prepare --out skill/     # training + test sets
     OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py train --out skill/       # nrt.model.train.train
     OMP_NUM_THREADS=1 nice -n 10 python scripts/model_skill.py score --out skill/ --tiles 8
+    python scripts/model_skill.py regimes --out skill/   # model-free: spread of the truth given the input
 
 The same experiment on the twin scores a checkpoint trained on the twin (the demo) on held-out twin days,
 with the inputs the service would have (IMERG at lead 0, hindcast nowcasts at later leads, GEOS-FP, DEM) and
 the twin's full 0.05° truth:
 
-    nrt twin generate --start 2024-05-22T00:00Z --end 2024-05-24T00:00Z --out twin-test
+    nrt twin generate --start 2024-05-22T00:00Z --end 2024-05-25T00:00Z --out twin-test
     python scripts/model_skill.py twin --tree twin-test --out skill-twin/ --config config/train-demo.toml \
-        --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4
+        --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4 --every-hours 6
 
-`score` reports, pooled over the test tiles: CRPS of the 30-member ensemble (pysteps), the MAE of the
-bilinearly upsampled input and of the regression mean alone, the spread-skill ratio
-sqrt((M+1)/M · mean ensemble variance) / RMSE(ensemble mean) (1 for a reliable ensemble), the rank histogram
-(pysteps, cells where truth or a member reaches 0.1 mm/h) and radially averaged power spectra (pysteps
-rapsd) of truth, input, regression mean and members. Results go to skill/scores.json and skill/skill.png.
+`score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
+(pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the spread-skill
+ratio sqrt((M+1)/M · mean ensemble variance) / RMSE(ensemble mean) (1 for a reliable ensemble) with a
+bootstrap interval over tiles, the rank histogram (pysteps, cells where truth or a member reaches
+0.1 mm/h) and radially averaged power spectra (pysteps rapsd) of truth, input, regression mean and members.
+Results go to skill/scores.json and skill/skill.png.
 """
 
 from __future__ import annotations
@@ -78,18 +84,39 @@ class Source:
     block: int  # native pixels per 5-km cell along each axis
     kwargs: tuple = ()
     hours: tuple[int, int] | None = None  # keep files whose HH (UTC) lies in [start, end)
+    minutes: int = 5  # time between files
 
 
 SOURCES = {
     "knmi-20100826": Source("KNMI/2010/08/*.h5", "import_knmi_hdf5", 5),
     "mch-20150515": Source("mch/20150515/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
     "mch-20160711": Source("mch/20160711/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
-    "bom-20201031-early": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(0, 10)),
+    "bom-20201031-early": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(0, 10), minutes=10),
     "mch-20170131": Source("mch/20170131/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
-    "bom-20201031-late": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(12, 15)),
+    "bom-20201031-late": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(12, 15), minutes=10),
 }
 TRAIN = ("knmi-20100826", "mch-20150515", "mch-20160711", "bom-20201031-early")
 TEST = ("mch-20170131", "bom-20201031-late")
+TAIL = 0.25  # the last quarter of each training event is held out too: rain of the regimes the model has seen
+GAP_MINUTES = 30  # dropped between a training event's training frames and its held-out tail
+TAIL_GROUP = "training events, last quarter"
+WINTER = "mch-20170131"  # the only cold-season event: held out whole (--split events) or its last quarter (hours)
+WINTER_TAIL_GROUP = f"{WINTER}, last quarter"
+
+
+def split_parts(split: str) -> tuple[list, list, list[str]]:
+    """(training parts, test parts, headline test groups) of (source, part, group) triples.
+
+    `events`: the winter event and BoM 12-15 UTC are held out whole, so the test asks for a regime the model
+    never saw. `hours`: the winter event's first three quarters are trained on too and its last quarter is
+    tested, so training covers every regime that is tested. Both also score the summer events' last quarters.
+    """
+    summer_tails = [(name, "tail", TAIL_GROUP) for name in TRAIN]
+    if split == "events":
+        return ([(name, "head", name) for name in TRAIN], [(name, "all", name) for name in TEST] + summer_tails, list(TEST))
+    late = "bom-20201031-late"
+    return ([(name, "head", name) for name in (*TRAIN, WINTER)],
+            [(late, "all", late), (WINTER, "tail", WINTER_TAIL_GROUP)] + summer_tails, [late, WINTER_TAIL_GROUP])
 
 
 def block_mean(values: np.ndarray, block: int) -> np.ndarray:
@@ -102,12 +129,22 @@ def block_mean(values: np.ndarray, block: int) -> np.ndarray:
     return np.where(2 * valid >= block * block, mean, np.nan).astype(np.float32)
 
 
-def load_frames(name: str) -> list[np.ndarray]:
-    """Every file of a source as a 5-km rain-rate field (mm/h, NaN outside radar coverage)."""
+def split_files(files: list, minutes: int, part: str) -> list:
+    """`all` files, the `head` used for training, or the held-out `tail` (last TAIL, GAP_MINUTES after the head)."""
+    if part == "all":
+        return files
+    tail = max(1, round(TAIL * len(files)))
+    gap = -(-GAP_MINUTES // minutes)
+    return files[: len(files) - tail - gap] if part == "head" else files[len(files) - tail :]
+
+
+def load_frames(name: str, part: str = "all") -> list[np.ndarray]:
+    """The files of a source (see `split_files`) as 5-km rain-rate fields (mm/h, NaN outside radar coverage)."""
     src = SOURCES[name]
     files = sorted(RADAR.glob(src.pattern))
     if src.hours:
         files = [f for f in files if src.hours[0] <= int(re.search(r"_\d{8}_(\d{2})", f.name).group(1)) < src.hours[1]]
+    files = split_files(files, src.minutes, part)
     if not files:
         sys.exit(f"model_skill: no files for {name} under {RADAR}")
     importer = getattr(importers, src.importer)
@@ -156,11 +193,12 @@ def fake_grid() -> LatLonGrid:
     return LatLonGrid(0.05, 0.025, 0.025, TILE, TILE)
 
 
-def make_samples(names, train: bool, seed: int) -> tuple[list[Sample], list[np.ndarray], list[dict]]:
+def make_samples(parts, train: bool, seed: int) -> tuple[list[Sample], list[np.ndarray], list[dict]]:
+    """Tiles of (source, part, group) triples; training tiles keep truth inside a swath, test tiles everywhere."""
     rng = np.random.default_rng(seed)
     samples, inputs, index = [], [], []
-    for name in names:
-        frames = load_frames(name)
+    for name, part, group in parts:
+        frames = load_frames(name, part)
         kept = 0
         for number, frame in enumerate(frames):
             mask_full = swath_mask(frame.shape, rng) if train else np.ones(frame.shape, bool)
@@ -176,24 +214,26 @@ def make_samples(names, train: bool, seed: int) -> tuple[list[Sample], list[np.n
                 cond = Conditioning(coarse[None], fake_grid(), lead=0)
                 samples.append(Sample(raw_channels(cond, CHANNELS)[0], truth, mask, 0))
                 inputs.append(coarse)
-                index.append({"source": name, "frame": number, "row": r, "col": c})
+                index.append({"source": name, "group": group, "part": part, "frame": number, "row": r, "col": c})
                 kept += 1
-        log.info("%s: %d frames -> %d %s tiles", name, len(frames), kept, "training" if train else "test")
+        log.info("%s (%s): %d frames -> %d %s tiles", name, part, len(frames), kept, "training" if train else "test")
     return samples, inputs, index
 
 
-def prepare(out: Path, seed: int) -> None:
+def prepare(out: Path, seed: int, split: str) -> None:
     """Write train.safetensors / test.safetensors (nrt training sets) and the test tiles' 10-km inputs."""
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    for split, names, train in (("train", TRAIN, True), ("test", TEST, False)):
-        samples, inputs, index = make_samples(names, train, seed + (0 if train else 1))
-        write_training_set(out / f"{split}.safetensors", samples, CHANNELS,
-                           {"experiment": "radar OSSE", "split": split, "tiles": index, "seed": seed})
+    train_parts, test_parts, headline = split_parts(split)
+    for name, parts, train in (("train", train_parts, True), ("test", test_parts, False)):
+        samples, inputs, index = make_samples(parts, train, seed + (0 if train else 1))
+        write_training_set(out / f"{name}.safetensors", samples, CHANNELS,
+                           {"experiment": "radar OSSE", "split": split, "set": name, "headline_groups": headline,
+                            "tiles": index, "seed": seed})
         if not train:
             save_file({"coarse": np.stack(inputs)}, str(out / "test_inputs.safetensors"))
-        log.info("%s: %d tiles", split, len(samples))
+        log.info("%s: %d tiles", name, len(samples))
 
 
 def skill_config(out: Path, regression_steps: int, diffusion_steps: int, transform: dict):
@@ -221,6 +261,7 @@ class Pooled:
         self.cells: dict[str, list[np.ndarray]] = {"var": [], "sq_err": [], "var_z": [], "sq_err_z": [], "bias": []}
         self.crps = probscores.CRPS_init()
         self.rank = ensscores.rankhist_init(MEMBERS, 0.1)
+        self.tiles: list[tuple[float, float]] = []  # (sum of ensemble variance, sum of squared error) per field
         self.sums = {"abs_bilinear": 0.0, "abs_regression": 0.0, "abs_ens_mean": 0.0, "sq_ens_mean": 0.0, "ens_var": 0.0, "n": 0}
         self.spectra: dict[str, list[np.ndarray]] = {"truth": [], "input (bilinear)": [], "regression mean": [], "ensemble members": []}
         self.freq = None
@@ -238,6 +279,7 @@ class Pooled:
         s["sq_ens_mean"] += ((ens_mean - t) ** 2).sum()
         s["ens_var"] += m.var(axis=0, ddof=1).sum()
         s["n"] += t.size
+        self.tiles.append((float(m.var(axis=0, ddof=1).sum()), float(((ens_mean - t) ** 2).sum())))
         z_t, z_m = self.to_model_space(t), self.to_model_space(m)
         for key, value in (("var", m.var(axis=0, ddof=1)), ("sq_err", (ens_mean - t) ** 2), ("bias", ens_mean - t),
                            ("var_z", z_m.var(axis=0, ddof=1)), ("sq_err_z", (z_m.mean(axis=0) - z_t) ** 2)):
@@ -261,6 +303,19 @@ class Pooled:
                                                for q in np.array_split(order, 5)],
         }
 
+    def spread_skill_interval(self, draws: int = 2000, seed: int = 0) -> list[float]:
+        """5-95 % bootstrap interval of the pooled spread/skill, resampling whole fields.
+
+        Cells of one field share their errors, and a few heavy-rain cells carry most of the variance, so the
+        pooled ratio is far less certain than the cell count suggests.
+        """
+        if len(self.tiles) < 2:
+            return [float("nan"), float("nan")]
+        var, sq = np.array(self.tiles).T
+        pick = np.random.default_rng(seed).integers(0, len(var), size=(draws, len(var)))
+        ratio = np.sqrt((MEMBERS + 1) / MEMBERS * var[pick].sum(axis=1) / sq[pick].sum(axis=1))
+        return [float(v) for v in np.quantile(ratio, [0.05, 0.95])]
+
     def result(self) -> dict:
         s = self.sums
         n = max(s["n"], 1)
@@ -273,6 +328,7 @@ class Pooled:
             "mae_ensemble_mean": float(s["abs_ens_mean"] / n),
             "rmse_ensemble_mean": float(rmse),
             "spread_skill": float(np.sqrt((MEMBERS + 1) / MEMBERS * s["ens_var"] / n) / rmse) if rmse > 0 else float("nan"),
+            "spread_skill_90pct_interval": self.spread_skill_interval(),
             "ensemble_mean_bias": float(np.concatenate(self.cells["bias"]).mean()) if self.cells["bias"] else float("nan"),
             **self.calibration(),
             "rank_histogram": [float(v) for v in ensscores.rankhist_compute(self.rank)],
@@ -295,26 +351,56 @@ def score(out: Path, tiles: int, steps: int, solver: str, seed: int, checkpoint:
     coarse_inputs = load_file(str(out / "test_inputs.safetensors"))["coarse"]
     index = test.provenance["tiles"]
     rng = np.random.default_rng(seed)
-    by_source: dict[str, list[int]] = {}
+    by_group: dict[str, list[int]] = {}
     for i, entry in enumerate(index):
-        by_source.setdefault(entry["source"], []).append(i)
-    chosen = sorted(j for ids in by_source.values() for j in rng.choice(ids, size=min(tiles, len(ids)), replace=False))
-    pooled, per_source = Pooled(ds.spec.normalize_target), {name: Pooled(ds.spec.normalize_target) for name in by_source}
+        by_group.setdefault(entry["group"], []).append(i)
+    chosen = sorted(j for ids in by_group.values() for j in rng.choice(ids, size=min(tiles, len(ids)), replace=False))
+    headline, per_group = Pooled(ds.spec.normalize_target), {name: Pooled(ds.spec.normalize_target) for name in by_group}
     started = time.time()
     for k, i in enumerate(chosen):
         cond = Conditioning(coarse_inputs[i][None], fake_grid(), lead=0)
         members = ds.sample(cond, members=MEMBERS, seed=seed + i, steps=steps, solver=solver)
         regression = ds.regression_mean(cond)[0]
         bilinear = test.channels[i, 0]
-        for target in (pooled, per_source[index[i]["source"]]):
+        group = index[i]["group"]
+        for target in [per_group[group]] + ([headline] if group in test.provenance["headline_groups"] else []):
             target.add(test.truth[i], bilinear, regression, members)
-        log.info("tile %d/%d (%s) %.0f s", k + 1, len(chosen), index[i]["source"], time.time() - started)
+        log.info("tile %d/%d (%s) %.0f s", k + 1, len(chosen), group, time.time() - started)
     result = {"checkpoint": str(path), "sha256": ds.sha256, "steps": steps, "solver": solver, "members": MEMBERS,
-              "tiles": len(chosen), "seconds": round(time.time() - started, 1), "pooled": pooled.result(),
-              "by_source": {name: p.result() for name, p in per_source.items()}}
+              "tiles": len(chosen), "seconds": round(time.time() - started, 1), "split": test.provenance["split"],
+              "headline_groups": test.provenance["headline_groups"], "held_out": headline.result(),
+              "by_group": {name: p.result() for name, p in per_group.items()}}
     (out / "scores.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "skill.png")
     return result
+
+
+INPUT_BINS_MMH = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, np.inf)
+
+
+def regimes(out: Path) -> str:
+    """Model-free: the spread of the truth given the input, by input intensity, in training and test sets.
+
+    The ensemble's spread at a given input can only be as right as this conditional spread is alike between
+    the data the model learnt from and the data it is scored on.
+    """
+    train, test = read_training_set(out / "train.safetensors"), read_training_set(out / "test.safetensors")
+    sets = {"training (swath cells)": (train, np.arange(len(train.truth)))}
+    for i, entry in enumerate(test.provenance["tiles"]):
+        sets.setdefault(entry["group"], (test, []))[1].append(i)
+    edges = list(zip(INPUT_BINS_MMH[:-1], INPUT_BINS_MMH[1:]))
+    rows = ["| input (mm/h) | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    columns = []
+    for data, picked in sets.values():
+        picked = np.asarray(picked)
+        x, t = data.channels[picked, 0], data.truth[picked]
+        keep = data.mask[picked] & np.isfinite(t) & np.isfinite(x)
+        x, t = x[keep], t[keep]
+        columns.append([(t[(x >= lo) & (x < hi)]) for lo, hi in edges])
+    for b, (lo, hi) in enumerate(edges):
+        cells = [f"{c[b].std():.2f} ({c[b].size})" if c[b].size else "-" for c in columns]
+        rows.append(f"| {lo:g}-{hi:g} | " + " | ".join(cells) + " |")
+    return "standard deviation of the truth (mm/h) given the bilinear input, (cells)\n\n" + "\n".join(rows)
 
 
 def twin_score(args) -> dict:
@@ -368,40 +454,50 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pooled = result["pooled"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    ranks = pooled["rank_histogram"]
-    left.bar(range(len(ranks)), ranks, color="0.4")
-    left.axhline(1 / len(ranks), color="k", ls="--", lw=1)
-    left.set(title=f"rank histogram ({MEMBERS} members, truth or a member >= 0.1 mm/h)", xlabel="rank of truth", ylabel="frequency")
-    wavelength = pooled["spectra_wavelength_km"]
-    for name, psd in pooled["spectra"].items():
-        right.loglog(wavelength, psd[1:], label=name)
-    right.invert_xaxis()
-    right.set(title="radially averaged power spectrum (test tiles)", xlabel="wavelength (km)", ylabel="power")
-    right.legend()
+    sets = [("held out: " + " + ".join(result["headline_groups"]), result["held_out"]), (TAIL_GROUP, result["by_group"].get(TAIL_GROUP))]
+    sets = [(name, r) for name, r in sets if r and r["cells"]]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4 * len(sets)), squeeze=False)
+    for (ranks_ax, spectra_ax), (name, r) in zip(axes, sets):
+        ranks = r["rank_histogram"]
+        ranks_ax.bar(range(len(ranks)), ranks, color="0.4")
+        ranks_ax.axhline(1 / len(ranks), color="k", ls="--", lw=1)
+        ranks_ax.set(title=f"rank histogram, {name}\n({MEMBERS} members; truth or a member >= 0.1 mm/h)",
+                     xlabel="rank of truth", ylabel="frequency")
+        ranks_ax.title.set_fontsize(9)
+        for label, psd in r["spectra"].items():
+            spectra_ax.loglog(r["spectra_wavelength_km"], psd[1:], label=label)
+        spectra_ax.invert_xaxis()
+        spectra_ax.set(title=f"radially averaged power spectrum,\n{name}", xlabel="wavelength (km)", ylabel="power")
+        spectra_ax.title.set_fontsize(9)
+        spectra_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def markdown(result: dict) -> str:
     rows = ["| test set | cells | CRPS ensemble | MAE bilinear input | MAE regression mean | MAE ensemble mean | spread/skill "
-            "| spread/skill, model space | spread/skill by fifth of ensemble variance |", "|---|---|---|---|---|---|---|---|---|"]
-    named = [("pooled", result["pooled"]), *result["by_source"].items()] if "pooled" in result else \
-        [(f"lead {lead}", r) for lead, r in result["by_lead"].items()]
+            "(5-95 %) | spread/skill, model space | spread/skill by fifth of ensemble variance |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    if "held_out" in result:
+        named = [("held out: " + " + ".join(result["headline_groups"]), result["held_out"]), *result["by_group"].items()]
+    else:
+        named = [(f"lead {lead}", r) for lead, r in result["by_lead"].items()]
     for name, r in named:
+        low, high = r.get("spread_skill_90pct_interval", [float("nan")] * 2)
         rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r['mae_bilinear_input']:.4f} | "
-                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} | "
-                    f"{r.get('spread_skill_model_space', float('nan')):.2f} | "
+                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} "
+                    f"({low:.2f}-{high:.2f}) | {r.get('spread_skill_model_space', float('nan')):.2f} | "
                     f"{' '.join(f'{v:.2f}' for v in r.get('spread_skill_by_variance_fifth', []))} |")
     return "\n".join(rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["prepare", "train", "score", "twin"])
+    parser.add_argument("action", choices=["prepare", "train", "score", "regimes", "twin"])
     parser.add_argument("--out", type=Path, default=Path("skill"))
     parser.add_argument("--seed", type=int, default=20250101)
+    parser.add_argument("--split", choices=["events", "hours"], default="events",
+                        help="prepare: hold out whole events (a regime never seen) or the last quarter of every event")
     parser.add_argument("--regression-steps", type=int, default=500)
     parser.add_argument("--diffusion-steps", type=int, default=3000)
     parser.add_argument("--transform", choices=["log1p", "power"], default="power", help="train: precipitation transform")
@@ -416,17 +512,19 @@ def main() -> int:
     parser.add_argument("--start", help="twin: first valid time (ISO)")
     parser.add_argument("--end", help="twin: last valid time (ISO)")
     parser.add_argument("--leads", type=int, nargs="+", default=[0, 4])
-    parser.add_argument("--every-hours", type=float, default=3.0, help="twin: spacing of the scored valid times")
+    parser.add_argument("--every-hours", type=float, default=3.0, help="twin: spacing of the scored valid times, aligned to multiples of it from 00 UTC")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "prepare":
-        prepare(args.out, args.seed)
+        prepare(args.out, args.seed, args.split)
     elif args.action == "train":
         transform = {"precip_transform": args.transform, "precip_epsilon_mmh": args.epsilon, "precip_power": args.power}
         run_training(args.out, args.regression_steps, args.diffusion_steps, transform)
     elif args.action == "score":
         result = score(args.out, args.tiles, args.steps, args.solver, args.seed, args.checkpoint)
         print(markdown(result))
+    elif args.action == "regimes":
+        print(regimes(args.out))
     else:
         print(markdown(twin_score(args)))
     return 0
