@@ -157,6 +157,7 @@ class Job(Base):
     lease_expires: Mapped[datetime | None] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a retry waits until then
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -242,6 +243,7 @@ class JobRow:
     lease_expires: datetime | None
     attempts: int
     max_attempts: int
+    not_before: datetime | None
     error: str | None
     created_at: datetime
     updated_at: datetime
@@ -635,13 +637,14 @@ class Catalog:
         stmt = (
             update(Job)
             .where(Job.key == key, Job.state.in_(("done", "failed")))
-            .values(state="queued", attempts=0, error=None, lease_owner=None, lease_expires=None, updated_at=_now())
+            .values(state="queued", attempts=0, error=None, lease_owner=None, lease_expires=None, not_before=None,
+                    updated_at=_now())
         )
         with self._write() as session:
             return session.execute(stmt).rowcount == 1
 
     def claim(self, owner: str, kinds: Iterable[str] | None = None, lease_s: float = 300) -> JobRow | None:
-        """Atomically take the next job (queued, or running with an expired lease) for `owner`.
+        """Atomically take the next job (queued and not waiting to retry, or running with an expired lease).
 
         The lease lasts `lease_s` seconds unless renewed by `heartbeat`. A job whose lease expired
         after its last allowed attempt becomes `failed` instead of being handed out again.
@@ -651,7 +654,10 @@ class Catalog:
             with self._write() as session:
                 now = _now()
                 stmt = select(Job).where(
-                    or_(Job.state == "queued", and_(Job.state == "running", Job.lease_expires < now))
+                    or_(
+                        and_(Job.state == "queued", or_(Job.not_before.is_(None), Job.not_before <= now)),
+                        and_(Job.state == "running", Job.lease_expires < now),
+                    )
                 )
                 if kinds is not None:
                     stmt = stmt.where(Job.kind.in_(kinds))
@@ -703,8 +709,12 @@ class Catalog:
             job.finished_at = job.updated_at = _now()
             return True
 
-    def fail(self, job_id: int, owner: str, error: str, retry: bool = True) -> bool:
-        """Record a failure: queued again while attempts remain and `retry`, else `failed`."""
+    def fail(self, job_id: int, owner: str, error: str, retry: bool = True, retry_delay_s: float = 0.0) -> bool:
+        """Record a failure: queued again while attempts remain and `retry`, else `failed`.
+
+        A requeued job is not claimed again before `retry_delay_s` has passed, so a passing fault (a server
+        down, a granule not yet published) does not use up every attempt within seconds.
+        """
         with self._write() as session:
             job = self._owned(session, job_id, owner)
             if job is None:
@@ -715,6 +725,7 @@ class Catalog:
             job.updated_at = now
             if retry and job.attempts < job.max_attempts:
                 job.state = "queued"
+                job.not_before = now + timedelta(seconds=retry_delay_s) if retry_delay_s > 0 else None
             else:
                 job.state, job.finished_at = "failed", now
             return True

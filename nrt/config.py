@@ -266,6 +266,7 @@ class ServiceConfig(Section):
     catchup_order: Literal["newest", "oldest"] = "newest"
     catchup_max_cycles: int = Field(48, ge=0)
     max_attempts: int = Field(3, ge=1)
+    retry_delay_s: float = Field(120, ge=0)  # before a failed job's 2nd attempt; doubled for each one after
     shutdown_timeout_s: float = Field(60, gt=0)
     worker_poll_s: float = Field(5, gt=0)  # idle worker: seconds between claim attempts
 

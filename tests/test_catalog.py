@@ -110,17 +110,37 @@ def test_migration_from_empty_creates_every_table_at_head(db_url):
     try:
         with pytest.raises(CatalogError, match="nrt catalog init"):
             fresh.check()
-        assert fresh.upgrade() == fresh.head() == "0001"
-        assert fresh.check() == "0001"
+        assert fresh.upgrade() == fresh.head() == "0002"
+        assert fresh.check() == "0002"
         with fresh.engine.connect() as connection:
             assert TABLES <= set(inspect(connection).get_table_names())
             # The migrations alone built the schema, and it is exactly what the models describe.
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         job_id = fresh.enqueue("cycle", {"t": "x"}, key="k")
-        assert fresh.upgrade() == "0001"  # again: a no-op that keeps the data
+        assert fresh.upgrade() == "0002"  # again: a no-op that keeps the data
         assert fresh.job(job_id).key == "k"
     finally:
         fresh.close()
+
+
+def test_a_catalog_of_the_first_revision_upgrades_and_keeps_its_jobs(db_url):
+    from alembic import command
+
+    old = Catalog(db_url)
+    if old.sqlite_path is not None:
+        old.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with old.engine.begin() as connection:
+            command.upgrade(old._alembic_config(connection), "0001")
+        assert old.revision() == "0001"
+        job_id = old.enqueue("cycle", {"t": "x"}, key="k")  # inserts only columns the first revision has
+        with pytest.raises(CatalogError, match="0001.*nrt catalog init"):
+            old.check()
+        assert old.upgrade() == "0002"
+        claimed = old.claim("w")
+        assert (claimed.id, claimed.key, claimed.payload, claimed.not_before) == (job_id, "k", {"t": "x"}, None)
+    finally:
+        old.close()
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(tmp_path):
@@ -311,6 +331,27 @@ def test_fail_retries_until_attempts_run_out_and_release_costs_nothing(catalog):
     assert catalog.counts()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 2}
 
 
+def test_a_retry_waits_for_its_delay_and_reprocessing_does_not(catalog, monkeypatch):
+    import nrt.catalog
+
+    job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
+    later = catalog.enqueue("cycle", {}, key="d")
+    assert catalog.claim("w", kinds=["cycle"]).id == job_id
+    assert catalog.fail(job_id, "w", "download: server down", retry_delay_s=60)
+    job = catalog.job(job_id)
+    assert job.state == "queued" and 59 < (job.not_before - job.updated_at).total_seconds() <= 60
+    assert catalog.claim("w").id == later  # the waiting job is passed over, not the whole queue
+    assert catalog.claim("w") is None
+    start = job.not_before
+    monkeypatch.setattr(nrt.catalog, "_now", lambda: start + timedelta(seconds=1))
+    assert catalog.claim("w").attempts == 2
+    assert catalog.fail(job_id, "w", "download: server down")  # no delay given: at once
+    assert catalog.job(job_id).not_before is None and catalog.claim("w").attempts == 3
+    assert catalog.fail(job_id, "w", "download: server down", retry_delay_s=60)
+    assert catalog.job(job_id).state == "failed"
+    assert catalog.requeue("c") and catalog.job(job_id).not_before is None and catalog.claim("w").attempts == 1
+
+
 def _claim_until_empty(url: str, owner: str, barrier, results) -> None:
     """One worker process: claim and complete jobs until none is left; reports (owner, ids, error)."""
     claimed: list[int] = []
@@ -448,7 +489,7 @@ def test_cli_init_then_status_counts_rows(db_url):
     assert_one_line_error(status, "nrt catalog init")
     init = run_nrt("catalog", "init", env=env)
     assert init.returncode == 0, init.stderr
-    assert "revision 0001" in init.stdout
+    assert "revision 0002" in init.stdout
     with Catalog.open(db_url) as catalog:
         catalog.enqueue("cycle", {})
         catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
@@ -512,7 +553,7 @@ def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
             with pytest.raises(CatalogError, match="read-only"):
                 Catalog.open(read_only_url)
             assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": read_only_url}), "read-only")
-            assert catalog.check() == "0001"
+            assert catalog.check() == "0002"
 
 
 def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):

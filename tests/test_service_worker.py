@@ -140,6 +140,7 @@ def test_failures_are_recorded_and_retried_up_to_max_attempts(cfg, catalog):
         calls.append(job.attempts)
         raise StageFailure("granule 3B-HHR-E.MS.MRG.3IMERG.20240601-S083000 is all fill")
 
+    cfg.service.retry_delay_s = 0  # retry at once
     job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="c", max_attempts=3)
     worker = make_worker(cfg, catalog, {"cycle": broken})
     assert worker.run(drain=True) == 3
@@ -158,11 +159,34 @@ def test_a_transient_failure_succeeds_on_retry(cfg, catalog):
             raise OSError("server closed the connection")
         return Report(timings={}, degraded=["geosfp:previous_forecast"])
 
+    cfg.service.retry_delay_s = 0.5
     job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
     worker = make_worker(cfg, catalog, {"cycle": flaky})
-    worker.run(drain=True)
+    assert worker.run(drain=True) == 1  # the retry waits: nothing is claimable yet
+    job = catalog.job(job_id)
+    assert job.state == "queued" and (job.not_before - job.updated_at).total_seconds() == pytest.approx(0.5, abs=0.01)
+    time.sleep(max(0.0, (job.not_before - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+    assert worker.run(drain=True) == 2  # jobs run by this worker so far
     assert (catalog.job(job_id).state, catalog.job(job_id).attempts) == ("done", 2)
     assert worker.metrics.registry.get_sample_value("nrt_cycles_total", {"outcome": "degraded"}) == 1
+
+
+def test_retry_delays_double_with_each_attempt(cfg, catalog):
+    def broken(job, model):
+        raise OSError("server closed the connection")
+
+    cfg.service.retry_delay_s = 30
+    job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
+    worker = make_worker(cfg, catalog, {"cycle": broken})
+    waits = []
+    for attempt in (1, 2):
+        assert worker.run(drain=True) == attempt  # one more each time: the retry waits
+        job = catalog.job(job_id)
+        waits.append(round((job.not_before - job.updated_at).total_seconds()))
+        with catalog.engine.begin() as connection:  # let the time pass
+            connection.exec_driver_sql("UPDATE jobs SET not_before = NULL")
+    assert waits == [30, 60]
+    assert worker.run(drain=True) == 3 and catalog.job(job_id).state == "failed"
 
 
 def test_only_handled_kinds_are_claimed(cfg, catalog):

@@ -227,14 +227,15 @@ class Worker:
         stage = getattr(error, "stage", job.kind)  # pipeline errors name the stage that failed
         reason = type(error).__name__
         retry = job.attempts < job.max_attempts  # the catalog requeues it on the same rule
-        self.catalog.fail(job.id, self.owner, f"{stage}: {reason}: {one_line(error)}")
+        delay = self.cfg.service.retry_delay_s * 2 ** (job.attempts - 1)
+        self.catalog.fail(job.id, self.owner, f"{stage}: {reason}: {one_line(error)}", retry_delay_s=delay)
         if job.kind == "cycle":
             self.metrics.record_cycle_failure(stage, reason)
         else:
             self.metrics.record_stage_failure(stage, reason)
         log.error(
             "job %s failed in %s after %.1f s (attempt %s of %s%s): %s",
-            job.id, stage, seconds, job.attempts, job.max_attempts, ", will retry" if retry else "",
+            job.id, stage, seconds, job.attempts, job.max_attempts, f", will retry in {delay:g} s" if retry else "",
             one_line(error), exc_info=error,
         )
         return "failed"
