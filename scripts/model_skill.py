@@ -109,7 +109,7 @@ def split_parts(split: str) -> tuple[list, list, list[str]]:
 
     `events`: the winter event and BoM 12-15 UTC are held out whole, so the test asks for a regime the model
     never saw. `hours`: the winter event's first three quarters are trained on too and its last quarter is
-    tested, so training covers every regime that is tested. Both also score the summer events' last quarters.
+    tested, so the winter regime is in training too. Both also score the summer events' last quarters.
     """
     summer_tails = [(name, "tail", TAIL_GROUP) for name in TRAIN]
     if split == "events":
