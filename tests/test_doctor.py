@@ -53,8 +53,7 @@ def mirror(tmp_path):
     (root / "dem" / "nrt_twin_dem.nc").write_bytes(b"CDF\x01")
     server, base_url = serve_in_thread(root)
     yield base_url
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 @pytest.fixture

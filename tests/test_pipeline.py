@@ -71,7 +71,7 @@ def service_run(tmp_path_factory, world):
         base_url=base_url,
     )
     metrics_server.shutdown()
-    mirror.shutdown()
+    mirror.stop()
     catalog.close()
 
 

@@ -66,8 +66,7 @@ class Served:
 
     def close(self):
         self.catalog.close()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture

@@ -33,8 +33,7 @@ def tree(tmp_path_factory) -> Path:
 def mirror(tree):
     server, url = serve_in_thread(tree)
     yield url
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def test_imerg_reader_reads_the_twin(tree, cfg):

@@ -57,8 +57,7 @@ def tree(tmp_path_factory) -> Path:
 def server(tree):
     srv, url = serve_in_thread(tree)
     yield url
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def raw_get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -153,8 +152,7 @@ def test_bad_roots_and_busy_ports_are_one_line_errors(tree, tmp_path):
         with pytest.raises(ConfigError, match="cannot listen"):
             serve_in_thread(tree, port=urlsplit(url).port)
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
 
 
 def test_twin_serve_command_serves_until_terminated(tree):

@@ -72,6 +72,11 @@ class TwinServer(ThreadingHTTPServer):
         except OSError as exc:
             raise ConfigError(f"twin serve {address[0]}:{address[1]}", f"cannot listen: {exc.strerror or exc}") from None
 
+    def stop(self) -> None:
+        """End `serve_forever` (in another thread) and close the listening socket."""
+        self.shutdown()
+        self.server_close()
+
     def new_session(self) -> str:
         token = secrets.token_urlsafe(24)
         with self._lock:
@@ -242,7 +247,7 @@ def make_server(root: str | os.PathLike, port: int = 8765, host: str = "127.0.0.
 
 
 def serve_in_thread(root: str | os.PathLike, port: int = 0, host: str = "127.0.0.1") -> tuple[TwinServer, str]:
-    """Start the mirror in a daemon thread; returns (server, base_url). Stop it with `server.shutdown()`."""
+    """Start the mirror in a daemon thread; returns (server, base_url). Stop it with `server.stop()`."""
     server = make_server(root, port, host)
     threading.Thread(target=server.serve_forever, name="nrt-twin-server", daemon=True).start()
     return server, server.base_url
