@@ -202,6 +202,8 @@ def read_geosfp(
         regridded = blended.interp(lat=grid.lats, lon=grid.lons, method="linear")
         if not np.isfinite(regridded.values).all():
             raise DataError(f"GEOS-FP {var}", "fill values or a grid gap inside the domain")
+        if var in PRECIP_VARIABLES:  # round-off next to exact zeros must not make rain negative (~ -1e-21)
+            regridded = regridded.clip(min=0.0)
         data_vars[var] = (("lat", "lon"), regridded.values.astype(np.float32), a.attrs)
     return xr.Dataset(
         data_vars,

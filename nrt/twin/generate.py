@@ -80,6 +80,7 @@ class Generator:
         self.geos_window = observe.geosfp_window(self.grid)
         self.orbit = orbit.Orbit.from_settings(spec.dpr)
         self.recent: dict[datetime, truth.TruthFrame] = {}
+        self.runs: dict[datetime, observe.GeosfpRun] = {}
 
     # -------------------------------------------------------------- stages
 
@@ -91,6 +92,9 @@ class Generator:
         writers.write_dem(self.out / naming.DEM_FILE, self.dem_grid, self.dem)
         self.elevation = truth.block_mean(self.dem, upsample_factor(self.grid, self.dem_grid))
         self.elevation_01 = truth.block_mean(self.elevation, 2)  # the 0.1° IMERG cells hold 2 x 2 truth cells
+        # GEOS-FP's own, smoother relief: the 0.05° means smoothed to about its cell (Gaussian FWHM ~0.25°).
+        smooth = ndimage.gaussian_filter(self.elevation.astype(np.float64), 0.25 / self.grid.res / 2.355, mode="nearest")
+        self.geos_elevation = observe.to_geosfp(smooth, self.grid, self.geos_window)
         self.report.files["dem"] += 1
         self.report.timed("dem", started)
 
@@ -175,27 +179,35 @@ class Generator:
         self.report.timed("imerg", started)
 
     def geosfp_for(self, frame: truth.TruthFrame) -> None:
-        """Write every forecast hour whose mean (HH:00-HH+1:00, stamped HH:30) the frames now cover."""
+        """Write every forecast hour whose mean (HH:00-HH+1:00, stamped HH:30) the frames now cover.
+
+        Each run (00/06/12/18 UTC) keeps its own errors from hour to hour; the truth enters only through the
+        hour's large scales (`observe.large_scales`), see `observe.GeosfpRun`.
+        """
         if frame.start.minute != 30 or frame.start - HALF_HOUR not in self.recent:
             return
         started = time.perf_counter()
-        spec, valid = self.spec, frame.start
+        spec, valid, settings = self.spec, frame.start, self.spec.geosfp
         hour_rain = 0.5 * (self.recent[valid - HALF_HOUR].rain + frame.rain)
+        large = observe.large_scales(hour_rain, self.grid, settings.shared_scale_km)
         first_init = floor_to(spec.start, SIX_HOURS)
         init = floor_to(valid - HALF_HOUR, SIX_HOURS)
         while init >= first_init:
-            lead = (valid - init).total_seconds() / 3600
-            if lead > spec.geosfp.forecast_hours - 0.5:
+            if (valid - init).total_seconds() / 3600 > settings.forecast_hours - 0.5:
                 break
-            drift = truth.rng_for(spec.seed, "geosfp", int(init.timestamp())).uniform(0, 2 * math.pi)
-            fields = observe.geosfp_fields(
-                hour_rain, self.grid, self.elevation, valid, lead, drift, frame.wind, spec.geosfp, self.geos_window,
-            )
+            if init not in self.runs:
+                self.runs[init] = observe.GeosfpRun(settings, self.geos_window, init, spec.seed)
+            run = self.runs[init]
+            run.advance(valid, frame.wind)
+            rain = run.rain(large, self.grid, valid)
+            fields = observe.geosfp_fields(rain, self.geos_window, self.geos_elevation, valid, run.steering_wind(frame.wind), settings)
             for collection in naming.GEOSFP_COLLECTIONS:
                 path = self.out / naming.geosfp_forecast_path(collection, init, valid)
                 writers.write_geosfp(path, collection, init, valid, fields, self.geos_window)
                 self.report.files["geosfp"] += 1
             init -= SIX_HOURS
+        for old in [t for t in self.runs if valid - t > timedelta(hours=settings.forecast_hours)]:
+            del self.runs[old]
         self.report.timed("geosfp", started)
 
     def dpr_for(self, frame: truth.TruthFrame, pending: list[orbit.Granule]) -> list[orbit.Granule]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 from pyresample import kd_tree
@@ -23,7 +23,7 @@ from pyresample.geometry import SwathDefinition
 from scipy import ndimage, optimize, special
 
 from nrt.grids import LatLonGrid
-from nrt.twin.truth import SpectralField, cell_km, rng_for
+from nrt.twin.truth import KM_PER_DEGREE, SpectralField, cell_km, rng_for
 from nrt.twin.spec import DprSettings, GeosfpSettings, ImergSettings
 
 # ---------------------------------------------------------------- shared atmosphere
@@ -240,42 +240,119 @@ def to_geosfp(field: np.ndarray, grid: LatLonGrid, window: GeosfpWindow) -> np.n
     return ndimage.map_coordinates(field.astype(np.float64), [rr, cc], order=1, mode="nearest")
 
 
-def geosfp_fields(
-    hour_rain: np.ndarray, grid: LatLonGrid, elevation: np.ndarray, valid: datetime, lead_hours: float,
-    drift_direction: float, wind: tuple[float, float], settings: GeosfpSettings, window: GeosfpWindow,
-) -> dict[str, np.ndarray]:
-    """Every variable of the slv and flx collections on the GEOS-FP window, float32.
+def geosfp_cell_km(window: GeosfpWindow) -> tuple[float, float]:
+    """(north-south, east-west) size in km of a GEOS-FP cell at the window's central latitude."""
+    lat_c = math.radians(float(window.lats.mean()))
+    return KM_PER_DEGREE * 0.25, KM_PER_DEGREE * 0.3125 * math.cos(lat_c)
 
-    The forecast rain is the hour's truth displaced by a drift that grows with lead time, smoothed to the
-    model's scale and biased. Humidity, cloud water and pressure follow the forecast rain; the 10 m wind is the
-    advecting wind plus inflow towards the rain (convergence where it rains); 500 hPa ascent where it rains.
+
+def large_scales(rain: np.ndarray, grid: LatLonGrid, shared_scale_km: float) -> np.ndarray:
+    """`rain` with the scales shorter than `shared_scale_km` removed: all a forecast can know of the truth.
+
+    A Gaussian low-pass whose response is one half at that wavelength (0.84 at twice it, 0.06 at half of it).
+    scipy's filter is used rather than an FFT so that the region's edges do not wrap around.
     """
+    sigma_km = shared_scale_km * math.sqrt(math.log(2) / 2) / math.pi
     dy_km, dx_km = cell_km(grid)
-    drift_km = settings.drift_km_per_hour * lead_hours
-    shifted = ndimage.shift(
-        hour_rain.astype(np.float64),
-        (drift_km * math.sin(drift_direction) / dy_km, drift_km * math.cos(drift_direction) / dx_km),
-        order=1, mode="nearest",
-    )
-    sigma = (settings.smoothing_km / dy_km / 2.355, settings.smoothing_km / dx_km / 2.355)
-    forecast_rain = settings.precip_bias * ndimage.gaussian_filter(shifted, sigma, mode="nearest")
+    return ndimage.gaussian_filter(rain.astype(np.float64), (sigma_km / dy_km, sigma_km / dx_km), mode="reflect")
+
+
+HOUR = timedelta(hours=1)
+
+
+class GeosfpRun:
+    """One forecast run's rain: the truth's large scales, with the errors the run draws at its initialisation.
+
+    - position: a shift (RMS `initial_displacement_km` at lead 0) plus a steering-flow error that carries the rain
+      `displacement_growth_km_per_h` further each hour of lead: RMS sqrt(d0² + (g·lead)²);
+    - amplitude: a lognormal factor, mean `precip_bias`, correlated over `error_scale_km`;
+    - missed systems: where one smooth field lies in its top `miss_fraction`, the truth's rain is dropped;
+    - false systems: where another lies in its top `false_fraction`, rain is added that the truth does not have;
+    - small scales: the run's own texture, an evolving lognormal field independent of the truth.
+    The error fields move with the run's (wrong) steering wind and evolve hour by hour.
+    """
+
+    def __init__(self, settings: GeosfpSettings, window: GeosfpWindow, init: datetime, seed: int):
+        self.settings, self.window, self.init = settings, window, init
+        shape = (window.lats.size, window.lons.size)
+        spacing = geosfp_cell_km(window)
+        stamp = int(init.timestamp())
+
+        def field(name, scale_km, lifetime_h, slope=4.0, exponent=0.0):
+            rng = rng_for(seed, "geosfp", stamp, name)
+            return SpectralField(shape, spacing, rng, slope, scale_km, lifetime_h, 100.0, exponent, step_hours=1.0)
+
+        s = settings
+        # Both position errors are uniform over the region (one rain-bearing system per run, as a displacement
+        # verification would measure it); per component sigma/sqrt(2), so the vector's RMS length is the setting.
+        draws = rng_for(seed, "geosfp", stamp, "position").standard_normal(4) / math.sqrt(2)
+        self.offset_km = tuple(s.initial_displacement_km * draws[:2])  # (north, east) at lead 0
+        self.steering_error_kmh = tuple(s.displacement_growth_km_per_h * draws[2:])  # (north, east)
+        self.amplitude = field("amplitude", s.error_scale_km, s.error_lifetime_h)
+        self.miss = field("miss", s.error_scale_km, s.error_lifetime_h)
+        self.false = field("false", s.error_scale_km, s.error_lifetime_h)
+        self.texture = field("texture", s.texture_scale_km, s.texture_lifetime_h, slope=3.3, exponent=0.8)
+        self.miss_level = float(special.ndtri(1.0 - s.miss_fraction)) if s.miss_fraction > 0 else math.inf
+        self.false_level = float(special.ndtri(1.0 - s.false_fraction)) if s.false_fraction > 0 else math.inf
+        self.valid: datetime | None = None
+
+    def steering_wind(self, wind: tuple[float, float]) -> tuple[float, float]:
+        """The run's (u, v) in m/s: the true advecting wind plus the run's error."""
+        return wind[0] + self.steering_error_kmh[1] / 3.6, wind[1] + self.steering_error_kmh[0] / 3.6
+
+    def advance(self, valid: datetime, wind: tuple[float, float]) -> None:
+        """Step the evolving errors on to `valid`, whole hours after the previous call, at the run's wind."""
+        if self.valid is not None:
+            u, v = self.steering_wind(wind)
+            for _ in range(round((valid - self.valid) / HOUR)):
+                for f in (self.amplitude, self.miss, self.false, self.texture):
+                    f.step((v * 3.6, u * 3.6))
+        self.valid = valid
+
+    def lead_hours(self, valid: datetime) -> float:
+        return (valid - self.init).total_seconds() / 3600
+
+    def rain(self, large: np.ndarray, grid: LatLonGrid, valid: datetime) -> np.ndarray:
+        """Forecast rain (mm/h) on the window from the truth's `large_scales` on `grid` at `valid`."""
+        s, window = self.settings, self.window
+        lead = self.lead_hours(valid)
+        north_km = self.offset_km[0] + self.steering_error_kmh[0] * lead
+        east_km = self.offset_km[1] + self.steering_error_kmh[1] * lead
+        cos_lat = np.cos(np.radians(window.lats))[:, None]
+        # The forecast at x shows the truth from x - d: its rain sits d away from where it falls.
+        cols = (window.lons[None, :] - east_km / (KM_PER_DEGREE * cos_lat) - grid.lons[0]) / grid.res
+        rows = np.broadcast_to((window.lats[:, None] - north_km / KM_PER_DEGREE - grid.lats[0]) / grid.res, cols.shape)
+        shared = ndimage.map_coordinates(large, [rows, cols], order=1, mode="nearest")
+        kept = shared * special.ndtr((self.miss_level - self.miss.field()) / 0.25)
+        spurious = s.false_system_mmh * special.ndtr((self.false.field() - self.false_level) / 0.25)
+        amplitude = s.precip_bias * _multiplier(self.amplitude.field(), s.amplitude_log_sigma)
+        rain = (amplitude * kept + spurious) * _multiplier(self.texture.field(), s.texture_log_sigma)
+        return np.where(rain < s.min_rate_mmh, 0.0, rain)
+
+
+def geosfp_fields(
+    forecast_rain: np.ndarray, window: GeosfpWindow, elevation: np.ndarray, valid: datetime,
+    wind: tuple[float, float], settings: GeosfpSettings,
+) -> dict[str, np.ndarray]:
+    """Every variable of the slv and flx collections on the GEOS-FP window, float32, from the run's own rain.
+
+    `elevation` and `wind` (the run's steering wind) are on the window too. Humidity, cloud water and pressure
+    follow the forecast rain; the 10 m wind is the steering wind plus inflow towards the forecast rain
+    (convergence where it rains); 500 hPa ascent where it rains. Nothing here sees the truth.
+    """
     wetness = np.tanh(forecast_rain / 2.0)
-    grad_y, grad_x = np.gradient(wetness, dy_km, dx_km)
-    inflow = settings.convergence_ms * settings.smoothing_km  # m/s per unit wetness gradient per km
-    u10 = wind[0] + inflow * grad_x
-    v10 = wind[1] + inflow * grad_y
-    surface = near_surface(valid, grid.lats, grid.lons, elevation, forecast_rain)
+    grad_y, grad_x = np.gradient(wetness)  # per cell
+    surface = near_surface(valid, window.lats, window.lons, elevation, forecast_rain)
     convective_fraction = np.clip(forecast_rain / 10.0, 0.2, 0.9)
-    on_grid = {
+    fields = {
         **surface,
-        "U10M": u10,
-        "V10M": v10,
+        "U10M": wind[0] + settings.convergence_ms * grad_x,
+        "V10M": wind[1] + settings.convergence_ms * grad_y,
         "T850": surface["T2M"] - 11.0,
-        "U850": np.full(grid.shape, wind[0]),
-        "V850": np.full(grid.shape, wind[1]),
+        "U850": np.full(forecast_rain.shape, wind[0]),
+        "V850": np.full(forecast_rain.shape, wind[1]),
         "OMEGA500": -0.6 * wetness,
         "PRECTOT": forecast_rain / 3600.0,
         "PRECCON": convective_fraction * forecast_rain / 3600.0,
     }
-    return {name: to_geosfp(values, grid, window).astype(np.float32) for name, values in on_grid.items()}
-
+    return {name: np.asarray(values, dtype=np.float32) for name, values in fields.items()}

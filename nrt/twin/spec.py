@@ -82,13 +82,28 @@ class DprSettings:
 
 @dataclass(frozen=True)
 class GeosfpSettings:
-    """GEOS-FP forecasts: hourly means that see the truth smoothed, biased and drifting with lead time."""
+    """GEOS-FP forecasts: hourly means that share only the truth's large scales, with a forecast's errors.
+
+    Magnitudes follow published verification of global-model rain forecasts (docs/twin.md cites them); the
+    small scales are the forecast's own, independent of the truth.
+    """
 
     forecast_hours: int = 15  # hourly files per initialisation (00/06/12/18 UTC)
-    precip_bias: float = 1.15
-    smoothing_km: float = 30.0
-    drift_km_per_hour: float = 3.0  # position error of the rain grows with lead time
-    convergence_ms: float = 2.0  # inflow wind towards rain areas
+    shared_scale_km: float = 250.0  # the truth is low-passed to wavelengths beyond this (half amplitude here)
+    initial_displacement_km: float = 100.0  # RMS position error of rain systems at lead 0
+    displacement_growth_km_per_h: float = 6.0  # RMS speed error of the steering flow: position error grows with lead
+    precip_bias: float = 1.15  # mean amplitude factor (global models rain too often and too widely)
+    amplitude_log_sigma: float = 0.4  # natural-log spread of the amplitude error (about x/÷ 1.5)
+    error_scale_km: float = 500.0  # correlation scale of the amplitude, missed- and false-system fields
+    error_lifetime_h: float = 12.0
+    miss_fraction: float = 0.2  # fraction of the area whose rain systems the forecast drops
+    false_fraction: float = 0.1  # fraction of the area given rain systems the truth does not have
+    false_system_mmh: float = 0.3  # large-scale rate of a false system
+    texture_log_sigma: float = 1.0  # natural-log spread of the forecast's own small-scale texture
+    texture_scale_km: float = 150.0  # outer scale of that texture
+    texture_lifetime_h: float = 3.0  # e-folding lifetime of its 100 km features
+    min_rate_mmh: float = 0.05  # the model's smallest rain rate; below it, dry
+    convergence_ms: float = 2.0  # inflow wind towards rain areas, per unit change of wetness across a cell
 
 
 @dataclass(frozen=True)
