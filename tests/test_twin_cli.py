@@ -24,6 +24,9 @@ def test_generate_writes_a_tree_and_its_manifest(tmp_path, capsys):
     assert manifest["spec"]["imerg"]["bias"] == 1.1 and manifest["files"]["imerg"] == 2
     assert len(list((out / "pps/imerg/early/202406").glob("*.RT-H5"))) == 2
     assert (out / "pps/radar/DprL2").is_dir() and (out / "dem/nrt_twin_dem.nc").is_file()
+    (geosfp_day,) = manifest["geosfp_days"]  # the one forecast hour, 12:30, of the 12 UTC run
+    assert geosfp_day["day"] == "2024-06-01" and geosfp_day["leads_h"] == [0.5, 0.5]
+    assert f"GEOS-FP 2024-06-01: correlation with the truth {geosfp_day['correlation']:.3f} at 0.05°" in printed
 
 
 @pytest.mark.parametrize("args, message", [

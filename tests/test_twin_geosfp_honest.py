@@ -79,7 +79,7 @@ def test_geosfp_rain_correlates_with_the_truth_far_less_than_imerg(scored):
     """At 0.05° / 30 min PRECTOT must be a weaker guide to the rain than IMERG, by at least a factor of two.
 
     The factor is the point of the test: when GEOS-FP was a displaced, smoothed copy of the truth (r ≈ 0.9) a
-    model learnt to read the rain off it and ignore IMERG. Measured on this twin: r_geosfp 0.18, r_imerg 0.63
+    model learnt to read the rain off it and ignore IMERG. Measured on this twin: r_geosfp 0.14, r_imerg 0.63
     with the twin's IMERG error model of the day. The absolute bound keeps GEOS-FP under half of what a realistic
     IMERG reaches here (real IMERG Early against Stage IV: about 0.54 at 0.1° / 1 h, less at 0.05° / 30 min).
     """
@@ -92,7 +92,7 @@ def test_geosfp_rain_correlates_with_the_truth_far_less_than_imerg(scored):
 def test_geosfp_keeps_the_large_scales_and_nothing_smaller(scored):
     """Still a useful forecast beyond 300 km; no knowledge of the truth below 150 km."""
     truth, forecast = scored["truth"], scored["geosfp"]
-    assert r(scales(forecast, 300.0), scales(truth, 300.0)) > 0.4  # measured 0.74
+    assert r(scales(forecast, 300.0), scales(truth, 300.0)) > 0.4  # measured 0.72
     small_forecast, small_truth = forecast - scales(forecast, 150.0), truth - scales(truth, 150.0)
     assert abs(r(small_forecast, small_truth)) < 0.08  # measured -0.02; the old copy of the truth had far more
     assert small_forecast.std() > 0.2 * forecast.std()  # the forecast has small scales of its own, just not the truth's
@@ -150,3 +150,16 @@ def test_geosfp_amplitude_error_and_missed_and_false_systems_have_the_configured
     dry = np.zeros(grid.shape)
     spurious = np.mean([(run.rain(dry, grid, run.init) > 0.5 * 0.3).mean() for run in false_runs])
     assert spurious == pytest.approx(0.1, abs=0.04)  # no rain anywhere, yet a tenth of the area wet
+
+
+def test_agreement_pools_like_one_correlation_over_everything_added():
+    """`nrt twin generate` reports GEOS-FP's daily correlation from running sums; they match numpy's."""
+    rng = np.random.default_rng(4)
+    pairs = [(rng.gamma(0.5, 2.0, (30, 40)), rng.gamma(0.5, 2.0, (30, 40))) for _ in range(5)]
+    pairs = [(a, 0.3 * a + b) for a, b in pairs]
+    agreement = observe.Agreement()
+    for a, b in pairs:
+        agreement.add(a, b)
+    expected = np.corrcoef(np.ravel([a for a, _ in pairs]), np.ravel([b for _, b in pairs]))[0, 1]
+    assert agreement.correlation == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(observe.Agreement().correlation)

@@ -70,6 +70,9 @@ def generate_command(args, cfg) -> int:
           f"in {report.seconds['total']:.1f} s")
     for day in report.imerg_days:
         print(f"  IMERG {day['day']}: bias {day['bias']:.3f}, correlation {day['correlation']:.3f}")
+    for day in report.geosfp_days:
+        print(f"  GEOS-FP {day['day']}: correlation with the truth {day['correlation']:.3f} at 0.05° (hourly), "
+              f"{day['correlation_beyond_300km']:.3f} beyond 300 km (newest run, leads {day['leads_h'][0]:g}-{day['leads_h'][1]:g} h)")
     return 0
 
 

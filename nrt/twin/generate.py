@@ -39,6 +39,7 @@ class GenerateReport:
     files: dict[str, int] = field(default_factory=lambda: {"imerg": 0, "dpr": 0, "geosfp": 0, "dem": 0, "truth": 0})
     seconds: dict[str, float] = field(default_factory=dict)
     imerg_days: list[dict] = field(default_factory=list)
+    geosfp_days: list[dict] = field(default_factory=list)
 
     def timed(self, stage: str, started: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
@@ -48,6 +49,7 @@ class GenerateReport:
             "files": dict(self.files),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "imerg_days": self.imerg_days,
+            "geosfp_days": self.geosfp_days,
         }
 
 
@@ -81,6 +83,7 @@ class Generator:
         self.orbit = orbit.Orbit.from_settings(spec.dpr)
         self.recent: dict[datetime, truth.TruthFrame] = {}
         self.runs: dict[datetime, observe.GeosfpRun] = {}
+        self.geosfp_agreement: dict[str, dict] = {}
 
     # -------------------------------------------------------------- stages
 
@@ -131,6 +134,11 @@ class Generator:
             self.progress(1)
         if day:
             self.flush_day(day)
+        self.report.geosfp_days = [
+            {"day": name, "correlation": round(a["fine"].correlation, 4),
+             "correlation_beyond_300km": round(a["large"].correlation, 4), "leads_h": [min(a["leads"]), max(a["leads"])]}
+            for name, a in self.geosfp_agreement.items()
+        ]
         return self.report
 
     def flush_day(self, day) -> None:
@@ -191,7 +199,7 @@ class Generator:
         hour_rain = 0.5 * (self.recent[valid - HALF_HOUR].rain + frame.rain)
         large = observe.large_scales(hour_rain, self.grid, settings.shared_scale_km)
         first_init = floor_to(spec.start, SIX_HOURS)
-        init = floor_to(valid - HALF_HOUR, SIX_HOURS)
+        init = newest = floor_to(valid - HALF_HOUR, SIX_HOURS)
         while init >= first_init:
             if (valid - init).total_seconds() / 3600 > settings.forecast_hours - 0.5:
                 break
@@ -200,6 +208,8 @@ class Generator:
             run = self.runs[init]
             run.advance(valid, frame.wind)
             rain = run.rain(large, self.grid, valid)
+            if init == newest:
+                self.score_geosfp(rain, hour_rain, valid, run.lead_hours(valid))
             fields = observe.geosfp_fields(rain, self.geos_window, self.geos_elevation, valid, run.steering_wind(frame.wind), settings)
             for collection in naming.GEOSFP_COLLECTIONS:
                 path = self.out / naming.geosfp_forecast_path(collection, init, valid)
@@ -209,6 +219,17 @@ class Generator:
         for old in [t for t in self.runs if valid - t > timedelta(hours=settings.forecast_hours)]:
             del self.runs[old]
         self.report.timed("geosfp", started)
+
+    def score_geosfp(self, forecast: np.ndarray, hour_rain: np.ndarray, valid: datetime, lead: float) -> None:
+        """Accumulate the day's agreement of the newest run's rain with the truth, at 0.05° and beyond 300 km."""
+        block, fine = observe.from_geosfp(forecast, self.geos_window, self.grid)
+        truth_block = hour_rain[block]
+        day = self.geosfp_agreement.setdefault(
+            valid.date().isoformat(), {"fine": observe.Agreement(), "large": observe.Agreement(), "leads": []},
+        )
+        day["fine"].add(fine, truth_block)
+        day["large"].add(observe.large_scales(fine, self.grid, 300.0), observe.large_scales(truth_block, self.grid, 300.0))
+        day["leads"].append(lead)
 
     def dpr_for(self, frame: truth.TruthFrame, pending: list[orbit.Granule]) -> list[orbit.Granule]:
         """Write the DPR granules whose last scan falls in this frame's half-hour; return those still waiting."""

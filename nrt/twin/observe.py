@@ -257,6 +257,36 @@ def large_scales(rain: np.ndarray, grid: LatLonGrid, shared_scale_km: float) -> 
     return ndimage.gaussian_filter(rain.astype(np.float64), (sigma_km / dy_km, sigma_km / dx_km), mode="reflect")
 
 
+def from_geosfp(field: np.ndarray, window: GeosfpWindow, grid: LatLonGrid) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Bilinear interpolation from the window back to the truth-grid cells it surrounds: (that block, values)."""
+    rows = (grid.lats - window.lats[0]) / (GEOSFP_LATS[1] - GEOSFP_LATS[0])
+    cols = (grid.lons - window.lons[0]) / (GEOSFP_LONS[1] - GEOSFP_LONS[0])
+    r_in = np.flatnonzero((rows >= 0) & (rows <= window.lats.size - 1))
+    c_in = np.flatnonzero((cols >= 0) & (cols <= window.lons.size - 1))
+    rr, cc = np.meshgrid(rows[r_in], cols[c_in], indexing="ij")
+    block = (slice(int(r_in[0]), int(r_in[-1]) + 1), slice(int(c_in[0]), int(c_in[-1]) + 1))
+    return block, ndimage.map_coordinates(field, [rr, cc], order=1)
+
+
+class Agreement:
+    """Pearson correlation of two fields pooled over every pair added (running sums, so a day needs no memory)."""
+
+    def __init__(self):
+        self.n = 0
+        self.sums = np.zeros(5)  # x, y, xx, yy, xy
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = np.ravel(x).astype(np.float64), np.ravel(y).astype(np.float64)
+        self.n += x.size
+        self.sums += [x.sum(), y.sum(), x @ x, y @ y, x @ y]
+
+    @property
+    def correlation(self) -> float:
+        sx, sy, sxx, syy, sxy = self.sums / max(self.n, 1)
+        spread = math.sqrt(max(sxx - sx * sx, 0.0) * max(syy - sy * sy, 0.0))
+        return (sxy - sx * sy) / spread if spread > 0 else math.nan
+
+
 HOUR = timedelta(hours=1)
 
 

@@ -99,7 +99,7 @@ class GeosfpSettings:
     miss_fraction: float = 0.2  # fraction of the area whose rain systems the forecast drops
     false_fraction: float = 0.1  # fraction of the area given rain systems the truth does not have
     false_system_mmh: float = 0.3  # large-scale rate of a false system
-    texture_log_sigma: float = 1.0  # natural-log spread of the forecast's own small-scale texture
+    texture_log_sigma: float = 1.3  # natural-log spread of the forecast's own small-scale texture
     texture_scale_km: float = 150.0  # outer scale of that texture
     texture_lifetime_h: float = 3.0  # e-folding lifetime of its 100 km features
     min_rate_mmh: float = 0.05  # the model's smallest rain rate; below it, dry
