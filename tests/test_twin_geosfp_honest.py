@@ -92,7 +92,7 @@ def test_geosfp_rain_correlates_with_the_truth_far_less_than_imerg(scored):
 def test_geosfp_keeps_the_large_scales_and_nothing_smaller(scored):
     """Still a useful forecast beyond 300 km; no knowledge of the truth below 150 km."""
     truth, forecast = scored["truth"], scored["geosfp"]
-    assert r(scales(forecast, 300.0), scales(truth, 300.0)) > 0.4  # measured 0.72
+    assert r(scales(forecast, 300.0), scales(truth, 300.0)) > 0.4  # measured 0.71
     small_forecast, small_truth = forecast - scales(forecast, 150.0), truth - scales(truth, 150.0)
     assert abs(r(small_forecast, small_truth)) < 0.08  # measured -0.02; the old copy of the truth had far more
     assert small_forecast.std() > 0.2 * forecast.std()  # the forecast has small scales of its own, just not the truth's
