@@ -15,7 +15,6 @@ class Pair:
     estimate: np.ndarray  # (time, lat, lon) mm/h
     truth: np.ndarray
     latitude: float  # mean latitude, for the east-west size of a cell
-    res_deg: float
 
 
 def _read(path: str | os.PathLike, variable: str):
@@ -37,7 +36,7 @@ def _read(path: str | os.PathLike, variable: str):
 
 
 def read_pair(estimate_path, truth_path, variable: str = "prcp") -> Pair:
-    """Both files' `variable` as (time, lat, lon) float64, checked to share one 0.1°-compatible grid and times."""
+    """Both files' `variable` as (time, lat, lon) float64, checked to share one 0.1° grid and the same times."""
     est, tru = _read(estimate_path, variable), _read(truth_path, variable)
     if est.shape != tru.shape:
         raise DataError(truth_path, f"shape {tru.shape} differs from {estimate_path}'s {est.shape}")
@@ -46,9 +45,9 @@ def read_pair(estimate_path, truth_path, variable: str = "prcp") -> Pair:
         same = np.array_equal(a, b) if name == "time" else np.allclose(a, b, atol=1e-3)
         if not same:
             raise DataError(truth_path, f"its {name} coordinate differs from {estimate_path}'s")
-    lat = est["lat"].values.astype(np.float64)
-    res = float(np.median(np.abs(np.diff(lat)))) if lat.size > 1 else 0.1
-    return Pair(
-        estimate=est.values.astype(np.float64), truth=tru.values.astype(np.float64),
-        latitude=float(lat.mean()), res_deg=round(res, 2),  # float32 coordinates: 0.1016 means 0.1
-    )
+    lat, lon = est["lat"].values.astype(np.float64), est["lon"].values.astype(np.float64)
+    for name, axis in (("lat", lat), ("lon", lon)):
+        res = float(np.median(np.abs(np.diff(axis)))) if axis.size > 1 else 0.1
+        if abs(res - 0.1) > 0.005:  # float32 coordinates: 0.1016 still means 0.1
+            raise DataError(estimate_path, f"{name} spacing {res:.4f}°, the error model is fit at IMERG's 0.1°")
+    return Pair(estimate=est.values.astype(np.float64), truth=tru.values.astype(np.float64), latitude=float(lat.mean()))
