@@ -226,3 +226,28 @@ def test_real_imerg_is_far_from_an_error_free_model(real_pairs):
     real, pair = real_pairs
     with pytest.raises(AssertionError):
         check_against_real(real, modelled_statistics(OFF, pair.truth, pair.latitude, FIT_SEEDS[:1]))
+
+
+def test_fit_command_writes_a_model_that_loads_and_compare_reads_it(tmp_path, capsys):
+    """A short fit on a synthetic pair: the artefact loads, records its provenance, and `compare` reproduces its
+    table. (The fit's quality is checked on the real pairs above.)"""
+    rng = np.random.default_rng(3)
+    truth = np.where(rng.random((6, 30, 40)) < 0.3, rng.gamma(0.8, 2.0, (6, 30, 40)), 0.0)
+    estimate = degrade(truth, 0.1, load_error_model(), seed=9, frame_minutes=60.0, latitude=30.0).precipitation
+    imerg, truth_path = write_pair(tmp_path, truth, estimate)
+    out, figure = tmp_path / "model.json", tmp_path / "fit.png"
+    argv = ["errormodel", "fit", "--imerg", str(imerg), "--truth", str(truth_path), "--out", str(out),
+            "--max-evaluations", "3", "--seeds", "1,2", "--figure", str(figure)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    model = load_error_model(out)
+    provenance = json.loads(out.read_text())["provenance"]
+    assert provenance["seeds"] == [1, 2] and provenance["fit_to"]["truth"] == "truth.nc"
+    assert model.random_error_floor_mmh > 0 and figure.stat().st_size > 10_000
+    argv = ["errormodel", "compare", "--imerg", str(imerg), "--truth", str(truth_path), "--model", str(out),
+            "--seeds", "1,2", "--json", str(tmp_path / "stats.json")]
+    assert main(argv) == 0
+    compared = capsys.readouterr().out
+    assert compared.splitlines()[2] in printed  # the same bias row, real and modelled, as the fit printed
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["modelled"]["bias"] == pytest.approx(provenance["modelled_mean_over_seeds"]["bias"], rel=1e-9)

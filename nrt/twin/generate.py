@@ -9,7 +9,6 @@ granules are written (IMERG's errors are smoothed and correlated across the day'
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -31,7 +30,6 @@ from nrt.timeline import HALF_HOUR, floor_halfhour, floor_to, isoformat, utc
 from nrt.twin import naming, observe, orbit, truth, writers
 from nrt.twin.spec import MANIFEST_FORMAT, TwinSpec
 
-log = logging.getLogger("nrt.twin")
 SIX_HOURS = timedelta(hours=6)
 
 
