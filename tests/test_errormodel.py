@@ -128,6 +128,28 @@ def test_same_seed_same_estimate_other_seed_other_estimate():
     assert not np.array_equal(a.precipitation, c.precipitation)
 
 
+def test_displacement_has_the_stated_rms():
+    """On a ramp that rises one unit per row, the displaced value is the row it came from: truth - estimate is
+    the north-south shift in cells, exactly, for bilinear sampling."""
+    model = OFF.replace(displacement_km=25.0, displacement_scale_km=150.0, displacement_lifetime_h=0.1)
+    ramp = np.broadcast_to(np.arange(200.0)[None, :, None], (12, 200, 200)) + 100.0
+    out = degrade(ramp, 0.1, model, seed=8, frame_minutes=60.0, latitude=0.0).precipitation
+    shift_km = (ramp - out)[:, 30:-30, :] * 111.195 * 0.1
+    assert np.sqrt(np.mean(shift_km**2)) == pytest.approx(25.0, rel=0.15)
+    assert np.abs(shift_km).max() > 25.0  # a field, not a constant offset
+
+
+def test_smoothing_spreads_a_point_to_the_stated_width():
+    model = OFF.replace(smoothing_km=40.0)
+    point = np.zeros((1, 61, 61))
+    point[0, 30, 30] = 100.0
+    out = degrade(point, 0.1, model, seed=1, latitude=0.0).precipitation[0].astype(np.float64)
+    offsets_km = (np.arange(61) - 30) * 111.195 * 0.1
+    variance = np.sum(out.sum(axis=1) * offsets_km**2) / out.sum()
+    assert out.sum() == pytest.approx(100.0, rel=1e-4)
+    assert 2 * math.sqrt(2 * math.log(2) * variance) == pytest.approx(40.0, rel=0.05)  # FWHM of the spread
+
+
 def test_false_alarms_cover_the_stated_fraction_of_dry_cells_at_the_stated_mean():
     model = OFF.replace(false_fraction=0.04, false_mmh=0.6, bias=1.5)
     out = degrade(np.zeros((10, 150, 150)), 0.1, model, seed=2).precipitation
