@@ -1,5 +1,6 @@
-"""Statistics of the twin: IMERG's configured errors, DPR coverage from the orbit geometry, the world's forcings,
-and GEOS-FP fields that agree with their own rain. Values are recomputed here from the files and from geometry."""
+"""Statistics of the twin: IMERG's errors from the fitted error model, DPR coverage from the orbit geometry, the
+world's forcings, and GEOS-FP fields that agree with their own rain. Values are recomputed here from the files and
+from geometry."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ import pytest
 import xarray as xr
 from scipy.spatial import cKDTree
 
+from nrt.errormodel import degrade, load_error_model
 from nrt.grids import Domain, target_grid
 from nrt.twin import naming, orbit, truth
+from nrt.twin.generate import imerg_seed
 from nrt.twin.spec import DprSettings, WorldSettings
 from nrt.twin.writers import read_truth
 from twin_helpers import IOWA, START, make_tree, small_spec
 
-BIAS, CORRELATION = 1.25, 0.5
+SEED = 11
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    spec = small_spec(START, START + timedelta(hours=6), seed=11, bias=BIAS, correlation=CORRELATION)
-    return make_tree(tmp_path_factory.mktemp("twin"), spec)
+    return make_tree(tmp_path_factory.mktemp("twin"), small_spec(START, START + timedelta(hours=6), seed=SEED))
 
 
 def imerg_vs_truth(tree: Path, variable: str = "precipitation"):
@@ -48,35 +50,40 @@ def imerg_vs_truth(tree: Path, variable: str = "precipitation"):
     return np.stack(estimates).astype(np.float64), t, lat01, lon01
 
 
-def test_imerg_has_the_configured_bias_and_correlation(tree):
+def test_imerg_is_the_fitted_error_model_applied_to_the_truth(tree):
+    """The granules hold `degrade(truth)` with the built-in model and the day's seed, recomputed here from the
+    truth file; so the twin's IMERG errs like real IMERG Early against Stage IV (see tests/test_errormodel.py)."""
     est, t, lat01, lon01 = imerg_vs_truth(tree)
-    assert est.shape == t.shape and (est >= 0).all()
-    assert est.mean() / t.mean() == pytest.approx(BIAS, rel=0.01)
-    assert np.corrcoef(est.ravel(), t.ravel())[0, 1] == pytest.approx(CORRELATION, abs=0.01)
-    # Over the domain alone (a sample of the region) the same errors hold, more loosely.
-    inner = np.ix_((lat01 > IOWA.south) & (lat01 < IOWA.north), (lon01 > IOWA.west) & (lon01 < IOWA.east))
-    e, tt = est[:, inner[0], inner[1]], t[:, inner[0], inner[1]]
-    assert e.mean() / tt.mean() == pytest.approx(BIAS, rel=0.25)
-    assert np.corrcoef(e.ravel(), tt.ravel())[0, 1] == pytest.approx(CORRELATION, abs=0.15)
+    rain = read_truth(tree)
+    model = load_error_model()
+    expected = degrade(rain.values, 0.05, model, imerg_seed(SEED, START), 30.0, latitude=float(rain["lat"].mean()))
+    assert est.shape == expected.precipitation.shape and (est >= 0).all()
+    close = np.isclose(est, expected.precipitation, rtol=1e-3, atol=1e-3)
+    assert close.mean() > 0.999  # the truth file is float32; a rare threshold may fall the other way
+    # The same errors cost more correlation here than on Stage IV (0.54): the twin's half-hourly rain has
+    # smaller, shorter-lived cells than hourly radar at 0.1°, so the displacement and smoothing bite harder.
+    assert 0.2 < np.corrcoef(est.ravel(), t.ravel())[0, 1] < 0.7
+    assert est.mean() / t.mean() == pytest.approx(model.bias, rel=0.3)
 
 
 def test_imerg_misses_light_rain_and_has_false_alarms(tree):
     est, t, _, _ = imerg_vs_truth(tree)
     light = (t > 0) & (t < 0.3)
-    missed = (est[light] == 0).mean()
-    false_alarms = (est[t == 0] > 0).mean()
+    missed = (est[light] < 0.1).mean()
+    false_alarms = (est[t == 0] >= 0.1).mean()
     detected_heavy = (est[t > 5] > 0).mean()
     assert missed > 0.15 and detected_heavy > 0.8  # heavy cores are still seen, if displaced
     assert 0.003 < false_alarms < 0.2
 
 
-def test_imerg_random_error_tracks_the_actual_error(tree):
+def test_imerg_random_error_grows_with_the_rate_like_the_real_rms_error(tree):
     est, t, _, _ = imerg_vs_truth(tree)
     error = imerg_vs_truth(tree, "randomError")[0]
+    model = load_error_model()
     raining = est > 0
-    assert (error[raining] > 0).all() and (error[~raining] == 0).all()
+    np.testing.assert_allclose(error[~raining], model.random_error_floor_mmh, rtol=1e-5)
     rms_actual = np.sqrt(np.mean((est[raining] - t[raining]) ** 2))
-    assert np.sqrt(np.mean(error[raining] ** 2)) == pytest.approx(rms_actual, rel=0.02)
+    assert 0.5 < np.sqrt(np.mean(error[raining] ** 2)) / rms_actual < 2.0
     bins = [(0.0, 1.0), (1.0, 5.0), (5.0, np.inf)]
     predicted = [np.mean(error[raining & (est >= lo) & (est < hi)]) for lo, hi in bins]
     assert predicted[0] < predicted[1] < predicted[2]  # larger rates, larger errors, as in IMERG

@@ -25,8 +25,8 @@ def register(sub) -> None:
     gen.add_argument("--out", required=True, metavar="DIR", help="root of the mirror tree")
     gen.add_argument("--domain", metavar="W,S,E,N", help="bounding box in degrees (default: the config's domain)")
     gen.add_argument("--seed", type=int, default=20250101, help="random seed (default: %(default)s)")
-    gen.add_argument("--imerg-bias", type=float, help="mean IMERG / mean truth (default 0.9)")
-    gen.add_argument("--imerg-correlation", type=float, help="IMERG vs truth correlation at 0.1° (default 0.6)")
+    gen.add_argument("--imerg-error-model", metavar="FILE", default="builtin:imerg-early",
+                     help="IMERG error model JSON from `nrt errormodel fit` (default: %(default)s, fit to real pairs)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(handler=generate_command)
 
@@ -55,14 +55,14 @@ def _time(text: str, option: str):
 def generate_command(args, cfg) -> int:
     from tqdm import tqdm
 
+    from nrt.errormodel import load_error_model
     from nrt.twin.generate import generate, work_units
     from nrt.twin.spec import spec_for_config
 
     domain = parse_domain(args.domain) if args.domain else cfg.domain.box()
     spec = spec_for_config(cfg, _time(args.start, "--start"), _time(args.end, "--end"), args.seed, domain)
-    overrides = {k: v for k, v in (("bias", args.imerg_bias), ("correlation", args.imerg_correlation)) if v is not None}
-    if overrides:
-        spec = replace(spec, imerg=replace(spec.imerg, **overrides))
+    load_error_model(args.imerg_error_model)  # a bad file fails here, before anything is written
+    spec = replace(spec, imerg=replace(spec.imerg, error_model=args.imerg_error_model))
     with tqdm(total=work_units(spec), unit="step", disable=args.no_progress, file=sys.stderr, desc="twin") as bar:
         report = generate(spec, args.out, bar.update)
     files = ", ".join(f"{n} {kind}" for kind, n in report.files.items())

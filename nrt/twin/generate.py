@@ -2,15 +2,13 @@
 
 Frame by frame (one per half-hour) the truth advances; GEOS-FP forecast hours and DPR granules are written as
 soon as the frames they need exist; at the end of each UTC day the truth file and that day's IMERG Early
-granules are written (IMERG's error scale is solved from the whole day, see `nrt.twin.observe`). Memory stays
-at about one day of frames on the truth grid.
+granules are written (IMERG's errors are smoothed and correlated across the day's frames, see
+`nrt.errormodel.degrade`; each day has its own seed). Memory stays at about one day of frames on the truth grid.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from nrt import __version__
+from nrt.errormodel import degrade, load_error_model
+from nrt.errormodel.aggregate import block_mean
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid, imerg_window, target_grid, upsample_factor
 from nrt.io import atomic_path
@@ -29,7 +29,6 @@ from nrt.timeline import HALF_HOUR, floor_halfhour, floor_to, isoformat, utc
 from nrt.twin import naming, observe, orbit, truth, writers
 from nrt.twin.spec import MANIFEST_FORMAT, TwinSpec
 
-log = logging.getLogger("nrt.twin")
 SIX_HOURS = timedelta(hours=6)
 
 
@@ -81,6 +80,7 @@ class Generator:
         self.window = imerg_window(self.grid.domain)
         self.geos_window = observe.geosfp_window(self.grid)
         self.orbit = orbit.Orbit.from_settings(spec.dpr)
+        self.error_model = load_error_model(spec.imerg.error_model)
         self.recent: dict[datetime, truth.TruthFrame] = {}
         self.runs: dict[datetime, observe.GeosfpRun] = {}
         self.geosfp_agreement: dict[str, dict] = {}
@@ -105,12 +105,11 @@ class Generator:
         spec = self.spec
         self.relief()
         world = truth.World(spec.world, self.grid, self.elevation, spec.seed)
-        degrader = observe.ImergDegrader(spec.imerg, self.window.grid, spec.seed)
         started = time.perf_counter()
         (self.out / naming.DPR_FOLDER).mkdir(parents=True, exist_ok=True)  # listed even before the first overpass
         pending = orbit.granules_over(self.orbit, self.grid.domain, spec.start, spec.end, spec.dpr)
         self.report.timed("dpr", started)
-        day: list[tuple[truth.TruthFrame, np.ndarray, np.ndarray, np.ndarray]] = []
+        day: list[truth.TruthFrame] = []
         frames = world.frames(spec.half_hours)
         while True:
             started = time.perf_counter()
@@ -118,14 +117,10 @@ class Generator:
             self.report.timed("truth", started)
             if frame is None:
                 break
-            if day and frame.start.date() != day[-1][0].start.date():
+            if day and frame.start.date() != day[-1].start.date():
                 self.flush_day(day)
                 day = []
-            started = time.perf_counter()
-            truth_01 = truth.block_mean(frame.rain, 2)
-            degraded, normal = degrader.step(truth_01)
-            day.append((frame, truth_01, degraded, normal))
-            self.report.timed("imerg", started)
+            day.append(frame)
             self.recent[frame.start] = frame
             for t in [t for t in self.recent if t < frame.start - 2 * HALF_HOUR]:
                 del self.recent[t]
@@ -141,9 +136,8 @@ class Generator:
         ]
         return self.report
 
-    def flush_day(self, day) -> None:
+    def flush_day(self, frames: list[truth.TruthFrame]) -> None:
         started = time.perf_counter()
-        frames = [d[0] for d in day]
         rain = np.stack([f.rain for f in frames])
         winds = np.array([f.wind for f in frames])
         writers.write_truth(
@@ -153,22 +147,18 @@ class Generator:
         self.report.files["truth"] += 1
         self.report.timed("truth_files", started)
         started = time.perf_counter()
-        truths = np.stack([d[1] for d in day])
         settings = self.spec.imerg
-        precipitation, random_error, cal = observe.imerg_day(
-            truths, np.stack([d[2] for d in day]), np.stack([d[3] for d in day]), settings,
-        )
-        if not cal.reachable:
-            log.warning("IMERG correlation %.2f is out of reach of the other errors on %s; the nearest is used",
-                        settings.correlation, frames[0].start.date())
+        imerg = degrade(rain, self.grid.res, self.error_model, imerg_seed(self.spec.seed, frames[0].start),
+                        HALF_HOUR.total_seconds() / 60, latitude=float(self.grid.lats.mean()))
+        truths = block_mean(rain, 2)  # the truth on IMERG's 0.1° cells
         grid01 = self.window.grid
-        for k, (frame, truth_01, _, normal) in enumerate(day):
-            surface = observe.near_surface(frame.start, grid01.lats, grid01.lons, self.elevation_01, truth_01)
+        for k, frame in enumerate(frames):
+            surface = observe.near_surface(frame.start, grid01.lats, grid01.lons, self.elevation_01, truths[k])
             fields = {
-                "precipitation": precipitation[k],
-                "randomError": random_error[k],
+                "precipitation": imerg.precipitation[k],
+                "randomError": imerg.random_error[k],
                 "probabilityLiquidPrecipitation": np.round(observe.liquid_probability(surface["T2M"])).astype(np.int16),
-                "precipitationQualityIndex": observe.quality_index(normal, cal.log_sigma),
+                "precipitationQualityIndex": imerg.quality_index[k],
             }
             pps = self.out / naming.imerg_pps_path(frame.start, settings.version)
             writers.write_imerg(pps, frame.start, self.window, fields, settings.version)
@@ -176,13 +166,11 @@ class Generator:
                 publish_copy(pps, self.out / naming.imerg_gesdisc_path(frame.start, settings.version))
             self.report.files["imerg"] += 1
             self.progress(1)
-        estimate = precipitation.astype(np.float64)
+        estimate = imerg.precipitation.astype(np.float64)
         self.report.imerg_days.append({
             "day": frames[0].start.date().isoformat(),
             "bias": round(float(estimate.mean() / max(truths.mean(), 1e-12)), 4),
             "correlation": round(float(np.corrcoef(estimate.ravel(), truths.ravel())[0, 1]), 4),
-            "log_sigma": round(cal.log_sigma, 4),
-            "target_reachable": cal.reachable,
         })
         self.report.timed("imerg", started)
 
@@ -277,6 +265,11 @@ class Generator:
         }
         with atomic_path(self.out / naming.MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def imerg_seed(seed: int, day: datetime) -> int:
+    """The seed of one day's IMERG errors: a stream of its own, so that the other sources stay alike."""
+    return int(truth.rng_for(seed, "imerg", day.date().toordinal()).integers(2**63))
 
 
 def generate(spec: TwinSpec, out: str | os.PathLike, progress: Callable[[int], None] | None = None) -> GenerateReport:

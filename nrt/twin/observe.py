@@ -1,14 +1,7 @@
-"""How each source sees the truth: IMERG Early's degradation, the DPR's footprints, GEOS-FP's forecast fields.
+"""How each source sees the truth: the DPR's footprints, GEOS-FP's forecast fields, and the surface state
+IMERG's liquid probability comes from. IMERG Early's own errors are `nrt.errormodel.degrade`.
 
-Pure functions and small stateful noise generators; arrays in, arrays out. The writers put the results into
-the real file formats.
-
-IMERG's errors are built so that the configured bias and correlation hold for each day over the written
-region. The deterministic degradations (displacement, smoothing, missed light rain, false alarms, additive
-noise) give a field s; a mean-one lognormal multiplicative error M = exp(σz - σ²/2), with z a smooth unit
-normal field independent of the truth, then lowers the correlation to the target: σ is solved per day from
-that day's s, z and truth (a one-dimensional root), and the result is rescaled so that its mean is the
-truth's mean times the bias.
+Pure functions; arrays in, arrays out. The writers put the results into the real file formats.
 """
 
 from __future__ import annotations
@@ -20,11 +13,11 @@ from datetime import datetime, timedelta
 import numpy as np
 from pyresample import kd_tree
 from pyresample.geometry import SwathDefinition
-from scipy import ndimage, optimize, special
+from scipy import ndimage, special
 
 from nrt.grids import LatLonGrid
 from nrt.twin.truth import KM_PER_DEGREE, SpectralField, cell_km, rng_for
-from nrt.twin.spec import DprSettings, GeosfpSettings, ImergSettings
+from nrt.twin.spec import DprSettings, GeosfpSettings
 
 # ---------------------------------------------------------------- shared atmosphere
 
@@ -66,114 +59,6 @@ def liquid_probability(t2m: np.ndarray) -> np.ndarray:
     return 100.0 / (1.0 + np.exp(-(t2m - 274.15) / 1.2))
 
 
-# ---------------------------------------------------------------- IMERG Early
-
-MAX_LOG_SIGMA = 3.0
-
-
-class ImergDegrader:
-    """The deterministic part of IMERG Early's error, frame by frame, with errors that evolve smoothly in time."""
-
-    def __init__(self, settings: ImergSettings, grid: LatLonGrid, seed: int):
-        self.settings, self.grid = settings, grid
-        spacing = cell_km(grid)
-        self.spacing = spacing
-
-        def field(name, scale_km, lifetime_h, slope=3.0):
-            return SpectralField(grid.shape, spacing, rng_for(seed, "imerg", name), slope, scale_km, lifetime_h, padding=0.2)
-
-        self.shift_y = field("shift_y", settings.displacement_scale_km, 6.0, slope=4.0)
-        self.shift_x = field("shift_x", settings.displacement_scale_km, 6.0, slope=4.0)
-        self.miss = field("miss", 60.0, 1.5)
-        self.false = field("false", 50.0, 1.0)
-        self.additive = field("additive", 20.0, 0.5)
-        self.multiplicative = field("multiplicative", settings.error_scale_km, settings.error_lifetime_h)
-        self.miss_level = float(special.ndtri(1.0 - settings.miss_fraction)) if settings.miss_fraction > 0 else math.inf
-        self.false_level = float(special.ndtri(1.0 - settings.false_alarm_fraction)) if settings.false_alarm_fraction > 0 else math.inf
-        self.first = True
-
-    def step(self, truth_01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(s, z): the degraded field before the multiplicative error, and the unit normal field of that error."""
-        if not self.first:
-            for f in (self.shift_y, self.shift_x, self.miss, self.false, self.additive, self.multiplicative):
-                f.step()
-        self.first = False
-        s = self.settings
-        dy_km, dx_km = self.spacing
-        rows, cols = np.mgrid[0 : truth_01.shape[0], 0 : truth_01.shape[1]].astype(np.float64)
-        rows -= s.displacement_km / dy_km * self.shift_y.field()
-        cols -= s.displacement_km / dx_km * self.shift_x.field()
-        moved = ndimage.map_coordinates(truth_01, [rows, cols], order=1, mode="nearest")
-        sigma = (s.smoothing_km / dy_km / 2.355, s.smoothing_km / dx_km / 2.355)  # smoothing_km is a FWHM
-        smooth = ndimage.gaussian_filter(moved, sigma, mode="nearest")
-        smooth = np.where(smooth < 0.02, 0.0, smooth)
-        missed = (smooth < s.miss_below_mmh) & (self.miss.field() > self.miss_level)
-        smooth = np.where(missed, 0.0, smooth)
-        false_field = self.false.field()
-        spurious = (smooth == 0) & (false_field > self.false_level)
-        smooth = np.where(spurious, s.false_alarm_mmh * np.exp(0.5 * (false_field - self.false_level)), smooth)
-        wet = smooth > 0
-        smooth = np.where(wet, np.maximum(smooth + s.additive_mmh * self.additive.field(), 0.0), 0.0)
-        return smooth, self.multiplicative.field()
-
-
-@dataclass(frozen=True)
-class ImergCalibration:
-    scale: float  # makes the day's mean equal to the truth's before the bias
-    log_sigma: float  # standard deviation of ln M
-    reachable: bool  # False when the other errors alone already lower r below the target
-
-
-def _multiplier(normal: np.ndarray, log_sigma: float) -> np.ndarray:
-    return np.exp(log_sigma * normal - log_sigma**2 / 2)
-
-
-def calibrate(truth: np.ndarray, degraded: np.ndarray, normal: np.ndarray, correlation: float) -> ImergCalibration:
-    """The multiplicative error σ that gives `correlation` with the truth, and the scale that removes the mean error."""
-    t = truth.astype(np.float64).ravel()
-    s = degraded.astype(np.float64).ravel()
-    z = normal.astype(np.float64).ravel()
-    if t.std() == 0 or s.std() == 0:
-        return ImergCalibration(1.0, 0.0, False)
-
-    def excess(log_sigma: float) -> float:
-        return float(np.corrcoef(t, s * _multiplier(z, log_sigma))[0, 1]) - correlation
-
-    if excess(0.0) <= 0:
-        log_sigma, reachable = 0.0, False
-    elif excess(MAX_LOG_SIGMA) >= 0:
-        log_sigma, reachable = MAX_LOG_SIGMA, False
-    else:
-        log_sigma, reachable = optimize.brentq(excess, 0.0, MAX_LOG_SIGMA, xtol=1e-4), True
-    scale = t.mean() / np.mean(s * _multiplier(z, log_sigma))
-    return ImergCalibration(float(scale), float(log_sigma), reachable)
-
-
-def imerg_day(truth: np.ndarray, degraded: np.ndarray, normal: np.ndarray, settings: ImergSettings):
-    """A day of IMERG (time, lat, lon): (precipitation, randomError, calibration), all mm/h.
-
-    randomError follows IMERG's idea of an RMS error that grows with the rate: the spread of the
-    multiplicative and additive errors at each estimate, scaled so that over the day's raining cells its RMS
-    equals the RMS of the actual error against the truth (which also holds the displacement and smoothing).
-    """
-    cal = calibrate(truth, degraded, normal, settings.correlation)
-    base = degraded * cal.scale
-    precipitation = (settings.bias * base * _multiplier(normal, cal.log_sigma)).astype(np.float32)
-    relative = math.sqrt(math.expm1(cal.log_sigma**2))
-    spread = np.hypot(settings.bias * base * relative, settings.additive_mmh)
-    raining = precipitation > 0
-    if raining.any():
-        actual = np.sqrt(np.mean((precipitation[raining] - truth[raining]) ** 2.0))
-        spread *= actual / np.sqrt(np.mean(spread[raining] ** 2.0))
-    random_error = np.where(raining, spread, 0.0).astype(np.float32)
-    return precipitation, random_error, cal
-
-
-def quality_index(normal: np.ndarray, log_sigma: float) -> np.ndarray:
-    """IMERG's quality index in [0, 1]: high where the multiplicative error happens to be small."""
-    return np.clip(1.0 - np.abs(log_sigma * normal), 0.0, 1.0).astype(np.float32)
-
-
 # ---------------------------------------------------------------- DPR
 
 
@@ -203,6 +88,11 @@ def dpr_rate(sampled: np.ndarray, settings: DprSettings, rng: np.random.Generato
 
 
 # ---------------------------------------------------------------- GEOS-FP
+
+
+def _multiplier(normal: np.ndarray, log_sigma: float) -> np.ndarray:
+    """A mean-one lognormal factor exp(σz − σ²/2) from a unit normal field z."""
+    return np.exp(log_sigma * normal - log_sigma**2 / 2)
 
 GEOSFP_NLON, GEOSFP_NLAT = 1152, 721
 GEOSFP_LONS = -180.0 + 0.3125 * np.arange(GEOSFP_NLON)

@@ -46,20 +46,9 @@ class WorldSettings:
 
 @dataclass(frozen=True)
 class ImergSettings:
-    """How IMERG Early degrades the truth. `bias` and `correlation` are the targets the errors are scaled to."""
+    """How IMERG Early sees the truth: the error model fit to real IMERG / Stage IV pairs (`nrt.errormodel`)."""
 
-    bias: float = 0.9  # mean(IMERG) / mean(truth) over the written region, per day
-    correlation: float = 0.6  # Pearson r of IMERG against the 0.1° mean of the truth, per day
-    smoothing_km: float = 8.0
-    displacement_km: float = 10.0
-    displacement_scale_km: float = 400.0
-    additive_mmh: float = 0.15
-    miss_below_mmh: float = 0.5  # light rain under this rate is missed ...
-    miss_fraction: float = 0.4  # ... over this fraction of the area
-    false_alarm_fraction: float = 0.02  # fraction of dry cells given spurious light rain
-    false_alarm_mmh: float = 0.3
-    error_scale_km: float = 60.0  # spatial scale of the multiplicative error
-    error_lifetime_h: float = 2.0
+    error_model: str = "builtin:imerg-early"  # or the path of a JSON written by `nrt errormodel fit`
     version: str = "V07B"
     gesdisc_copy: bool = True  # also publish each granule under the GES DISC tree (.HDF5)
 
@@ -121,10 +110,6 @@ class TwinSpec:
         start, end = floor_halfhour(utc(self.start)), utc(self.end)
         if end <= start:
             raise ConfigError("twin", f"end {isoformat(end)} must be after start {isoformat(start)}")
-        if not 0 < self.imerg.correlation < 1:
-            raise ConfigError("twin.imerg.correlation", f"must lie in (0, 1), got {self.imerg.correlation}")
-        if self.imerg.bias <= 0:
-            raise ConfigError("twin.imerg.bias", f"must be positive, got {self.imerg.bias}")
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
 
