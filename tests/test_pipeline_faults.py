@@ -39,10 +39,10 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def downscaler(world, tmp_path_factory):
-    from nrt.service import load_downscaler
+def models(world, tmp_path_factory):
+    from nrt.service import load_models
 
-    return load_downscaler(make_config(config_data(tmp_path_factory.mktemp("model"), "http://127.0.0.1:1", world[1])))
+    return load_models(make_config(config_data(tmp_path_factory.mktemp("model"), "http://127.0.0.1:1", world[1])))
 
 
 class Served:
@@ -57,12 +57,12 @@ class Served:
         self.cfg = make_config(self.data)
         self.catalog = open_catalog(self.cfg, migrate=True)
 
-    def cycle(self, cycle_time, downscaler):
+    def cycle(self, cycle_time, models):
         from nrt import pipeline
         from nrt.sources.http import Client
 
         with Client.from_config(self.cfg) as client:
-            return pipeline.run_cycle(cycle_time, self.cfg, self.catalog, client, downscaler)
+            return pipeline.run_cycle(cycle_time, self.cfg, self.catalog, client, models)
 
     def close(self):
         self.catalog.close()
@@ -95,9 +95,9 @@ def imerg_granules(root: Path, start) -> list[Path]:
     return found
 
 
-def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_more_lead(serve, downscaler):
+def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_more_lead(serve, models):
     served = serve(lambda root: [p.unlink() for p in imerg_granules(root, S2)])
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     flag = f"imerg_missing:{isoformat(S2)}"
     assert report.degraded == [flag]
     assert report.imerg_start == S2 - HALF_HOUR
@@ -115,11 +115,11 @@ def geosfp_forecast(root: Path, init) -> Path:
     return root / "nccs" / "datashare" / "gmao" / "geos-fp" / "forecast" / f"{init:Y%Y/M%m/D%d/H%H}"
 
 
-def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, downscaler):
+def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, models):
     # With a 30 min publication latency the 12:30 cycle wants the 12:00 forecast for its last hours.
     init = T2.replace(minute=0)
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, init)), timeline={"geosfp_latency_hours": 0.5})
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == ["geosfp_previous_forecast"]  # and no hour went without GEOS-FP
     assert len([p for p in report.products if p.kind == "ensemble"]) == 9
     used = [g.name for g in served.catalog.granules("geosfp", state="downloaded")]
@@ -127,9 +127,9 @@ def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, do
     assert report.sources["geosfp"] == T2 + HALF_HOUR  # the hour stamped 13:30 starts at 13:00
 
 
-def test_without_any_geosfp_products_are_still_written(serve, downscaler):
+def test_without_any_geosfp_products_are_still_written(serve, models):
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, T2).parents[3]))
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == ["geosfp_missing"]
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert [p.lead for p in ensembles] == list(range(9))
@@ -138,21 +138,21 @@ def test_without_any_geosfp_products_are_still_written(serve, downscaler):
         assert ds.attrs["degraded"] == "geosfp_missing"
 
 
-def test_without_dpr_there_is_no_verification_and_no_failure(serve, downscaler):
+def test_without_dpr_there_is_no_verification_and_no_failure(serve, models):
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "radar").rglob("2A.GPM.DPR*")])
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == [] and report.scores == []
     assert "verify" not in report.timings and "dpr" not in report.sources
     assert len(report.products) == 19
     assert served.catalog.scores() == []
 
 
-def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, downscaler):
+def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):
     from nrt.pipeline import CycleFailed
 
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "imerg").rglob("3B-HHR-E*")])
     with pytest.raises(CycleFailed) as failure:
-        served.cycle(T2, downscaler)
+        served.cycle(T2, models)
     assert failure.value.stage == "ingest"
     [run] = served.catalog.runs()
     assert run.state == "failed" and run.error.startswith("CycleFailed: ingest: no IMERG Early granule")
@@ -169,7 +169,7 @@ def wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_finishes(serve, downscaler, tmp_path):
+def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_finishes(serve, models, tmp_path):
     from nrt.service import pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import CycleScheduler
@@ -209,7 +209,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
             xr.open_dataset(path).close()  # complete: a renamed temp file, never a half-written one
 
     metrics = Metrics()
-    rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: downscaler)
+    rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: models)
     assert rescuer.run(max_jobs=1) == 1
     job = catalog.job(job_id)
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
@@ -240,7 +240,7 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     assert report["cycle_time"] == "2024-06-01T12:00:00Z" and report["imerg_start"] == "2024-06-01T08:00:00Z"
     assert report["degraded"] == [] and report["nowcast_method"] == "steps"
     assert len(report["products"]) == 19 and all(Path(p).is_file() for p in report["products"])
-    assert {"ingest", "nowcast", "diffusion", "products"} <= set(report["timings_s"])
+    assert {"ingest", "nowcast", "downscale", "products"} <= set(report["timings_s"])
 
     args = build_parser().parse_args(["cycle", "--time", "yesterday"])
     with pytest.raises(ConfigError, match=r"^--time: not an ISO 8601 time") as bad:
