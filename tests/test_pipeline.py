@@ -146,7 +146,7 @@ def test_products_are_cf_ensembles_of_the_configured_members_at_005_degrees(serv
         assert ds.attrs["Conventions"].startswith("CF-")
         assert ds["time"].values[0] == np.datetime64("2024-06-01T10:00")
         assert ds["forecast_reference_time"].values == np.datetime64("2024-06-01T08:30")
-        assert ds.attrs["degraded"] == "none"
+        assert ds.attrs["degraded"] == "none" and ds.attrs["method"] == "diffusion"
         assert ds.attrs["checkpoint_sha256"] == service_run.models.sha256
         assert ds.attrs["nowcast_method"] == "steps"
         values = precip.values
@@ -212,7 +212,8 @@ def test_metrics_scraped_over_http_match_what_the_run_did(service_run):
     assert scored  # the DPR swath crosses the domain in the 12:30 cycle's window
     assert sample(families, "nrt_verification_overpasses", "nrt_verification_overpasses_total") == len(scored)
     models = {s.labels["model"] for s in families["nrt_verification_score"].samples}
-    assert models == {"nrt", "baseline"}
+    assert models == {"nrt", "bilinear", "csgd"}
+    assert {s.labels["baseline"] for s in families["nrt_verification_crpss"].samples} == {"bilinear", "csgd"}
 
 
 def test_rerunning_a_cycle_gives_the_same_catalog_state_and_values(service_run):

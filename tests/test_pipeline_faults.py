@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -157,6 +158,61 @@ def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):
     [run] = served.catalog.runs()
     assert run.state == "failed" and run.error.startswith("CycleFailed: ingest: no IMERG Early granule")
     assert served.catalog.products() == []
+
+
+def test_csgd_method_writes_the_same_products_marked_csgd(serve):
+    from nrt.service import load_models
+
+    served = serve(model={"method": "csgd"})
+    models = load_models(served.cfg)
+    report = served.cycle(T2, models)
+    assert report.downscale_method == "csgd" and report.degraded == [] and report.downscale_fallbacks == []
+    assert Counter(p.kind for p in report.products) == {"ensemble": 9, "summary": 9, "quicklook": 1}
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert [p.lead for p in ensembles] == list(range(9))
+    for product in ensembles:
+        assert served.catalog.product(product.id).checkpoint == models.csgd_sha256
+        check_csgd_product(product.path, served.cfg.model.members, degraded="none")
+    assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("ok", [])]
+
+
+def test_unloadable_checkpoint_falls_back_to_csgd_flags_and_counts_it(serve, tmp_path):
+    from nrt.service import load_models
+    from nrt.service.metrics import Metrics
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")  # and no JSON sidecar
+    served = serve(model={"checkpoint": str(broken)})
+    models = load_models(served.cfg)  # the worker starts anyway
+    report = served.cycle(T2, models)
+    flag = "downscale_fallback:checkpoint_unloadable"
+    assert report.downscale_method == "csgd" and report.degraded == [flag]
+    assert report.downscale_fallbacks == ["checkpoint_unloadable"]
+    assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("degraded", [flag])]
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert len(ensembles) == 9
+    for product in ensembles:
+        check_csgd_product(product.path, served.cfg.model.members, degraded=flag)
+    metrics = Metrics()
+    assert metrics.record_cycle(report) == "degraded"
+    registry = metrics.registry
+    assert registry.get_sample_value("nrt_downscale_fallback_total", {"reason": "checkpoint_unloadable"}) == 1
+    assert registry.get_sample_value("nrt_cycles_total", {"outcome": "degraded"}) == 1
+
+
+def check_csgd_product(path, members: int, degraded: str) -> None:
+    """A whole CF ensemble file written by the CSGD method: marked, finite, non-negative, following its input."""
+    with xr.open_dataset(path) as ds:
+        assert ds.attrs["method"] == "csgd" and ds.attrs["degraded"] == degraded
+        assert ds.attrs["Conventions"].startswith("CF-")
+        precip = ds["precipitation"]
+        assert precip.dims == ("member", "time", "lat", "lon") and precip.shape[0] == members
+        values = precip.values[:, 0]
+        assert np.isfinite(values).all() and (values >= 0).all()
+        assert not np.array_equal(values[0], values[1])
+        given = ds["input_precipitation"].values[0]
+        if given.std() > 0.05:  # the ensemble mean follows the rain it was drawn from
+            assert np.corrcoef(values.mean(axis=0).ravel(), given.ravel())[0, 1] > 0.5
 
 
 def wait_for(predicate, timeout_s: float, what: str):
