@@ -103,7 +103,7 @@ def test_csgd_member_i_follows_nowcast_member_i_and_lead_zero_is_shared():
     assert out.shape == (6, 2, *GRID.shape) and out.dtype == np.float32 and done == [0, 1]
     means = out[:, 1].mean(axis=(1, 2))
     assert np.all(means[1::2] > 4 * means[0::2] + 1.0)  # odd members follow the wet member, even the dry one
-    assert np.all(out[:, 0].mean(axis=(1, 2)) > 1.0)  # every member draws around IMERG's 4 mm/h at lead 0
+    assert out[:, 0].mean() > 1.5 and (out[:, 0] > 0).mean() > 0.6  # all members draw around IMERG's 4 mm/h at lead 0
     again = downscale.csgd([lead0, lead1], models, members=6, seed=3, options=None)
     np.testing.assert_array_equal(out, again)
 

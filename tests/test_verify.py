@@ -411,6 +411,6 @@ def test_verify_command_scores_catalog_granules_then_reports(cfg, world, tmp_pat
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "scored 2 product(s) in 1 half-hour(s)" in printed
-    assert len(catalog.scores(truth_source="dpr", metric="crps")) == 4  # two products, nrt and baseline
+    assert len(catalog.scores(truth_source="dpr", metric="crps")) == 6  # two products: nrt, bilinear and csgd
     text = (out / "report.md").read_text()
     assert "| 0 |" in text and "| 3 |" in text and (out / "reliability.png").is_file()
