@@ -49,12 +49,12 @@ def models(world, tmp_path_factory):
 class Served:
     """A twin tree served on 127.0.0.1 and a config pointing at it, with a catalog in `work`."""
 
-    def __init__(self, root: Path, work: Path, model: dict, **sections):
+    def __init__(self, root: Path, work: Path, model_section: dict, **sections):
         from nrt.service import open_catalog
         from nrt.twin import serve_in_thread
 
         self.server, base_url = serve_in_thread(root)
-        self.data = config_data(work, base_url, model, **sections)
+        self.data = config_data(work, base_url, {**model_section, **sections.pop("model", {})}, **sections)
         self.cfg = make_config(self.data)
         self.catalog = open_catalog(self.cfg, migrate=True)
 
@@ -211,8 +211,9 @@ def check_csgd_product(path, members: int, degraded: str) -> None:
         assert np.isfinite(values).all() and (values >= 0).all()
         assert not np.array_equal(values[0], values[1])
         given = ds["input_precipitation"].values[0]
-        if given.std() > 0.05:  # the ensemble mean follows the rain it was drawn from
-            assert np.corrcoef(values.mean(axis=0).ravel(), given.ravel())[0, 1] > 0.5
+        wet, dry = given > 1.0, given < 0.01
+        if wet.sum() >= 10 and dry.sum() >= 10:  # the members follow the rain they were drawn from
+            assert values[:, wet].mean() > 2 * values[:, dry].mean()
 
 
 def wait_for(predicate, timeout_s: float, what: str):
