@@ -28,7 +28,7 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--method", choices=["diffusion", "csgd"], default=None,
-        help="downscaling method (default: model.method of the config, %(choices)s; csgd is the statistical ensemble)",
+        help="downscaling method (default: the config's model.method); csgd is the statistical CSGD ensemble, no network needed",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=demo)
