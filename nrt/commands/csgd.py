@@ -45,6 +45,15 @@ def register(sub) -> None:
     fit.add_argument("--hours", nargs="+", type=hour_list, metavar="H",
                      help="UTC hours to fit on, e.g. 0-11 or 0 1 2 (default: every hour in the files)")
     fit.set_defaults(handler=run_fit)
+    show = csgd_sub.add_parser(
+        "show",
+        help="check a CSGD parameter file and print its parameters, provenance and what they mean at a few rates",
+        description="Load a CSGD parameter file (exit 2 with one line if it is missing, malformed or of another "
+        "version) and print one JSON object: parameters, noise scales, fit provenance, and for IMERG rates of "
+        "0, 0.5, 2 and 10 mm/h the probability of rain and the mean and 5-95 % range of the truth.",
+    )
+    show.add_argument("params", nargs="?", default="builtin:csgd", help="builtin:csgd (default) or a JSON path")
+    show.set_defaults(handler=run_show)
 
 
 def run_fit(args, cfg) -> int:
@@ -79,4 +88,35 @@ def run_fit(args, cfg) -> int:
         "correlation_length_km": params.noise.correlation_length_km,
         "decorrelation_minutes": params.noise.decorrelation_minutes,
     }))
+    return 0
+
+
+def run_show(args, cfg) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from nrt.csgd import distribution, load_params
+
+    params = load_params(args.params)
+    rates = np.array([0.0, 0.5, 2.0, 10.0])
+    mu, sigma, delta = params.distribution(rates)
+    at_rates = {
+        f"{r:g}": {
+            "p_rain": round(float(1 - distribution.probability_of_zero(m, s, d)), 4),
+            "mean": round(float(distribution.mean(m, s, d)), 4),
+            "q05_q95": [round(float(distribution.quantile(q, m, s, d)), 4) for q in (0.05, 0.95)],
+        }
+        for r, m, s, d in zip(rates, mu, sigma, delta)
+    }
+    fit = params.provenance.get("fit", {})
+    print(json.dumps({
+        "source": params.source,
+        "climatology": asdict(params.climatology),
+        "regression": asdict(params.regression),
+        "noise": asdict(params.noise),
+        "fit": {key: params.provenance.get(key) for key in ("hours_utc", "fitted", "nrt_version")}
+        | {key: fit.get(key) for key in ("cells", "mean_crps_mm_h", "imerg_mae_mm_h")},
+        "truth_given_imerg_mm_h": at_rates,
+    }, indent=2))
     return 0

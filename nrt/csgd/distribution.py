@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from nrt.csgd import gammainv
+
 
 def shape_scale(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     """Gamma shape k and scale theta from the mean and standard deviation of the unshifted gamma."""
@@ -35,15 +37,15 @@ def probability_of_zero(mu, sigma, delta) -> np.ndarray:
 def quantile(u, mu, sigma, delta) -> np.ndarray:
     """The u-quantile: 0 where u <= F(0), else theta * P^-1(k, u) + delta (P the regularised gamma function).
 
-    The inverse gamma function is evaluated only where the quantile is positive: with most of a domain dry,
-    that is the few cells that matter, and it is the slow part of drawing an ensemble.
+    The inverse gamma function (nrt.csgd.gammainv, fast) is evaluated only where the quantile is positive: it is
+    the slow part of drawing an ensemble.
     """
     k, theta = shape_scale(mu, sigma)
     u, delta = np.asarray(u, dtype=np.float64), np.asarray(delta, dtype=np.float64)
     k, theta, delta, u = np.broadcast_arrays(k, theta, delta, u)
     out = np.zeros(u.shape)
     wet = u > special.gammainc(k, -delta / theta)
-    out[wet] = theta[wet] * special.gammaincinv(k[wet], u[wet]) + delta[wet]
+    out[wet] = theta[wet] * gammainv.gammaincinv(k[wet], u[wet]) + delta[wet]
     out[np.isnan(u) | np.isnan(k) | np.isnan(theta) | np.isnan(delta)] = np.nan
     return np.maximum(out, 0.0, where=~np.isnan(out), out=out)
 
