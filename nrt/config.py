@@ -138,7 +138,10 @@ class NowcastConfig(Section):
 
 
 class ModelConfig(Section):
+    method: Literal["diffusion", "csgd"] = "diffusion"  # the downscaler (nrt.downscale); csgd is the statistical baseline
     checkpoint: str = "builtin:demo"
+    csgd_params: str = "builtin:csgd"  # CSGD parameter file (nrt.csgd): the csgd method and the fallback
+    fallback: bool = True  # write the CSGD ensemble (flagged degraded) when the diffusion model cannot run
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
     sampler_steps: int = Field(18, ge=1)

@@ -109,6 +109,20 @@ def check_checkpoint(cfg: Config) -> Finding:
     return Finding("checkpoint", OK, f"{cfg.model.checkpoint}: sha256 {loaded.sha256[:12]}…, {len(loaded.tensors)} tensors")
 
 
+def check_csgd(cfg: Config) -> Finding:
+    """The CSGD parameters read: the csgd method's model, and the fallback when the checkpoint cannot load."""
+    from nrt.csgd import load_params
+
+    if cfg.model.method != "csgd" and not cfg.model.fallback:
+        return Finding("csgd parameters", OK, "not used (model.method = diffusion, model.fallback off)")
+    try:
+        load_params(cfg.model.csgd_params)
+    except NrtError as exc:
+        return Finding("csgd parameters", FAIL, str(exc))
+    use = "the downscaling method" if cfg.model.method == "csgd" else "the fallback if the checkpoint cannot load"
+    return Finding("csgd parameters", OK, f"{cfg.model.csgd_params}: {use}")
+
+
 # -- catalog and credentials ----------------------------------------------------------------------------------
 
 
@@ -329,6 +343,7 @@ def check_clock(run: Callable[[list[str]], subprocess.CompletedProcess | None] =
 def run_checks(cfg: Config, min_free_bytes: int = 20 * GIB) -> list[Finding]:
     findings = check_config(cfg)
     findings.append(check_checkpoint(cfg))
+    findings.append(check_csgd(cfg))
     findings.append(check_catalog(cfg))
     findings += check_credentials(cfg)
     findings += check_servers(cfg)

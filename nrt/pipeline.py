@@ -4,8 +4,10 @@ This module only composes the stages; each stage's I/O lives in its own module (
 verify). At T the newest IMERG Early granule expected starts at S = floor(T - latency). The bridge covers
 the valid times S, S + 30 min, ..., T: valid time S is IMERG itself (lead 0) and the later ones are pysteps
 nowcast leads. When S is missing the nowcast starts from the newest granule that exists, so every valid
-time gets one more lead, and the degraded mode is recorded. Member i of the diffusion ensemble is
-conditioned on nowcast member i.
+time gets one more lead, and the degraded mode is recorded. The configured downscaling method
+(`nrt.downscale`: residual diffusion or the CSGD ensemble) turns the bridge into the 0.05° ensemble; member i
+is conditioned on nowcast member i. When the diffusion model cannot run, the cycle writes the CSGD ensemble
+and records why (`CycleReport.fall_back`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nrt import __version__, sources
+from nrt import __version__, downscale, sources
 from nrt.errors import NrtError
 from nrt.grids import IMERG_RES, LatLonGrid, imerg_grid, target_grid
 from nrt.timeline import HALF_HOUR, bridge_valid_times, geosfp_hours_for, isoformat, newest_imerg_start, utc
@@ -38,6 +40,8 @@ class CycleReport:
     degraded: list[str] = field(default_factory=list)
     nowcast_method: str | None = None
     nowcast_degraded: list[str] = field(default_factory=list)
+    downscale_method: str | None = None
+    downscale_fallbacks: list[str] = field(default_factory=list)  # why CSGD replaced the configured method
     products: list = field(default_factory=list)
     sources: dict[str, datetime | None] = field(default_factory=dict)
     summary: object | None = None
@@ -48,6 +52,12 @@ class CycleReport:
         if flag not in self.degraded:
             self.degraded.append(flag)
             log.warning("cycle %s degraded: %s", isoformat(self.cycle_time), flag)
+
+    def fall_back(self, reason: str) -> None:
+        """The cycle writes the CSGD ensemble instead of the configured model's, because of `reason`."""
+        if reason not in self.downscale_fallbacks:
+            self.downscale_fallbacks.append(reason)
+        self.degrade(f"downscale_fallback:{reason}")
 
 
 class Stopwatch:
@@ -234,12 +244,14 @@ def run_cycle(
     cfg,
     catalog,
     client,
-    downscaler,
+    models,
     now: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[str], None] | None = None,
 ) -> CycleReport:
     """Run one cycle end to end and return what it did. Raises `CycleFailed` when nothing can be made.
+
+    `models` is what the worker loaded once (`nrt.downscale.load_models`).
 
     The catalog's `runs` table keeps one row per attempt: `running` while it works, then `ok`, `degraded`
     (with the flags) or `failed` (with the error), and the stage timings.
@@ -247,7 +259,7 @@ def run_cycle(
     report = CycleReport(utc(cycle_time))
     run_id = catalog.start_run(report.cycle_time)
     try:
-        _run_stages(report, cfg, catalog, client, downscaler, now or (lambda: datetime.now(timezone.utc)), sleep,
+        _run_stages(report, cfg, catalog, client, models, now or (lambda: datetime.now(timezone.utc)), sleep,
                     progress or (lambda _msg: None))
     except Exception as exc:
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
@@ -257,7 +269,7 @@ def run_cycle(
     return report
 
 
-def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, sleep, tell) -> None:
+def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, tell) -> None:
     from nrt.model.conditioning import Conditioning, upsample
     from nrt.products import alert_states, check_areas, publish_valid_time
 
@@ -283,35 +295,43 @@ def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, slee
     with timed("nowcast"):
         bridge = bridge_inputs(cfg, imerg_files, cycle_time, report)
 
+    conditions = [
+        Conditioning(precip=coarse, grid=grid, lead=lead, random_error=random_error,
+                     geosfp=geosfp_fields(cfg, by_hour, valid, grid, report), dem=dem)
+        for valid, lead, coarse, random_error in bridge
+    ]
+    method, fallback = downscale.choose(models)
+    if fallback:
+        report.fall_back(fallback)
+    report.downscale_method = method
+    tell(f"downscale: {method}, {len(bridge)} valid times")
+    with timed("downscale"):
+        ensemble = downscale.get_method(method)(
+            conditions, models, members=cfg.model.members, seed=cfg.model.seed + int(cycle_time.timestamp()) // 1800 * 97,
+            options=cfg.model, callback=lambda k: tell(f"valid time {isoformat(bridge[k][0])} (lead {bridge[k][1]}) done"),
+        )
+
     attrs = {
         "input_granules": ",".join(p.name for p in imerg_files),
-        "checkpoint_sha256": downscaler.sha256,
+        "method": method,
+        "checkpoint_sha256": models.diffusion.sha256 if method == downscale.DIFFUSION else models.csgd_sha256,
         "nowcast_method": report.nowcast_method or "none",
         "software_version": __version__,
+        "degraded": ",".join(report.degraded) or "none",
     }
-    for valid, lead, coarse, random_error in bridge:
-        tell(f"diffusion {isoformat(valid)} (lead {lead})")
-        with timed("diffusion"):
-            cond = Conditioning(
-                precip=coarse, grid=grid, lead=lead, random_error=random_error,
-                geosfp=geosfp_fields(cfg, by_hour, valid, grid, report), dem=dem,
-            )
-            seed = cfg.model.seed + int(valid.timestamp()) // 1800 * 97 + lead
-            members = downscaler.sample(cond, members=cfg.model.members, seed=seed, steps=cfg.model.sampler_steps, solver=cfg.model.solver)
+    for k, (valid, lead, coarse, _random_error) in enumerate(bridge):
         with timed("products"):
-            ensemble = xr.DataArray(members[:, None], dims=("member", "time", "lat", "lon"))
+            members = xr.DataArray(ensemble[:, k : k + 1], dims=("member", "time", "lat", "lon"))
             published = publish_valid_time(
-                ensemble, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
-                forecast_reference_time=report.imerg_start, lead=lead,
-                attrs={**attrs, "degraded": ",".join(report.degraded) or "none"},
-                # Flags raised so far (GEOS-FP is read per valid time). The verification baseline is the
-                # model's input (IMERG, or the nowcast member mean) at 0.05°.
+                members, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
+                forecast_reference_time=report.imerg_start, lead=lead, attrs=attrs,
+                # The verification baseline: the model's input (IMERG, or the nowcast member mean) at 0.05°.
                 input_precipitation=upsample(coarse.mean(axis=0)),
             )
             report.products.extend(published.products)
             report.summary = published.stats
             if valid == bridge[-1][0]:
-                report.alerts = alert_states(ensemble, grid, cfg.alerts.areas)
+                report.alerts = alert_states(members, grid, cfg.alerts.areas)
                 for alert in report.alerts:
                     if alert.active:
                         log.warning(
@@ -326,7 +346,7 @@ def _run_stages(report: CycleReport, cfg, catalog, client, downscaler, now, slee
         with timed("verify"):
             report.scores = verify_granules(cfg, catalog, dpr_files)
     log.info(
-        "cycle %s done: %d products, nowcast %s, degraded %s, %s",
-        isoformat(cycle_time), len(report.products), report.nowcast_method, report.degraded or "no",
+        "cycle %s done: %d products, nowcast %s, downscale %s, degraded %s, %s",
+        isoformat(cycle_time), len(report.products), report.nowcast_method, method, report.degraded or "no",
         ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()),
     )

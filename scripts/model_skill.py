@@ -27,7 +27,10 @@ the twin's full 0.05° truth:
         --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4 --every-hours 6
 
 `score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
-(pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the spread-skill
+(pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the CRPS of the
+statistical CSGD ensemble (`nrt.csgd`, builtin parameters, 30 members drawn from the same bilinear input:
+the baseline the model must beat), the CRPS skill score 1 - CRPS / CRPS(baseline) against the bilinear input
+(whose CRPS is its MAE) and against CSGD, the spread-skill
 ratio sqrt((M+1)/M · mean ensemble variance) / RMSE(ensemble mean) (1 for a reliable ensemble) with a
 bootstrap interval over tiles, the rank histogram (pysteps, cells where truth or a member reaches
 0.1 mm/h) and radially averaged power spectra (pysteps rapsd) of truth, input, regression mean and members.
@@ -60,6 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nrt import config  # noqa: E402
+from nrt.csgd import csgd_ensemble, load_params  # noqa: E402
+from nrt.downscale import cell_km  # noqa: E402
 from nrt.grids import LatLonGrid  # noqa: E402
 from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels, upsample  # noqa: E402
 from nrt.model.dataset import Sample, read_training_set, write_training_set  # noqa: E402
@@ -74,6 +79,8 @@ RADAR = Path(os.environ.get("NRT_SHARED_DATA", REPO.parent / "shared" / "data"))
 TILE = 48  # 5-km cells (240 km)
 SWATH_CELLS = 49  # DPR's 245 km swath at 5 km
 MEMBERS = 30
+RADAR_KM = 5.0  # the radar tiles' cell size
+CSGD_PARAMS = "builtin:csgd"  # the statistical baseline: CSGD fit on real IMERG Early / Stage IV pairs
 CHANNELS = ChannelSet(position=False)  # radar grids carry no geography worth learning: precipitation only
 
 
@@ -193,6 +200,12 @@ def fake_grid() -> LatLonGrid:
     return LatLonGrid(0.05, 0.025, 0.025, TILE, TILE)
 
 
+def csgd_members(params, rate: np.ndarray, cell: tuple[float, float], seed: int) -> np.ndarray:
+    """(MEMBERS, lat, lon) CSGD ensemble; member i draws around rate[i mod len(rate)] (rate: (given, lat, lon) mm/h)."""
+    per_member = rate[np.arange(MEMBERS) % rate.shape[0]][:, None]
+    return csgd_ensemble(per_member, params, members=MEMBERS, cell_km=cell, seed=seed)[:, 0]
+
+
 def make_samples(parts, train: bool, seed: int) -> tuple[list[Sample], list[np.ndarray], list[dict]]:
     """Tiles of (source, part, group) triples; training tiles keep truth inside a swath, test tiles everywhere."""
     rng = np.random.default_rng(seed)
@@ -260,14 +273,19 @@ class Pooled:
         self.to_model_space = to_model_space  # mm/h -> the model's transformed, z-scored units
         self.cells: dict[str, list[np.ndarray]] = {"var": [], "sq_err": [], "var_z": [], "sq_err_z": [], "bias": []}
         self.crps = probscores.CRPS_init()
+        self.crps_csgd = probscores.CRPS_init()
         self.rank = ensscores.rankhist_init(MEMBERS, 0.1)
         self.tiles: list[tuple[float, float]] = []  # (sum of ensemble variance, sum of squared error) per field
         self.sums = {"abs_bilinear": 0.0, "abs_regression": 0.0, "abs_ens_mean": 0.0, "sq_ens_mean": 0.0, "ens_var": 0.0, "n": 0}
         self.spectra: dict[str, list[np.ndarray]] = {"truth": [], "input (bilinear)": [], "regression mean": [], "ensemble members": []}
         self.freq = None
 
-    def add(self, truth, bilinear, regression, members):
+    def add(self, truth, bilinear, regression, members, csgd=None):
+        """One field: truth, the bilinear input and regression mean (lat, lon), members and CSGD members (M, lat, lon)."""
         valid = np.isfinite(truth) & np.isfinite(bilinear) & np.all(np.isfinite(members), axis=0)
+        if csgd is not None:
+            valid &= np.all(np.isfinite(csgd), axis=0)
+            probscores.CRPS_accum(self.crps_csgd, csgd[:, valid][:, :, None], truth[valid][:, None])
         t, b, r, m = truth[valid], bilinear[valid], regression[valid], members[:, valid]
         probscores.CRPS_accum(self.crps, m[:, :, None], t[:, None])
         ensscores.rankhist_accum(self.rank, m[:, :, None], t[:, None])
@@ -320,10 +338,16 @@ class Pooled:
         s = self.sums
         n = max(s["n"], 1)
         rmse = np.sqrt(s["sq_ens_mean"] / n)
+        crps = float(probscores.CRPS_compute(self.crps))
+        crps_csgd = float(probscores.CRPS_compute(self.crps_csgd)) if self.crps_csgd["n"] else float("nan")
+        mae_bilinear = float(s["abs_bilinear"] / n)
         return {
             "cells": int(s["n"]),
-            "crps_ensemble": float(probscores.CRPS_compute(self.crps)),
-            "mae_bilinear_input": float(s["abs_bilinear"] / n),
+            "crps_ensemble": crps,
+            "crps_csgd": crps_csgd,
+            "crpss_vs_bilinear": 1 - crps / mae_bilinear if mae_bilinear > 0 else float("nan"),
+            "crpss_vs_csgd": 1 - crps / crps_csgd if crps_csgd > 0 else float("nan"),
+            "mae_bilinear_input": mae_bilinear,
             "mae_regression_mean": float(s["abs_regression"] / n),
             "mae_ensemble_mean": float(s["abs_ens_mean"] / n),
             "rmse_ensemble_mean": float(rmse),
@@ -356,18 +380,20 @@ def score(out: Path, tiles: int, steps: int, solver: str, seed: int, checkpoint:
         by_group.setdefault(entry["group"], []).append(i)
     chosen = sorted(j for ids in by_group.values() for j in rng.choice(ids, size=min(tiles, len(ids)), replace=False))
     headline, per_group = Pooled(ds.spec.normalize_target), {name: Pooled(ds.spec.normalize_target) for name in by_group}
+    params = load_params(CSGD_PARAMS)
     started = time.time()
     for k, i in enumerate(chosen):
         cond = Conditioning(coarse_inputs[i][None], fake_grid(), lead=0)
         members = ds.sample(cond, members=MEMBERS, seed=seed + i, steps=steps, solver=solver)
         regression = ds.regression_mean(cond)[0]
         bilinear = test.channels[i, 0]
+        csgd = csgd_members(params, bilinear[None], (RADAR_KM, RADAR_KM), seed + i)
         group = index[i]["group"]
         for target in [per_group[group]] + ([headline] if group in test.provenance["headline_groups"] else []):
-            target.add(test.truth[i], bilinear, regression, members)
+            target.add(test.truth[i], bilinear, regression, members, csgd)
         log.info("tile %d/%d (%s) %.0f s", k + 1, len(chosen), group, time.time() - started)
-    result = {"checkpoint": str(path), "sha256": ds.sha256, "steps": steps, "solver": solver, "members": MEMBERS,
-              "tiles": len(chosen), "seconds": round(time.time() - started, 1), "split": test.provenance["split"],
+    result = {"checkpoint": str(path), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": steps, "solver": solver,
+              "members": MEMBERS, "tiles": len(chosen), "seconds": round(time.time() - started, 1), "split": test.provenance["split"],
               "headline_groups": test.provenance["headline_groups"], "held_out": headline.result(),
               "by_group": {name: p.result() for name, p in per_group.items()}}
     (out / "scores.json").write_text(json.dumps(result, indent=1))
@@ -424,6 +450,7 @@ def twin_score(args) -> dict:
         inputs = CatalogInputs(cfg, catalog, start, end, max(args.leads))
     grid = inputs.grid
     pooled = {lead: Pooled(ds.spec.normalize_target) for lead in args.leads}
+    params = load_params(CSGD_PARAMS)
     started, scored = time.time(), 0
     for valid in cycle_times(start, end, timedelta(hours=args.every_hours)):
         observed = truth.sel(time=np.datetime64(valid.replace(tzinfo=None), "ns")).sel(
@@ -437,10 +464,12 @@ def twin_score(args) -> dict:
                 continue
             members = ds.sample(cond, members=MEMBERS, seed=args.seed + scored, steps=args.steps, solver=args.solver)
             regression = ds.regression_mean(cond)[0]
-            pooled[lead].add(observed, upsample(cond.precip)[0], regression, members)
+            fine = upsample(cond.precip)  # member i of CSGD draws around nowcast member i, as in the service
+            csgd = csgd_members(params, fine, cell_km(grid), args.seed + scored)
+            pooled[lead].add(observed, fine[0], regression, members, csgd)
             scored += 1
             log.info("%s lead %d scored (%.0f s)", valid.isoformat(), lead, time.time() - started)
-    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": args.steps, "solver": args.solver,
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": args.steps, "solver": args.solver,
               "members": MEMBERS, "fields": scored, "seconds": round(time.time() - started, 1),
               "by_lead": {str(lead): p.result() for lead, p in pooled.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -475,17 +504,20 @@ def plot(result: dict, path: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| test set | cells | CRPS ensemble | MAE bilinear input | MAE regression mean | MAE ensemble mean | spread/skill "
-            "(5-95 %) | spread/skill, model space | spread/skill by fifth of ensemble variance |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| test set | cells | CRPS ensemble | CRPS CSGD | MAE bilinear input | MAE regression mean | CRPSS vs bilinear "
+            "| CRPSS vs CSGD | MAE ensemble mean | spread/skill (5-95 %) | spread/skill, model space "
+            "| spread/skill by fifth of ensemble variance |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if "held_out" in result:
         named = [("held out: " + " + ".join(result["headline_groups"]), result["held_out"]), *result["by_group"].items()]
     else:
         named = [(f"lead {lead}", r) for lead, r in result["by_lead"].items()]
     for name, r in named:
         low, high = r.get("spread_skill_90pct_interval", [float("nan")] * 2)
-        rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r['mae_bilinear_input']:.4f} | "
-                    f"{r['mae_regression_mean']:.4f} | {r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} "
+        rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r.get('crps_csgd', float('nan')):.4f} | "
+                    f"{r['mae_bilinear_input']:.4f} | {r['mae_regression_mean']:.4f} | "
+                    f"{r.get('crpss_vs_bilinear', float('nan')):.3f} | {r.get('crpss_vs_csgd', float('nan')):.3f} | "
+                    f"{r['mae_ensemble_mean']:.4f} | {r['spread_skill']:.2f} "
                     f"({low:.2f}-{high:.2f}) | {r.get('spread_skill_model_space', float('nan')):.2f} | "
                     f"{' '.join(f'{v:.2f}' for v in r.get('spread_skill_by_variance_fifth', []))} |")
     return "\n".join(rows)

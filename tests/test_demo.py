@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from pipeline_helpers import MEMBERS, config_data, model_settings, write_toml
 from nrt import config
@@ -22,7 +23,8 @@ from nrt.catalog import Catalog
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("method", ["diffusion", "csgd"])
+def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_path, method):
     base = config_data(tmp_path / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
     conf = write_toml(tmp_path / "small.toml", base)
     workdir = tmp_path / "demo"
@@ -30,13 +32,14 @@ def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_pat
     for name in config.SECRET_ENV.values():  # offline and without credentials
         env.pop(name, None)
     done = subprocess.run(
-        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(workdir)],
+        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(workdir),
+         *(["--method", method] if method != "diffusion" else [])],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert out.startswith("nrt demo: 2 cycles (2024-05-22T23:30:00Z .. 2024-05-23T00:00:00Z)")
-    assert f"work directory {workdir}" in out
+    assert f"with {method}, work directory {workdir}" in out
     assert re.search(r"products \(38 files, [\d.]+ MB\):", out)  # 2 x (9 ensembles + 9 summaries + 1 quicklook)
     assert "cycle 2024-05-23T00:00:00Z: 9 ensemble, 1 quicklook, 9 summary" in out
     assert re.search(r"jobs: .*done 2", out) and re.search(r"products: current 22, superseded 16", out)
@@ -56,6 +59,9 @@ def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_pat
         ensembles = catalog.products(kind="ensemble")
         assert len(ensembles) == 18 and {p.members for p in ensembles} == {MEMBERS}
         assert all(Path(p.path).is_file() for p in catalog.products())
+        for product in ensembles:
+            with xr.open_dataset(product.path) as ds:
+                assert ds.attrs["method"] == method
         assert [(r.state, r.degraded) for r in catalog.runs()] == [("ok", []), ("ok", [])]
         assert catalog.scores(truth_source="dpr")
     finally:

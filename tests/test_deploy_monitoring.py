@@ -133,6 +133,7 @@ def test_rules_cover_the_required_alerts():
     assert "time() - nrt_cycle_last_success_timestamp_seconds > 3600" in exprs.values()
     assert 'increase(nrt_cycles_total{outcome="failed"}[1h]) > 0' in exprs.values()
     assert any("absent(up{job=\"nrt-worker\"})" in e and "up{job=\"nrt-worker\"} == 0" in e for e in exprs.values())
+    assert "increase(nrt_downscale_fallback_total[1h]) > 0" in exprs.values()  # products from the CSGD fallback
     for family in ("nrt_disk_free_bytes", "nrt_gpu_memory_peak_bytes", "nrt_precipitation_alert"):
         assert any(family in metric_names(e) for e in exprs.values()), family
     assert all(rule["labels"]["severity"] in ("critical", "warning", "info") for rule in alert_rules())
@@ -197,6 +198,8 @@ def test_dashboard_covers_each_topic():
         "products": "nrt_products_written_total",
         "gpu memory": "nrt_gpu_memory_peak_bytes",
         "verification": "nrt_verification_score",
+        "skill against the baselines": "nrt_verification_crpss",
+        "downscaling fallback": "nrt_downscale_fallback_total",
         "alerts": "nrt_precipitation_alert",
     }
     assert not {topic for topic, metric in topics.items() if metric not in used}

@@ -216,6 +216,16 @@ def test_checkpoint_check_fails_on_altered_weights(tmp_path, checkpoint_path, cl
     assert finding.status == doctor.FAIL and "sha256" in finding.detail
 
 
+def test_csgd_check_reads_the_parameters_the_method_or_fallback_needs(tmp_path, clean_env):
+    assert doctor.check_csgd(config.from_dict({}, "<test>")).status == doctor.OK  # builtin:csgd, the fallback
+    bad = tmp_path / "csgd.json"
+    bad.write_text('{"format": "nrt-csgd", "version": 99}')
+    finding = doctor.check_csgd(config.from_dict({"model": {"method": "csgd", "csgd_params": str(bad)}}, "<test>"))
+    assert finding.status == doctor.FAIL and str(bad) in finding.detail and "version" in finding.detail
+    unused = config.from_dict({"model": {"fallback": False, "csgd_params": str(bad)}}, "<test>")
+    assert doctor.check_csgd(unused).status == doctor.OK
+
+
 def test_probe_url_classifies_answers(tmp_path, mirror, status_server):
     assert doctor.probe_url(f"{mirror}/dem/nrt_twin_dem.nc") == (doctor.OK, f"{mirror}/dem/nrt_twin_dem.nc: HTTP 200")
     assert doctor.probe_url(f"{mirror}/dem/elsewhere.nc")[0] == doctor.WARN  # 404

@@ -72,3 +72,28 @@ def test_spread_skill_is_one_for_an_exchangeable_ensemble_and_tracks_its_scale(s
     # members' variance 4, error of their mean 1 + 4/30: sqrt(31/30 * 4 / (34/30))
     assert wide["spread_skill"] == pytest.approx(2.0 * np.sqrt(31 / 34), rel=0.05)
     assert wide["spread_skill_90pct_interval"][0] > 1.5
+
+
+def test_crps_skill_against_both_baselines_matches_a_brute_force_computation(skill):
+    rng = np.random.default_rng(5)
+    pooled = skill.Pooled(lambda rate: rate)
+    truths, bilinears, ours, theirs = [], [], [], []
+    for _ in range(6):
+        truth = rng.gamma(1.5, 2.0, size=(12, 12)).astype(np.float32)
+        bilinear = (truth * rng.lognormal(0, 0.5, truth.shape)).astype(np.float32)
+        members = (truth * rng.lognormal(0, 0.4, (skill.MEMBERS, *truth.shape))).astype(np.float32)
+        csgd = (bilinear * rng.lognormal(0, 0.8, (skill.MEMBERS, *truth.shape))).astype(np.float32)
+        pooled.add(truth, bilinear, bilinear, members, csgd)
+        truths.append(truth.ravel()), bilinears.append(bilinear.ravel())
+        ours.append(members.reshape(skill.MEMBERS, -1)), theirs.append(csgd.reshape(skill.MEMBERS, -1))
+    y, b = np.concatenate(truths).astype(float), np.concatenate(bilinears).astype(float)
+
+    def crps(x):  # E|X - y| - E|X - X'| / 2 over every member pair
+        x = np.concatenate(x, axis=1).astype(float)
+        return (np.abs(x - y).mean(axis=0) - np.abs(x[:, None] - x[None]).mean(axis=(0, 1)) / 2).mean()
+
+    result = pooled.result()
+    assert result["crps_csgd"] == pytest.approx(crps(theirs), rel=1e-3)
+    assert result["crpss_vs_bilinear"] == pytest.approx(1 - crps(ours) / np.abs(b - y).mean(), rel=1e-3)
+    assert result["crpss_vs_csgd"] == pytest.approx(1 - crps(ours) / crps(theirs), rel=1e-3)
+    assert result["crpss_vs_csgd"] > 0.1  # the sharper, unbiased ensemble beats the wide stand-in

@@ -43,7 +43,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service_run(tmp_path_factory, world):
     """Scheduler + worker + metrics over the twin mirror for the cycles T1 and T2."""
-    from nrt.service import load_downscaler, open_catalog, pipeline_handlers
+    from nrt.service import load_models, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import Clock, CycleScheduler
     from nrt.service.worker import Worker
@@ -56,10 +56,10 @@ def service_run(tmp_path_factory, world):
     catalog = open_catalog(cfg, migrate=True)
     metrics = Metrics()
     metrics_server, port = metrics.start_http("127.0.0.1", 0)
-    downscaler = load_downscaler(cfg)
+    models = load_models(cfg)
     clock = Clock(T1 + timedelta(minutes=cfg.timeline.cycle_delay_minutes), speed=CLOCK_SPEED)
     started = time.time()
-    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog, clock=clock), load_model=lambda: downscaler)
+    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog, clock=clock), load_model=lambda: models)
     scheduler = CycleScheduler(cfg, catalog, metrics, clock=clock, last_cycle=T2).background()
     try:
         done = worker.run(max_jobs=2)
@@ -67,7 +67,7 @@ def service_run(tmp_path_factory, world):
         scheduler.shutdown(wait=False)
     finished = time.time()
     yield SimpleNamespace(
-        cfg=cfg, catalog=catalog, port=port, downscaler=downscaler, done=done, started=started, finished=finished,
+        cfg=cfg, catalog=catalog, port=port, models=models, done=done, started=started, finished=finished,
         base_url=base_url,
     )
     metrics_server.shutdown()
@@ -94,7 +94,7 @@ def test_two_cycles_run_through_scheduler_and_worker_and_publish_every_valid_tim
         assert [p.valid_time for p in products_of(catalog, cycle, "quicklook")] == [cycle]
     runs = catalog.runs()
     assert sorted((r.cycle_time, r.state, tuple(r.degraded)) for r in runs) == [(T1, "ok", ()), (T2, "ok", ())]
-    assert {"ingest", "nowcast", "diffusion", "products"} <= set(runs[0].timings)
+    assert {"ingest", "nowcast", "downscale", "products"} <= set(runs[0].timings)
 
 
 def test_catalog_rows_point_at_whole_files_and_the_newer_cycle_supersedes(service_run):
@@ -105,7 +105,7 @@ def test_catalog_rows_point_at_whole_files_and_the_newer_cycle_supersedes(servic
         path = Path(row.path)
         assert path.is_file() and path.is_relative_to(cfg.product_dir)
         assert row.size == path.stat().st_size and row.sha256 == sha256(path)
-        assert row.checkpoint == service_run.downscaler.sha256
+        assert row.checkpoint == service_run.models.sha256
     registered = {Path(r.path) for r in rows} | {cfg.product_dir / "latest.json"}
     assert set(visible_files(cfg.product_dir)) == registered
     assert hidden_files(cfg.product_dir) == []  # no temporary file survives a clean run
@@ -146,8 +146,8 @@ def test_products_are_cf_ensembles_of_the_configured_members_at_005_degrees(serv
         assert ds.attrs["Conventions"].startswith("CF-")
         assert ds["time"].values[0] == np.datetime64("2024-06-01T10:00")
         assert ds["forecast_reference_time"].values == np.datetime64("2024-06-01T08:30")
-        assert ds.attrs["degraded"] == "none"
-        assert ds.attrs["checkpoint_sha256"] == service_run.downscaler.sha256
+        assert ds.attrs["degraded"] == "none" and ds.attrs["method"] == "diffusion"
+        assert ds.attrs["checkpoint_sha256"] == service_run.models.sha256
         assert ds.attrs["nowcast_method"] == "steps"
         values = precip.values
         assert np.isfinite(values).all() and (values >= 0).all()
@@ -191,13 +191,13 @@ def test_metrics_scraped_over_http_match_what_the_run_did(service_run):
         assert service_run.started <= sample(families, fresh, fresh, source=source) <= service_run.finished
 
     count = "nrt_stage_duration_seconds_count"
-    for stage in ("ingest", "nowcast", "diffusion", "products"):
+    for stage in ("ingest", "nowcast", "downscale", "products"):
         assert sample(families, "nrt_stage_duration_seconds", count, stage=stage) == 2
     assert sample(families, "nrt_stage_duration_seconds", count, stage="verify") == 1  # only 12:30 saw DPR
     assert sample(families, "nrt_jobs", "nrt_jobs", state="queued") == 0
     assert sample(families, "nrt_jobs", "nrt_jobs", state="running") == 0
     info = [s.labels for s in families["nrt_checkpoint_info"].samples]
-    assert info == [{"name": service_run.cfg.model.checkpoint, "sha256": service_run.downscaler.sha256}]
+    assert info == [{"name": service_run.cfg.model.checkpoint, "sha256": service_run.models.sha256}]
 
     # The last product is the newest valid time of the 12:30 cycle; recompute its statistics from the file.
     values = ensemble_values(products_of(catalog, T2)[-1].path)[:, 0]
@@ -212,7 +212,8 @@ def test_metrics_scraped_over_http_match_what_the_run_did(service_run):
     assert scored  # the DPR swath crosses the domain in the 12:30 cycle's window
     assert sample(families, "nrt_verification_overpasses", "nrt_verification_overpasses_total") == len(scored)
     models = {s.labels["model"] for s in families["nrt_verification_score"].samples}
-    assert models == {"nrt", "baseline"}
+    assert models == {"nrt", "bilinear", "csgd"}
+    assert {s.labels["baseline"] for s in families["nrt_verification_crpss"].samples} == {"bilinear", "csgd"}
 
 
 def test_rerunning_a_cycle_gives_the_same_catalog_state_and_values(service_run):
@@ -232,7 +233,7 @@ def test_rerunning_a_cycle_gives_the_same_catalog_state_and_values(service_run):
     before = state()
     values = {p.path: ensemble_values(p.path) for p in catalog.products(kind="ensemble") if p.cycle_time == T2}
     with Client.from_config(cfg) as client:
-        report = pipeline.run_cycle(T2, cfg, catalog, client, service_run.downscaler)
+        report = pipeline.run_cycle(T2, cfg, catalog, client, service_run.models)
     assert report.degraded == [] and len(report.products) == 19
     assert state() == before
     for row in catalog.products():

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,30 +40,30 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def downscaler(world, tmp_path_factory):
-    from nrt.service import load_downscaler
+def models(world, tmp_path_factory):
+    from nrt.service import load_models
 
-    return load_downscaler(make_config(config_data(tmp_path_factory.mktemp("model"), "http://127.0.0.1:1", world[1])))
+    return load_models(make_config(config_data(tmp_path_factory.mktemp("model"), "http://127.0.0.1:1", world[1])))
 
 
 class Served:
     """A twin tree served on 127.0.0.1 and a config pointing at it, with a catalog in `work`."""
 
-    def __init__(self, root: Path, work: Path, model: dict, **sections):
+    def __init__(self, root: Path, work: Path, model_section: dict, **sections):
         from nrt.service import open_catalog
         from nrt.twin import serve_in_thread
 
         self.server, base_url = serve_in_thread(root)
-        self.data = config_data(work, base_url, model, **sections)
+        self.data = config_data(work, base_url, {**model_section, **sections.pop("model", {})}, **sections)
         self.cfg = make_config(self.data)
         self.catalog = open_catalog(self.cfg, migrate=True)
 
-    def cycle(self, cycle_time, downscaler):
+    def cycle(self, cycle_time, models):
         from nrt import pipeline
         from nrt.sources.http import Client
 
         with Client.from_config(self.cfg) as client:
-            return pipeline.run_cycle(cycle_time, self.cfg, self.catalog, client, downscaler)
+            return pipeline.run_cycle(cycle_time, self.cfg, self.catalog, client, models)
 
     def close(self):
         self.catalog.close()
@@ -95,9 +96,9 @@ def imerg_granules(root: Path, start) -> list[Path]:
     return found
 
 
-def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_more_lead(serve, downscaler):
+def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_more_lead(serve, models):
     served = serve(lambda root: [p.unlink() for p in imerg_granules(root, S2)])
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     flag = f"imerg_missing:{isoformat(S2)}"
     assert report.degraded == [flag]
     assert report.imerg_start == S2 - HALF_HOUR
@@ -115,11 +116,11 @@ def geosfp_forecast(root: Path, init) -> Path:
     return root / "nccs" / "datashare" / "gmao" / "geos-fp" / "forecast" / f"{init:Y%Y/M%m/D%d/H%H}"
 
 
-def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, downscaler):
+def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, models):
     # With a 30 min publication latency the 12:30 cycle wants the 12:00 forecast for its last hours.
     init = T2.replace(minute=0)
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, init)), timeline={"geosfp_latency_hours": 0.5})
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == ["geosfp_previous_forecast"]  # and no hour went without GEOS-FP
     assert len([p for p in report.products if p.kind == "ensemble"]) == 9
     used = [g.name for g in served.catalog.granules("geosfp", state="downloaded")]
@@ -127,9 +128,9 @@ def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, do
     assert report.sources["geosfp"] == T2 + HALF_HOUR  # the hour stamped 13:30 starts at 13:00
 
 
-def test_without_any_geosfp_products_are_still_written(serve, downscaler):
+def test_without_any_geosfp_products_are_still_written(serve, models):
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, T2).parents[3]))
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == ["geosfp_missing"]
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert [p.lead for p in ensembles] == list(range(9))
@@ -138,25 +139,81 @@ def test_without_any_geosfp_products_are_still_written(serve, downscaler):
         assert ds.attrs["degraded"] == "geosfp_missing"
 
 
-def test_without_dpr_there_is_no_verification_and_no_failure(serve, downscaler):
+def test_without_dpr_there_is_no_verification_and_no_failure(serve, models):
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "radar").rglob("2A.GPM.DPR*")])
-    report = served.cycle(T2, downscaler)
+    report = served.cycle(T2, models)
     assert report.degraded == [] and report.scores == []
     assert "verify" not in report.timings and "dpr" not in report.sources
     assert len(report.products) == 19
     assert served.catalog.scores() == []
 
 
-def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, downscaler):
+def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):
     from nrt.pipeline import CycleFailed
 
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "imerg").rglob("3B-HHR-E*")])
     with pytest.raises(CycleFailed) as failure:
-        served.cycle(T2, downscaler)
+        served.cycle(T2, models)
     assert failure.value.stage == "ingest"
     [run] = served.catalog.runs()
     assert run.state == "failed" and run.error.startswith("CycleFailed: ingest: no IMERG Early granule")
     assert served.catalog.products() == []
+
+
+def test_csgd_method_writes_the_same_products_marked_csgd(serve):
+    from nrt.service import load_models
+
+    served = serve(model={"method": "csgd"})
+    models = load_models(served.cfg)
+    report = served.cycle(T2, models)
+    assert report.downscale_method == "csgd" and report.degraded == [] and report.downscale_fallbacks == []
+    assert Counter(p.kind for p in report.products) == {"ensemble": 9, "summary": 9, "quicklook": 1}
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert [p.lead for p in ensembles] == list(range(9))
+    for product in ensembles:
+        assert served.catalog.product(product.id).checkpoint == models.csgd_sha256
+        check_csgd_product(product.path, served.cfg.model.members, degraded="none")
+    assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("ok", [])]
+
+
+def test_unloadable_checkpoint_falls_back_to_csgd_flags_and_counts_it(serve, tmp_path):
+    from nrt.service import load_models
+    from nrt.service.metrics import Metrics
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")  # and no JSON sidecar
+    served = serve(model={"checkpoint": str(broken)})
+    models = load_models(served.cfg)  # the worker starts anyway
+    report = served.cycle(T2, models)
+    flag = "downscale_fallback:checkpoint_unloadable"
+    assert report.downscale_method == "csgd" and report.degraded == [flag]
+    assert report.downscale_fallbacks == ["checkpoint_unloadable"]
+    assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("degraded", [flag])]
+    ensembles = [p for p in report.products if p.kind == "ensemble"]
+    assert len(ensembles) == 9
+    for product in ensembles:
+        check_csgd_product(product.path, served.cfg.model.members, degraded=flag)
+    metrics = Metrics()
+    assert metrics.record_cycle(report) == "degraded"
+    registry = metrics.registry
+    assert registry.get_sample_value("nrt_downscale_fallback_total", {"reason": "checkpoint_unloadable"}) == 1
+    assert registry.get_sample_value("nrt_cycles_total", {"outcome": "degraded"}) == 1
+
+
+def check_csgd_product(path, members: int, degraded: str) -> None:
+    """A whole CF ensemble file written by the CSGD method: marked, finite, non-negative, following its input."""
+    with xr.open_dataset(path) as ds:
+        assert ds.attrs["method"] == "csgd" and ds.attrs["degraded"] == degraded
+        assert ds.attrs["Conventions"].startswith("CF-")
+        precip = ds["precipitation"]
+        assert precip.dims == ("member", "time", "lat", "lon") and precip.shape[0] == members
+        values = precip.values[:, 0]
+        assert np.isfinite(values).all() and (values >= 0).all()
+        assert not np.array_equal(values[0], values[1])
+        given = ds["input_precipitation"].values[0]
+        wet, dry = given > 1.0, given < 0.01
+        if wet.sum() >= 10 and dry.sum() >= 10:  # the members follow the rain they were drawn from
+            assert values[:, wet].mean() > 2 * values[:, dry].mean()
 
 
 def wait_for(predicate, timeout_s: float, what: str):
@@ -169,7 +226,7 @@ def wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_finishes(serve, downscaler, tmp_path):
+def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_finishes(serve, models, tmp_path):
     from nrt.service import pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import CycleScheduler
@@ -209,7 +266,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
             xr.open_dataset(path).close()  # complete: a renamed temp file, never a half-written one
 
     metrics = Metrics()
-    rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: downscaler)
+    rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: models)
     assert rescuer.run(max_jobs=1) == 1
     job = catalog.job(job_id)
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
@@ -240,7 +297,7 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     assert report["cycle_time"] == "2024-06-01T12:00:00Z" and report["imerg_start"] == "2024-06-01T08:00:00Z"
     assert report["degraded"] == [] and report["nowcast_method"] == "steps"
     assert len(report["products"]) == 19 and all(Path(p).is_file() for p in report["products"])
-    assert {"ingest", "nowcast", "diffusion", "products"} <= set(report["timings_s"])
+    assert {"ingest", "nowcast", "downscale", "products"} <= set(report["timings_s"])
 
     args = build_parser().parse_args(["cycle", "--time", "yesterday"])
     with pytest.raises(ConfigError, match=r"^--time: not an ISO 8601 time") as bad:

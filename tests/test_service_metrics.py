@@ -89,8 +89,10 @@ def served():
 
 def test_contract_table_is_parsed():
     table = contract_table()
-    assert len(table) == 21
+    assert len(table) == 23
     assert table["nrt_verification_score"] == ("gauge", {"metric", "threshold", "lead", "model"})
+    assert table["nrt_verification_crpss"] == ("gauge", {"lead", "baseline"})
+    assert table["nrt_downscale_fallback_total"] == ("counter", {"reason"})
     assert table["nrt_product_bytes_total"] == ("counter", {"kind"})
     assert table["nrt_cycles_total"] == ("counter", {"outcome"})
     assert table["nrt_gpu_memory_peak_bytes"] == ("gauge", set())
@@ -105,6 +107,7 @@ def test_every_contract_metric_is_served_with_its_type_and_labels(served, tmp_pa
             timings={"ingest": 2.0},
             degraded=["nowcast:dry"],
             nowcast_degraded=["dry_domain"],
+            downscale_fallbacks=["checkpoint_unloadable"],
             products=[Product("ensemble", 10)],
             sources={"imerg": t},
             summary=Summary(0.3, {1.0: 0.2}),
@@ -115,7 +118,8 @@ def test_every_contract_metric_is_served_with_its_type_and_labels(served, tmp_pa
     metrics.record_stage_failure("diffusion", "RuntimeError")
     metrics.refresh_jobs({"jobs": {"queued": 1}})
     metrics.set_checkpoint("builtin:demo", "ab12")
-    metrics.record_scores([{"metric": "crps", "threshold": None, "lead": 2, "value": 0.4, "model": "nrt"}])
+    metrics.record_scores([{"metric": "crps", "threshold": None, "lead": 2, "value": 0.4, "model": "nrt"},
+                           {"metric": "crps", "threshold": None, "lead": 2, "value": 0.5, "model": "csgd"}])
     metrics.record_disk_free([tmp_path])
     families = scrape(port)
     for name, (kind, labels) in contract_table().items():
@@ -141,6 +145,7 @@ def test_cycle_report_values(served):
         timings={"nowcast": durations[-1], "diffusion": 80.0},
         degraded=["geosfp:previous_forecast"],
         nowcast_degraded=["missing_granule"],
+        downscale_fallbacks=["checkpoint_unloadable"],
         products=[Product("ensemble", 1000), Product("ensemble", 2500), Product("summary", 300)],
         sources={"imerg": newest, "dem": None},
         summary=Summary(0.75, {1.0: 0.9, 10: 0.25}),
@@ -168,6 +173,7 @@ def test_cycle_report_values(served):
     assert value(families, "nrt_cycles", "nrt_cycles_total", outcome="failed") == 1
     assert value(families, "nrt_stage_failures", "nrt_stage_failures_total", stage="ingest", reason="FetchError") == 1
     assert value(families, "nrt_nowcast_degraded", "nrt_nowcast_degraded_total", reason="missing_granule") == 1
+    assert value(families, "nrt_downscale_fallback", "nrt_downscale_fallback_total", reason="checkpoint_unloadable") == 1
     assert value(families, "nrt_products_written", "nrt_products_written_total", kind="ensemble") == 2
     assert value(families, "nrt_product_bytes", "nrt_product_bytes_total", kind="ensemble") == 3500
     assert value(families, "nrt_product_bytes", "nrt_product_bytes_total", kind="summary") == 300
@@ -189,7 +195,10 @@ def test_jobs_checkpoint_scores_and_disk(served, tmp_path):
     metrics.set_checkpoint("builtin:demo", "c0ffee")
     rows = [
         {"metric": "csi", "threshold": 1.0, "lead": 3, "value": 0.41, "model": "nrt"},
-        {"metric": "csi", "threshold": 1.0, "lead": 3, "value": 0.33, "model": "baseline"},
+        {"metric": "csi", "threshold": 1.0, "lead": 3, "value": 0.33, "model": "bilinear"},
+        {"metric": "crps", "threshold": None, "lead": 3, "value": 0.3, "model": "nrt"},
+        {"metric": "crps", "threshold": None, "lead": 3, "value": 0.2, "model": "bilinear"},
+        {"metric": "crps", "threshold": None, "lead": 3, "value": 0.4, "model": "csgd"},
     ]
     metrics.record_scores(rows)
     metrics.record_scores(rows[:1])
@@ -198,7 +207,10 @@ def test_jobs_checkpoint_scores_and_disk(served, tmp_path):
     assert value(families, "nrt_jobs", "nrt_jobs", state="queued") == 3
     assert value(families, "nrt_jobs", "nrt_jobs", state="running") == 0
     assert value(families, "nrt_checkpoint_info", "nrt_checkpoint_info", name="builtin:demo", sha256="c0ffee") == 1
-    assert value(families, "nrt_verification_score", "nrt_verification_score", metric="csi", threshold="1", lead="3", model="baseline") == 0.33
+    assert value(families, "nrt_verification_score", "nrt_verification_score", metric="csi", threshold="1", lead="3", model="bilinear") == 0.33
+    # CRPS skill against each baseline: 1 - 0.3 / 0.2 (worse than upsampling) and 1 - 0.3 / 0.4
+    assert value(families, "nrt_verification_crpss", "nrt_verification_crpss", lead="3", baseline="bilinear") == pytest.approx(-0.5)
+    assert value(families, "nrt_verification_crpss", "nrt_verification_crpss", lead="3", baseline="csgd") == pytest.approx(0.25)
     assert value(families, "nrt_verification_overpasses", "nrt_verification_overpasses_total") == 2
     free = value(families, "nrt_disk_free_bytes", "nrt_disk_free_bytes", path=str(tmp_path))
     assert free == pytest.approx(shutil.disk_usage(tmp_path).free, rel=0.01)

@@ -20,7 +20,7 @@ from nrt.service.metrics import Metrics
 from nrt.twin.writers import read_truth
 from nrt.verify import crps_ensemble, pool, score_overpass, score_sets, verify_granules
 from nrt.verify.online import gridded_truth, read_product
-from nrt.verify.scores import rank_histogram
+from nrt.verify.scores import crpss, rank_histogram
 
 from twin_helpers import make_tree, small_spec
 
@@ -106,7 +106,7 @@ def test_score_overpass_matches_independent_computation_on_the_mask_only():
     cells = mask & np.isfinite(truth_nan)
     x, y, b = ens[:, cells].astype(float), truth[cells].astype(float), base[cells].astype(float)
     mean = x.mean(axis=0)
-    nrt, baseline = as_dict(rows, "nrt"), as_dict(rows, "baseline")
+    nrt, baseline = as_dict(rows, "nrt"), as_dict(rows, "bilinear")
 
     assert nrt[("n_cells", None)] == cells.sum() == baseline[("n_cells", None)]
     assert nrt[("bias", None)] == pytest.approx(mean.mean() - y.mean(), rel=1e-6)
@@ -135,6 +135,29 @@ def test_score_overpass_matches_independent_computation_on_the_mask_only():
     ranks = [nrt[(f"rank_{k:02d}", 0.1)] for k in range(11)]
     wet = ((x >= 0.1).any(axis=0) | (y >= 0.1)).sum()
     assert sum(ranks) == wet  # all-dry cells are left out of the rank histogram
+
+
+def test_csgd_baseline_is_scored_as_an_ensemble_on_the_cells_every_forecast_covers():
+    rng = np.random.default_rng(12)
+    shape = (30, 40)
+    truth = np.maximum(rng.gamma(0.6, 4.0, shape) - 1.0, 0).astype(np.float32)
+    ens, csgd = calibrated(truth, rng, members=8), calibrated(truth, rng, members=8, sigma=1.2)
+    base = (truth * 0.7).astype(np.float32)
+    csgd[3, 4, 5] = np.nan  # a cell the CSGD ensemble lacks is left out for every model
+    mask = np.ones(shape, bool)
+    rows = score_overpass(ens, base, truth, mask, csgd=csgd)
+    cells = np.isfinite(csgd).all(axis=0)
+    x, c, y = ens[:, cells].astype(float), csgd[:, cells].astype(float), truth[cells].astype(float)
+    nrt, theirs = as_dict(rows, "nrt"), as_dict(rows, "csgd")
+    assert nrt[("n_cells", None)] == theirs[("n_cells", None)] == as_dict(rows, "bilinear")[("n_cells", None)] == cells.sum()
+    assert theirs[("crps", None)] == pytest.approx(crps_brute_force(c, y).mean(), rel=1e-9)
+    assert nrt[("crps", None)] == pytest.approx(crps_brute_force(x, y).mean(), rel=1e-9)
+    assert theirs[("mae", None)] == pytest.approx(np.abs(c.mean(axis=0) - y).mean(), rel=1e-6)
+    assert sum(v for k, v in theirs.items() if k[0].startswith("rank_")) > 0
+    # The wider CSGD stand-in is the worse ensemble here: the skill score against it is positive.
+    assert crpss(pool(score_sets({**r, "lead": 0, "product_id": 1} for r in rows)), 0, "csgd") > 0
+    with pytest.raises(ValueError, match="csgd"):
+        score_overpass(ens, base, truth, mask, csgd=csgd[0])
 
 
 def rank_chi2(rows, members: int) -> float:
@@ -180,7 +203,7 @@ def test_pooled_scores_equal_scoring_all_cells_at_once():
         rows += [{**r, "product_id": product_id, "lead": 3} for r in score_overpass(ens, base, truth, mask)]
     pooled = pool(score_sets(rows))
     whole = score_overpass(ens, base, truth, first | second)
-    for model in ("nrt", "baseline"):
+    for model in ("nrt", "bilinear"):
         expected = as_dict(whole, model)
         got = pooled[(3, model)].values
         assert set(got) == set(expected)
@@ -260,7 +283,7 @@ def test_swath_scores_agree_with_full_truth_scores_on_the_same_cells(cfg, world)
     # DPR is the truth seen through a 5 km footprint, with 10 % noise and a 0.2 mm/h detection limit, so the two
     # agree closely but not exactly. The smooth baseline gains most from the footprint's smoothing (its errors
     # against DPR are up to ~30 % smaller), hence its wider tolerance.
-    for model, rel, categorical in (("nrt", 0.1, 0.06), ("baseline", 0.3, 0.1)):
+    for model, rel, categorical in (("nrt", 0.1, 0.06), ("bilinear", 0.3, 0.1)):
         on_swath, on_truth = stored(catalog, product_id, model), as_dict(full, model)
         assert on_swath[("n_cells", None)] == on_truth[("n_cells", None)] == mask.sum()
         for metric in SCALAR:
@@ -282,7 +305,7 @@ def test_zero_residual_product_scores_worse_against_dpr(cfg, world):
     good, bad = stored(catalog, good_id), stored(catalog, bad_id)
     assert bad[("crps", None)] > 1.1 * good[("crps", None)]
     assert abs(bad[("spread_skill", None)] - 1) > abs(good[("spread_skill", None)] - 1) + 0.5
-    assert stored(catalog, good_id, "baseline") == {}  # no stored input: no baseline rows
+    assert stored(catalog, good_id, "bilinear") == stored(catalog, good_id, "csgd") == {}  # no stored input: no baseline rows
 
 
 @pytest.mark.skipif(
@@ -326,13 +349,22 @@ def test_each_product_is_scored_once_and_each_overpass_counted_once(cfg, world):
     assert "nrt_verification_overpasses_total 1.0" in text
     crps = stored(catalog, second)[("crps", None)]
     assert f'nrt_verification_score{{lead="0",metric="crps",model="nrt",threshold=""}} {crps}' in text
-    assert 'nrt_verification_score{lead="4",metric="csi",model="baseline",threshold="1"}' in text
+    assert 'nrt_verification_score{lead="4",metric="csi",model="bilinear",threshold="1"}' in text
     assert "rank_" not in text and "rel_" not in text  # bins stay in the catalog
+    # Both baselines are scored and stored; the CRPSS gauges are 1 - CRPS(nrt) / CRPS(baseline) of the stored rows.
+    for baseline in ("bilinear", "csgd"):
+        theirs = stored(catalog, second, baseline)[("crps", None)]
+        assert theirs > 0
+        gauge = metrics.registry.get_sample_value("nrt_verification_crpss", {"lead": "0", "baseline": baseline})
+        assert gauge == pytest.approx(1 - crps / theirs, rel=1e-9)
 
+    csgd_crps = stored(catalog, second, "csgd")[("crps", None)]
     forced = verify_granules(cfg, catalog, world["dpr"], force=True)
     assert sorted(forced[0].product_ids) == sorted([first, second])
     rows = catalog.scores(product_id=second, truth_source="dpr", metric="crps", model="nrt")
     assert len(rows) == 1 and rows[0].lead == 0 and rows[0].value == pytest.approx(crps)
+    again = catalog.scores(product_id=second, truth_source="dpr", metric="crps", model="csgd")
+    assert len(again) == 1 and again[0].value == csgd_crps  # the CSGD draw is seeded: re-scoring repeats it
 
 
 def test_unreadable_inputs_are_skipped_without_stopping_the_cycle(cfg, world, tmp_path, caplog):
@@ -379,6 +411,6 @@ def test_verify_command_scores_catalog_granules_then_reports(cfg, world, tmp_pat
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "scored 2 product(s) in 1 half-hour(s)" in printed
-    assert len(catalog.scores(truth_source="dpr", metric="crps")) == 4  # two products, nrt and baseline
+    assert len(catalog.scores(truth_source="dpr", metric="crps")) == 6  # two products: nrt, bilinear and csgd
     text = (out / "report.md").read_text()
     assert "| 0 |" in text and "| 3 |" in text and (out / "reliability.png").is_file()

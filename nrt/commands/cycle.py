@@ -6,7 +6,7 @@ import json
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("cycle", help="run one cycle (ingest, nowcast, diffusion, products) for a cycle time, now")
+    parser = sub.add_parser("cycle", help="run one cycle (ingest, nowcast, downscale, products) for a cycle time, now")
     parser.add_argument("--time", required=True, metavar="ISO", help="cycle time T, UTC (aligned down to the half-hour)")
     parser.add_argument("--json", action="store_true", help="print the cycle report as one JSON line")
     parser.set_defaults(handler=run_one_cycle)
@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 def run_one_cycle(args, cfg) -> int:
     from nrt import pipeline
-    from nrt.service import load_downscaler, open_catalog
+    from nrt.service import load_models, open_catalog
     from nrt.sources.http import Client
     from nrt.timeline import floor_halfhour, isoformat, utc
 
@@ -26,7 +26,7 @@ def run_one_cycle(args, cfg) -> int:
         raise ConfigError("--time", f"not an ISO 8601 time ({exc})") from None
     catalog = open_catalog(cfg, migrate=True)
     with Client.from_config(cfg) as client:
-        report = pipeline.run_cycle(cycle_time, cfg, catalog, client, load_downscaler(cfg))
+        report = pipeline.run_cycle(cycle_time, cfg, catalog, client, load_models(cfg))
     summary = {
         "cycle_time": isoformat(report.cycle_time),
         "imerg_start": isoformat(report.imerg_start) if report.imerg_start else None,

@@ -26,6 +26,10 @@ def register(sub) -> None:
         "--solver", choices=["euler", "heun"], default=DEMO_SOLVER,
         help="diffusion sampler (default: %(default)s; Heun costs two network calls per step)",
     )
+    parser.add_argument(
+        "--method", choices=["diffusion", "csgd"], default=None,
+        help="downscaling method (default: the config's model.method); csgd is the statistical CSGD ensemble, no network needed",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=demo)
 
@@ -39,6 +43,8 @@ def demo(args, cfg) -> int:
 
         raise ConfigError("--steps", f"must be at least 1 (got {args.steps})")
     cfg.model.sampler_steps, cfg.model.solver = args.steps, args.solver
+    if args.method is not None:
+        cfg.model.method = args.method
     try:
         result = run_demo(cfg, args.workdir, cycles=args.cycles, seed=args.seed, progress=not args.no_progress)
     except KeyboardInterrupt:

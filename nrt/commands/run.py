@@ -10,7 +10,7 @@ def register(sub) -> None:
 
 
 def run_service(args, cfg) -> int:
-    from nrt.service import load_downscaler, metrics_port, open_catalog, pipeline_handlers
+    from nrt.service import load_models, metrics_port, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import CycleScheduler
     from nrt.service.worker import Worker, hard_exit
@@ -18,7 +18,7 @@ def run_service(args, cfg) -> int:
     catalog = open_catalog(cfg, migrate=True)  # one machine, one catalog: create it on first start
     metrics = Metrics()
     metrics.start_http(cfg.service.metrics_host, metrics_port(cfg, args.metrics_port))
-    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_downscaler(cfg))
+    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_models(cfg))
     worker.install_signal_handlers()
     scheduler = CycleScheduler(cfg, catalog, metrics).background()
     try:

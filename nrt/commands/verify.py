@@ -19,6 +19,10 @@ def register(sub) -> None:
         "--score", action="store_true",
         help="first score the span's products against the DPR granules held in the catalog (already scored ones are skipped)",
     )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="with --score, score again the products scored before (for instance to add the CSGD baseline to older scores)",
+    )
     parser.set_defaults(handler=run_verify)
 
 
@@ -34,7 +38,8 @@ def run_verify(args, cfg) -> int:
     try:
         if args.score:
             granules = catalog.granules(source="dpr", start=start - GRANULE_REACH, end=end + timedelta(minutes=30), state="downloaded")
-            scored = verify_granules(cfg, catalog, [g.path for g in granules if g.path and g.end_time > start])
+            scored = verify_granules(cfg, catalog, [g.path for g in granules if g.path and g.end_time > start],
+                                     force=args.force)
             print(f"scored {sum(len(s.product_ids) for s in scored)} product(s) in {len(scored)} half-hour(s) with DPR")
         report = write_report(catalog, start, end, args.out, cfg)
     finally:

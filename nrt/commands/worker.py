@@ -16,14 +16,14 @@ def register(sub) -> None:
 
 
 def run_worker(args, cfg) -> int:
-    from nrt.service import load_downscaler, metrics_port, open_catalog, pipeline_handlers
+    from nrt.service import load_models, metrics_port, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.worker import Worker, hard_exit
 
     catalog = open_catalog(cfg)
     metrics = Metrics()
     metrics.start_http(cfg.service.metrics_host, metrics_port(cfg, args.metrics_port))
-    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_downscaler(cfg))
+    worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_models(cfg))
     worker.install_signal_handlers()
     done = worker.run(max_jobs=args.max_jobs, drain=args.drain)
     catalog.close()

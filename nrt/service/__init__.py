@@ -34,13 +34,18 @@ def metrics_port(cfg, override: int | None = None) -> int:
     return int(env)
 
 
-def load_downscaler(cfg):
-    """The configured checkpoint, on the GPU when there is one; the worker calls this once and keeps the result."""
-    from nrt.model.inference import Downscaler
+def load_models(cfg):
+    """The configured downscaling method's model (`nrt.downscale.load_models`), on the GPU when there is one.
 
-    downscaler = Downscaler.load(cfg.model.checkpoint, cfg.model.device, cfg.model)
-    log.info("checkpoint %s (sha256 %s) on %s", cfg.model.checkpoint, downscaler.sha256[:12], downscaler.device)
-    return downscaler
+    The worker calls this once and keeps the result; a diffusion checkpoint that cannot load leaves the CSGD
+    fallback in place (unless `model.fallback` is off) instead of stopping the worker.
+    """
+    from nrt.downscale import load_models as load
+
+    models = load(cfg.model)
+    what = cfg.model.checkpoint if models.diffusion is not None else cfg.model.csgd_params
+    log.info("%s model %s (sha256 %s) on %s", models.method, what, models.sha256[:12], models.device)
+    return models
 
 
 def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
@@ -57,10 +62,10 @@ def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
     client = Client.from_config(cfg)
     clock = clock or Clock()
 
-    def run_cycle(job, downscaler):
+    def run_cycle(job, models):
         cycle_time = utc(job.payload["cycle_time"])
         return pipeline.run_cycle(
-            cycle_time, cfg, catalog, client, downscaler, now=clock.now, sleep=clock.sleep, progress=progress
+            cycle_time, cfg, catalog, client, models, now=clock.now, sleep=clock.sleep, progress=progress
         )
 
     return {"cycle": run_cycle}

@@ -48,6 +48,7 @@ class DemoResult:
     quicklook: Path | None
     metrics_sample: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    method: str = "diffusion"  # the downscaling method the cycles ran (model.method)
 
 
 def free_port() -> int:
@@ -152,7 +153,8 @@ def metrics_sample(registry) -> list[str]:
         "nrt_cycles_total", "nrt_cycle_last_success_timestamp_seconds", "nrt_products_written_total",
         "nrt_source_newest_granule_timestamp_seconds", "nrt_stage_duration_seconds_sum",
         "nrt_last_product_mean_rain_rate_mm_per_hour", "nrt_last_product_max_exceedance_probability",
-        "nrt_precipitation_alert_probability", "nrt_verification_overpasses_total",
+        "nrt_precipitation_alert_probability", "nrt_verification_overpasses_total", "nrt_verification_crpss",
+        "nrt_downscale_fallback_total",
     )
     lines = generate_latest(registry).decode().splitlines()
     return [line for line in lines if line.startswith(wanted)]
@@ -162,7 +164,7 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from nrt.service import load_downscaler, open_catalog, pipeline_handlers
+    from nrt.service import load_models, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import Clock, CycleScheduler
     from nrt.service.worker import Worker
@@ -195,11 +197,11 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
 
             def tell(message: str) -> None:
                 bar.set_postfix_str(message)
-                if message.startswith("diffusion"):
+                if message.startswith("valid time"):
                     bar.update(1)
 
             worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog, clock=clock, progress=tell),
-                            load_model=lambda: load_downscaler(cfg))
+                            load_model=lambda: load_models(cfg))
             scheduler = CycleScheduler(cfg, catalog, metrics, clock=clock, last_cycle=last).background()
             try:
                 worker.run(max_jobs=cycles)
@@ -213,7 +215,7 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
             shutil.copyfile(quicklooks[-1], quicklook)
         return DemoResult(
             workdir, config_path, cfg.product_dir, [first + k * HALF_HOUR for k in range(cycles)], catalog.counts(), products,
-            quicklook, metrics_sample(metrics.registry), time.monotonic() - started,
+            quicklook, metrics_sample(metrics.registry), time.monotonic() - started, cfg.model.method,
         )
     finally:
         mirror.terminate()
@@ -223,7 +225,7 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
 def describe(result: DemoResult) -> str:
     lines = [
         f"nrt demo: {len(result.cycles)} cycles ({isoformat(result.cycles[0])} .. {isoformat(result.cycles[-1])}) "
-        f"in {result.seconds:.0f} s, work directory {result.workdir}",
+        f"in {result.seconds:.0f} s with {result.method}, work directory {result.workdir}",
         f"  config used: {result.config_path}",
         f"  products ({len(result.products)} files, {sum(row.size for row in result.products) / 1e6:.1f} MB):",
     ]

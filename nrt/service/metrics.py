@@ -8,6 +8,7 @@ Each process (scheduler, worker, `nrt run`) makes one `Metrics` and serves it wi
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import time
@@ -23,6 +24,8 @@ log = logging.getLogger("nrt.service.metrics")
 # Stage durations run from sub-second (a cached DEM read) to tens of minutes (a CPU diffusion pass).
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800)
 CYCLE_OUTCOMES = ("ok", "degraded", "failed")
+# The reference forecasts `nrt.verify.scores` writes beside the ensemble ("nrt"), as models and as CRPSS baselines.
+BASELINES = ("bilinear", "csgd")
 JOB_STATES = ("queued", "running")
 
 
@@ -54,6 +57,7 @@ class CycleReportLike(Protocol):
     timings: Mapping[str, float]  # stage -> seconds, for the stages that completed
     degraded: Sequence[str]  # every degraded-mode flag of the cycle; empty means a clean cycle
     nowcast_degraded: Sequence[str]  # the nowcast's fallback reasons (a subset of the cause of `degraded`)
+    downscale_fallbacks: Sequence[str]  # why the cycle wrote the CSGD ensemble instead of the configured model's
     products: Sequence[ProductLike]  # the files written this cycle
     sources: Mapping[str, datetime | None]  # source ingested -> start of its newest granule (None: static)
     summary: LastProductLike | None  # statistics of the newest valid time's product
@@ -104,6 +108,10 @@ class Metrics:
         self.nowcast_degraded = Counter(
             "nrt_nowcast_degraded_total", "Nowcasts that fell back to a simpler method", ["reason"], registry=r
         )
+        self.downscale_fallback = Counter(
+            "nrt_downscale_fallback_total", "Cycles that wrote the CSGD ensemble instead of the configured model's",
+            ["reason"], registry=r,
+        )
         self.last_mean_rain = Gauge(
             "nrt_last_product_mean_rain_rate_mm_per_hour", "Domain-mean ensemble-mean rain rate of the newest product", registry=r
         )
@@ -119,6 +127,10 @@ class Metrics:
         )
         self.verification_score = Gauge(
             "nrt_verification_score", "Scores of the last DPR overpass", ["metric", "threshold", "lead", "model"], registry=r
+        )
+        self.verification_crpss = Gauge(
+            "nrt_verification_crpss", "CRPS skill score of the ensemble against a baseline, last DPR overpass",
+            ["lead", "baseline"], registry=r,
         )
         self.verification_overpasses = Counter("nrt_verification_overpasses_total", "DPR overpasses scored", registry=r)
         self.disk_free = Gauge("nrt_disk_free_bytes", "Free bytes on the file system of a path", ["path"], registry=r)
@@ -151,6 +163,8 @@ class Metrics:
             self.record_source(source, newest, at)
         for reason in report.nowcast_degraded:
             self.nowcast_degraded.labels(reason=reason).inc()
+        for reason in report.downscale_fallbacks:
+            self.downscale_fallback.labels(reason=reason).inc()
         self.record_products(report.products)
         if report.summary is not None:
             self.record_last_product(report.summary.mean_rain_rate, report.summary.max_exceedance)
@@ -186,13 +200,22 @@ class Metrics:
     def record_scores(self, rows: Iterable[Mapping], new_overpass: bool = True) -> None:
         """One overpass's scores: rows of {metric, threshold (None if none), lead, value, model}.
 
-        `new_overpass=False` updates the gauges without counting again (later leads of an overpass already counted).
+        The CRPS skill score 1 - CRPS(nrt) / CRPS(baseline) is set per lead for each baseline model in the rows
+        (`BASELINES`). `new_overpass=False` updates the gauges without counting again (later leads of an
+        overpass already counted).
         """
+        crps: dict[tuple[str, str], float] = {}
         for row in rows:
             threshold = "" if row.get("threshold") is None else threshold_label(row["threshold"])
             self.verification_score.labels(
                 metric=row["metric"], threshold=threshold, lead=str(row["lead"]), model=row["model"]
             ).set(row["value"])
+            if row["metric"] == "crps":
+                crps[(str(row["lead"]), row["model"])] = row["value"]
+        for (lead, model), value in crps.items():
+            if model in BASELINES and (lead, "nrt") in crps:
+                skill = 1.0 - crps[(lead, "nrt")] / value if value else math.nan
+                self.verification_crpss.labels(lead=lead, baseline=model).set(skill)
         if new_overpass:
             self.verification_overpasses.inc()
 

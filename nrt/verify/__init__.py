@@ -9,9 +9,9 @@ See docs/verification.md for the definitions.
 """
 
 from nrt.verify.online import TRUTH_SOURCE, OverpassScores, verify_granule, verify_granules, verify_half_hour
-from nrt.verify.scores import BASELINE, NRT, ScoreSet, crps_ensemble, gauge_rows, pool, score_overpass, score_sets
+from nrt.verify.scores import BASELINES, BILINEAR, CSGD, NRT, ScoreSet, crps_ensemble, gauge_rows, pool, score_overpass, score_sets
 
 __all__ = [
     "TRUTH_SOURCE", "OverpassScores", "verify_granule", "verify_granules", "verify_half_hour",
-    "BASELINE", "NRT", "ScoreSet", "crps_ensemble", "gauge_rows", "pool", "score_overpass", "score_sets",
+    "BASELINES", "BILINEAR", "CSGD", "NRT", "ScoreSet", "crps_ensemble", "gauge_rows", "pool", "score_overpass", "score_sets",
 ]

@@ -3,8 +3,10 @@
 The unit is the half-hour V (products are rates over [V, V + 30 min)): the truth is every DPR scan inside
 [V, V + 30 min), from all downloaded granules that reach into it (a crossing can straddle two NRT granules),
 gridded to the 0.05° target grid with `nrt.sources.dpr.grid_swath`. Every ensemble product valid at V is
-scored, whatever its lead and cycle (not only the best available), with its stored baseline
-(`input_precipitation`) beside it, and the rows go to the catalog under truth source "dpr".
+scored, whatever its lead and cycle (not only the best available), with two baselines beside it: its
+stored input (`input_precipitation`, bilinearly upsampled) and the CSGD ensemble drawn from that input
+(`nrt.csgd`, as many members, seeded by valid time and lead so re-scoring gives the same draw). The rows go
+to the catalog under truth source "dpr".
 
 Products for V keep arriving for about four hours after V (lead 8 first, IMERG itself last), and the DPR
 lookback makes each cycle see the same granules again, so a product is scored once, and again only when the
@@ -27,6 +29,8 @@ from nrt.products.netcdf import ENSEMBLE, INPUT_VAR, PRECIP_VAR, grid_of, open_p
 from nrt.sources import dpr
 from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat, utc
 from nrt.verify.scores import NRT, ScoreSet, gauge_rows, pool, score_overpass, score_sets
+
+CSGD_SEED = 7919  # the CSGD baseline's draw: seed = CSGD_SEED + half-hours since the epoch * 97 + lead
 
 log = logging.getLogger("nrt.verify")
 
@@ -101,6 +105,26 @@ def read_product(path: str | Path, grid: LatLonGrid) -> tuple[np.ndarray, np.nda
     return members, baseline
 
 
+def csgd_baseline_params(cfg):
+    """The CSGD parameters of `model.csgd_params`, or None (logged) when they need a covariate products lack."""
+    from nrt.csgd import load_params
+
+    params = load_params(cfg.model.csgd_params)
+    if params.regression.covariate is not None:
+        log.warning("%s needs %s, which products do not store: no CSGD baseline", cfg.model.csgd_params, params.regression.covariate)
+        return None
+    return params
+
+
+def csgd_baseline(baseline: np.ndarray, params, grid: LatLonGrid, members: int, valid_time: datetime, lead: int) -> np.ndarray:
+    """The CSGD ensemble (member, lat, lon) of the upsampled input `baseline` (lat, lon), drawn reproducibly."""
+    from nrt.csgd import csgd_ensemble
+    from nrt.downscale import cell_km
+
+    seed = CSGD_SEED + int(valid_time.timestamp()) // 1800 * 97 + int(lead)
+    return csgd_ensemble(baseline[None], params, members=members, cell_km=cell_km(grid), seed=seed)[:, 0]
+
+
 def _scored_cells(catalog, product_id: int) -> float | None:
     rows = catalog.scores(product_id=product_id, truth_source=TRUTH_SOURCE, metric="n_cells", model=NRT)
     return rows[0].value if rows else None
@@ -124,6 +148,7 @@ def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] =
         log.debug("DPR covers %d cells of the domain at %s (< %d): not scored", cells, isoformat(valid_time), cfg.verify.min_swath_cells)
         return None
 
+    params = csgd_baseline_params(cfg)
     previous = {p.id: _scored_cells(catalog, p.id) for p in products}
     result = OverpassScores(valid_time, [f.name for f in files], cells, all(v is None for v in previous.values()))
     vc = cfg.verify
@@ -140,9 +165,12 @@ def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] =
             continue
         if baseline is None:
             log.warning("product %d has no %s: scored without its baseline", product.id, INPUT_VAR)
+        csgd = None
+        if baseline is not None and params is not None:
+            csgd = csgd_baseline(baseline, params, grid, members.shape[0], valid_time, product.lead)
         rows = score_overpass(
             members, baseline, truth, mask, vc.thresholds_mmh, vc.brier_thresholds_mmh,
-            rank_min=vc.rank_min_mmh, reliability_bins=vc.reliability_bins,
+            rank_min=vc.rank_min_mmh, reliability_bins=vc.reliability_bins, csgd=csgd,
         )
         if not rows:
             continue

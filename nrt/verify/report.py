@@ -19,12 +19,13 @@ from nrt import __version__
 from nrt.io import atomic_path
 from nrt.timeline import isoformat, utc
 from nrt.verify.online import TRUTH_SOURCE
-from nrt.verify.scores import BASELINE, NRT, ScoreSet, pool, score_sets
+from nrt.verify.scores import BASELINES, BILINEAR, CSGD, NRT, ScoreSet, crpss, pool, score_sets
 
 REPORT = "report.md"
 RELIABILITY_MIN_COUNT = 10  # reliability points from fewer forecasts are not drawn (pysteps' default)
-COLOURS = {NRT: "tab:blue", BASELINE: "tab:orange"}
-LABELS = {NRT: "nrt ensemble", BASELINE: "baseline (upsampled input)"}
+MODELS = (NRT, *BASELINES)
+COLOURS = {NRT: "tab:blue", BILINEAR: "tab:orange", CSGD: "tab:green"}
+LABELS = {NRT: "nrt ensemble", BILINEAR: "bilinear (upsampled input)", CSGD: "CSGD ensemble (statistical)"}
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _lead_axis(ax, pooled: Pooled) -> None:
     ax.grid(alpha=0.3)
 
 
-def _lines(ax, pooled: Pooled, metric: str, threshold: float | None = None, models=(NRT, BASELINE)) -> None:
+def _lines(ax, pooled: Pooled, metric: str, threshold: float | None = None, models=MODELS) -> None:
     for model in models:
         leads, values = _by_lead(pooled, model, metric, threshold)
         if leads and np.isfinite(values).any():
@@ -111,7 +112,7 @@ def plot_scores_by_lead(pooled: Pooled, path: Path) -> Path:
     panels = [("bias", "bias of the mean (mm/h)"), ("mae", "MAE of the mean (mm/h)"), ("rmse", "RMSE of the mean (mm/h)"),
               ("spread_skill", "spread / skill")]
     for ax, (metric, title) in zip(axes.flat, panels):
-        _lines(ax, pooled, metric, models=(NRT,) if metric == "spread_skill" else (NRT, BASELINE))
+        _lines(ax, pooled, metric, models=(NRT, CSGD) if metric == "spread_skill" else MODELS)
         ax.set_title(title)
         if metric == "bias":
             ax.axhline(0, color="0.3", lw=0.8)
@@ -125,15 +126,18 @@ def plot_scores_by_lead(pooled: Pooled, path: Path) -> Path:
 def plot_crps_by_lead(pooled: Pooled, path: Path) -> Path:
     fig, axes = _figure(1, 2)
     _lines(axes[0, 0], pooled, "crps")
-    axes[0, 0].set_title("CRPS (mm/h); baseline: its MAE")
+    axes[0, 0].set_title("CRPS (mm/h); bilinear: its MAE")
     axes[0, 0].legend(fontsize=8)
-    leads, nrt = _by_lead(pooled, NRT, "crps")
-    base = [pooled.by_lead.get((lead, BASELINE), ScoreSet(lead, BASELINE)).get("crps") for lead in leads]
-    skill = [1 - a / b if b else math.nan for a, b in zip(nrt, base)]
+    leads = np.array(pooled.leads, dtype=float)
     ax = axes[0, 1]
-    ax.bar(leads, np.nan_to_num(skill), color=[COLOURS[NRT] if s >= 0 else "tab:red" for s in np.nan_to_num(skill)])
+    width = 0.8 / len(BASELINES)
+    for i, baseline in enumerate(BASELINES):
+        skill = np.nan_to_num([crpss(pooled.by_lead, lead, baseline) for lead in pooled.leads])
+        ax.bar(leads + (i - (len(BASELINES) - 1) / 2) * width, skill, width=width, color=COLOURS[baseline],
+               edgecolor=["tab:red" if v < 0 else "none" for v in skill], label=f"against {LABELS[baseline]}")
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_title("CRPSS = 1 - CRPS / CRPS of the baseline")
+    ax.legend(fontsize=7)
+    ax.set_title("CRPSS = 1 - CRPS / CRPS of a baseline (> 0: nrt is better)")
     _lead_axis(ax, pooled)
     fig.suptitle("CRPS by lead")
     return _save(fig, path)
@@ -205,7 +209,8 @@ def plot_reliability(pooled: Pooled, thresholds: list[float], path: Path) -> Pat
             x, y, _ = reliability_points(s, t)
             if x.size:
                 ax.plot(x, y, color=cmap(i / max(len(leads) - 1, 1)), lw=0.8, alpha=0.7, label=f"lead {lead}")
-        for model, style in ((NRT, dict(color="black", lw=2, marker="o")), (BASELINE, dict(color=COLOURS[BASELINE], ls="none", marker="s"))):
+        for model, style in ((NRT, dict(color="black", lw=2, marker="o")), (CSGD, dict(color=COLOURS[CSGD], ls="--", marker="^")),
+                             (BILINEAR, dict(color=COLOURS[BILINEAR], ls="none", marker="s"))):
             s = pooled.get(None, model)
             if s is None:
                 continue
@@ -250,14 +255,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(pooled: Pooled, start: datetime, end: datetime, overpasses: int, products: int, figures: list[Path],
              thresholds: list[float], brier_thresholds: list[float]) -> str:
-    def pair(lead, metric, threshold=None, digits=3):
+    def each(lead, metric, threshold=None, digits=3, models=MODELS):
         out = []
-        for model in (NRT, BASELINE):
+        for model in models:
             s = pooled.get(lead, model)
             out.append(_fmt(s.get(metric, threshold) if s else math.nan, digits))
         return out
 
+    def skill(lead, metric, baseline, threshold=None):
+        s, b = pooled.get(lead, NRT), pooled.get(lead, baseline)
+        return _fmt(_skill(s.get(metric, threshold), b.get(metric, threshold) if b else math.nan), 2)
+
     lead_rows = [*pooled.leads, None]
+    scored = [lead for lead in lead_rows if pooled.get(lead, NRT)]
 
     def name(lead):
         return "all" if lead is None else str(lead)
@@ -268,47 +278,40 @@ def markdown(pooled: Pooled, start: datetime, end: datetime, overpasses: int, pr
         "",
         f"- Half-hours with a DPR overpass scored: **{overpasses}**; ensemble products scored: **{products}**.",
         "- Truth: DPR 2A near-surface rate on the 0.05° grid (footprint-weighted), inside the swath.",
-        "- Baseline: the model's coarse input (IMERG Early at lead 0, the nowcast mean at later leads), bilinearly upsampled;"
-        " its CRPS is its MAE.",
+        "- Baselines: **bilinear**, the model's coarse input (IMERG Early at lead 0, the nowcast mean at later leads),"
+        " bilinearly upsampled (its CRPS is its MAE); **CSGD**, the statistical ensemble (censored shifted gamma"
+        " error model with correlated noise) drawn from that same input with as many members.",
         "- Scores pool every scored cell of the span (see docs/verification.md). Lead is in half-hours after the IMERG granule.",
         "",
-        "## Continuous scores by lead (nrt / baseline)",
+        "## CRPS and skill by lead",
         "",
     ]
-    rows = []
-    for lead in lead_rows:
-        s = pooled.get(lead, NRT)
-        if s is None:
-            continue
-        crps = pair(lead, "crps")
-        rows.append([
-            name(lead), str(int(s.get("n_cells"))), _fmt(s.get("obs_mean")), *pair(lead, "bias"), *pair(lead, "mae"),
-            *pair(lead, "rmse"), *crps,
-            _fmt(_skill(s.get("crps"), pooled.get(lead, BASELINE).get("crps") if pooled.get(lead, BASELINE) else math.nan), 2),
-            _fmt(s.get("spread_skill"), 2),
-        ])
-    lines += _table(["lead", "cells", "DPR mean", "bias", "bias base", "MAE", "MAE base", "RMSE", "RMSE base", "CRPS",
-                     "CRPS base", "CRPSS", "spread/skill"], rows)
+    rows = [[name(lead), str(int(pooled.get(lead, NRT).get("n_cells"))), *each(lead, "crps"),
+             *(skill(lead, "crps", b) for b in BASELINES), *each(lead, "spread_skill", digits=2, models=(NRT, CSGD))]
+            for lead in scored]
+    lines += _table(["lead", "cells", "CRPS", "CRPS bilinear", "CRPS CSGD", "CRPSS vs bilinear", "CRPSS vs CSGD",
+                     "spread/skill", "spread/skill CSGD"], rows)
+    lines += ["", "## Continuous scores of the mean by lead (nrt / bilinear / CSGD)", ""]
+    rows = [[name(lead), _fmt(pooled.get(lead, NRT).get("obs_mean")), *each(lead, "bias"), *each(lead, "mae"), *each(lead, "rmse")]
+            for lead in scored]
+    lines += _table(["lead", "DPR mean", "bias", "bias bilinear", "bias CSGD", "MAE", "MAE bilinear", "MAE CSGD",
+                     "RMSE", "RMSE bilinear", "RMSE CSGD"], rows)
     lines += ["", "## Categorical scores of the ensemble mean (event: rate > threshold)", ""]
-    rows = [[name(lead), f"{t:g}", *pair(lead, "csi", t, 2), *pair(lead, "pod", t, 2), *pair(lead, "far", t, 2)]
-            for t in thresholds for lead in lead_rows if pooled.get(lead, NRT)]
-    lines += _table(["lead", "mm/h", "CSI", "CSI base", "POD", "POD base", "FAR", "FAR base"], rows)
+    rows = [[name(lead), f"{t:g}", *each(lead, "csi", t, 2), *each(lead, "pod", t, 2), *each(lead, "far", t, 2)]
+            for t in thresholds for lead in scored]
+    lines += _table(["lead", "mm/h", *(f"{m}{suffix}" for m in ("CSI", "POD", "FAR") for suffix in ("", " bilinear", " CSGD"))], rows)
     lines += ["", "## Brier score (event: rate > threshold)", ""]
-    rows = []
-    for t in brier_thresholds:
-        for lead in lead_rows:
-            s, b = pooled.get(lead, NRT), pooled.get(lead, BASELINE)
-            if s is None:
-                continue
-            rows.append([name(lead), f"{t:g}", *pair(lead, "brier", t, 4), _fmt(_skill(s.get("brier", t), b.get("brier", t) if b else math.nan), 2)])
-    lines += _table(["lead", "mm/h", "Brier", "Brier base", "BSS"], rows)
+    rows = [[name(lead), f"{t:g}", *each(lead, "brier", t, 4), *(skill(lead, "brier", b, t) for b in BASELINES)]
+            for t in brier_thresholds for lead in scored]
+    lines += _table(["lead", "mm/h", "Brier", "Brier bilinear", "Brier CSGD", "BSS vs bilinear", "BSS vs CSGD"], rows)
     lines += ["", "## Figures", ""]
     lines += [f"![{f.stem.replace('_', ' ')}]({f.name})" for f in figures]
     lines += [
         "",
         "## Reading the figures",
         "",
-        "- CRPSS and BSS above 0: the ensemble beats the baseline. Spread/skill near 1: the spread matches the error.",
+        "- CRPSS and BSS above 0: the ensemble beats that baseline; against CSGD, the statistical ensemble it must beat."
+        " Spread/skill near 1: the spread matches the error.",
         "- Rank histograms: flat is calibrated; U-shaped means too little spread; a slope means a bias. Cells where DPR and"
         " every member are below the rank threshold are left out.",
         f"- Reliability: points on the diagonal are reliable; bins with fewer than {RELIABILITY_MIN_COUNT} forecasts are not drawn.",

@@ -1,7 +1,8 @@
 """Scores of a 0.05° ensemble and its deterministic baseline against truth on the cells of a swath (pure core).
 
-`score_overpass` returns flat rows `{metric, threshold, value, model}` for `model="nrt"` (the ensemble) and
-`model="baseline"` (the model's coarse input, bilinearly upsampled). Every row is either an additive part
+`score_overpass` returns flat rows `{metric, threshold, value, model}` for `model="nrt"` (the ensemble),
+`model="bilinear"` (the model's coarse input, bilinearly upsampled) and `model="csgd"` (the statistical CSGD
+ensemble drawn from that input, `nrt.csgd`: the baseline the diffusion model must beat). Every row is either an additive part
 (a mean over the cells, a mean of squares, or a count) or a score derived from parts (`derive`), so the scores
 of many overpasses pool exactly (`pool`): the catalog keeps the parts, the report and the gauges pool them.
 
@@ -9,17 +10,18 @@ Definitions (n cells where the truth, every member and the baseline are finite i
 - `obs_mean`, `fcst_mean`: mean truth and mean forecast (ensemble mean for nrt), mm/h;
   `bias` = fcst_mean - obs_mean, `mae`, `rmse` of the ensemble mean (pysteps `det_cont_fct` ME, MAE, RMSE).
 - `crps`: mean CRPS of the empirical ensemble distribution, E|X - y| - E|X - X'|/2. For the deterministic
-  baseline it is its MAE.
+  bilinear baseline it is its MAE. The CRPS skill score against a baseline b is 1 - CRPS(nrt) / CRPS(b)
+  (`crpss`), from the pooled CRPS.
 - `spread` = sqrt(mean over cells of the member variance (ddof=1) x (M+1)/M); `spread_skill` = spread / rmse.
   With the (M+1)/M factor a calibrated M-member ensemble has an expected ratio of 1 (Fortin et al. 2014).
-  It is undefined for the baseline and not written for it.
-- `hits`, `misses`, `false_alarms`, `correct_negatives` of the ensemble mean (baseline: itself) at each
+  It is undefined for the bilinear baseline and not written for it.
+- `hits`, `misses`, `false_alarms`, `correct_negatives` of the ensemble mean (bilinear: itself) at each
   categorical threshold, event = rate > threshold (pysteps `det_cat_fct`); `csi`, `pod`, `far` from those.
 - `brier` at each Brier threshold: mean (p - o)^2 with p the fraction of members > threshold (the products'
-  exceedance probability; 0 or 1 for the baseline) and o = truth > threshold. `rel_count_KK`, `rel_prob_KK`,
+  exceedance probability; 0 or 1 for the bilinear baseline) and o = truth > threshold. `rel_count_KK`, `rel_prob_KK`,
   `rel_obs_KK`: the reliability diagram's bin KK count, summed probability and observed events
   (pysteps `reldiag_accum`); bins with no forecast are not written.
-- `rank_KK` (nrt only, threshold = `rank_min`): rank histogram counts, KK = 0..M, defined as pysteps'
+- `rank_KK` (ensembles only, threshold = `rank_min`): rank histogram counts, KK = 0..M, defined as pysteps'
   `rankhist_accum` does: rates below `rank_min` tie, ties are split at random (seeded: re-scoring gives the same
   counts), and cells where truth and all members are below it are left out.
 - `n_cells`: cells scored.
@@ -41,7 +43,9 @@ with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints its config fil
 
 from nrt.products.summary import exceedance
 
-NRT, BASELINE = "nrt", "baseline"
+NRT, BILINEAR, CSGD = "nrt", "bilinear", "csgd"
+BASELINES = (BILINEAR, CSGD)  # the reference forecasts, in report order
+LEGACY_MODELS = {"baseline": BILINEAR}  # catalog rows scored before the CSGD baseline existed
 CONTINGENCY = ("hits", "misses", "false_alarms", "correct_negatives")
 MEANS = ("obs_mean", "fcst_mean", "bias", "mae", "crps", "brier")  # pooled weighted by n_cells
 ROOT_MEAN_SQUARES = ("rmse", "spread")  # pooled as sqrt of the weighted mean square
@@ -164,6 +168,21 @@ def _deterministic(pred: np.ndarray, obs: np.ndarray, thresholds, brier_threshol
     return values
 
 
+def _ensemble_values(members: np.ndarray, obs: np.ndarray, thresholds, brier_thresholds, rank_min, bins) -> dict[Key, float]:
+    """Scores of an ensemble (M, n) against `obs` (n,): its mean's, its probabilities', CRPS, spread and ranks."""
+    m = members.shape[0]
+    values = _deterministic(members.mean(axis=0), obs, thresholds, (), bins)
+    for t in brier_thresholds:  # the ensemble's probabilities come from its members, not from its mean
+        values.update(_probabilistic(exceedance(members, t).astype(np.float64), obs, t, bins))
+    values[("crps", None)] = float(crps_ensemble(members, obs).mean())
+    if m > 1:
+        # spread is hand-written: pysteps' ensemble_spread is a mean pairwise score, not this variance.
+        values[("spread", None)] = float(np.sqrt(members.var(axis=0, ddof=1).mean() * (m + 1) / m))
+        for k, count in enumerate(rank_histogram(members, obs, rank_min)):
+            values[(f"rank_{k:02d}", float(rank_min))] = float(count)
+    return values
+
+
 def score_overpass(
     ensemble: np.ndarray,
     baseline: np.ndarray | None,
@@ -174,11 +193,13 @@ def score_overpass(
     *,
     rank_min: float = 0.1,
     reliability_bins: int = 10,
+    csgd: np.ndarray | None = None,
 ) -> list[dict]:
-    """Rows {metric, threshold, value, model} of the ensemble (member, lat, lon) and the baseline (lat, lon)
-    against `truth` (lat, lon) on the cells of `mask` where truth, every member and the baseline are finite.
+    """Rows {metric, threshold, value, model} of the ensemble (member, lat, lon), the bilinear baseline (lat, lon)
+    and the CSGD ensemble (member, lat, lon) against `truth` (lat, lon) on the cells of `mask` where truth and
+    every forecast given are finite.
 
-    `baseline` None scores the ensemble alone. Returns [] when no cell is left. See the module for definitions.
+    `baseline` or `csgd` None leaves that model out. Returns [] when no cell is left. See the module for definitions.
     """
     ensemble = np.asarray(ensemble, dtype=np.float32)
     truth = np.asarray(truth, dtype=np.float32)
@@ -191,29 +212,23 @@ def score_overpass(
         if baseline.shape != truth.shape:
             raise ValueError(f"baseline {baseline.shape} and truth {truth.shape} must share (lat, lon)")
         valid &= np.isfinite(baseline)
+    if csgd is not None:
+        csgd = np.asarray(csgd, dtype=np.float32)
+        if csgd.ndim != 3 or csgd.shape[1:] != truth.shape:
+            raise ValueError(f"csgd ensemble {csgd.shape} and truth {truth.shape} must share (lat, lon)")
+        valid &= np.isfinite(csgd).all(axis=0)
     if not valid.any():
         return []
-    members = ensemble[:, valid].astype(np.float64)
     obs = truth[valid].astype(np.float64)
-    m = members.shape[0]
-
-    mean = members.mean(axis=0)
-    values = _deterministic(mean, obs, thresholds, (), reliability_bins)
-    for t in brier_thresholds:  # the ensemble's probabilities come from its members, not from its mean
-        values.update(_probabilistic(exceedance(members, t).astype(np.float64), obs, t, reliability_bins))
-    values[("crps", None)] = float(crps_ensemble(members, obs).mean())
-    if m > 1:
-        # spread is hand-written: pysteps' ensemble_spread is a mean pairwise score, not this variance.
-        values[("spread", None)] = float(np.sqrt(members.var(axis=0, ddof=1).mean() * (m + 1) / m))
-        for k, count in enumerate(rank_histogram(members, obs, rank_min)):
-            values[(f"rank_{k:02d}", float(rank_min))] = float(count)
-    rows = ScoreSet(None, NRT, derive(values)).rows()
-
+    options = (thresholds, brier_thresholds, rank_min, reliability_bins)
+    rows = ScoreSet(None, NRT, derive(_ensemble_values(ensemble[:, valid].astype(np.float64), obs, *options))).rows()
     if baseline is not None:
         base = baseline[valid].astype(np.float64)
         base_values = _deterministic(base, obs, thresholds, brier_thresholds, reliability_bins)
         base_values[("crps", None)] = base_values[("mae", None)]  # the CRPS of a single value is its absolute error
-        rows += ScoreSet(None, BASELINE, derive(base_values)).rows()
+        rows += ScoreSet(None, BILINEAR, derive(base_values)).rows()
+    if csgd is not None:
+        rows += ScoreSet(None, CSGD, derive(_ensemble_values(csgd[:, valid].astype(np.float64), obs, *options))).rows()
     for row in rows:
         del row["lead"]
     return rows
@@ -223,8 +238,8 @@ def score_sets(rows: Iterable[Mapping]) -> list[ScoreSet]:
     """Group catalog rows (with `product_id`, `lead`, `model`) into one ScoreSet per product and model."""
     sets: dict[tuple, ScoreSet] = {}
     for row in rows:
-        key = (row["product_id"], row["model"])
-        entry = sets.setdefault(key, ScoreSet(int(row["lead"]), row["model"]))
+        model = LEGACY_MODELS.get(row["model"], row["model"])
+        entry = sets.setdefault((row["product_id"], model), ScoreSet(int(row["lead"]), model))
         if row["value"] is not None:
             threshold = row.get("threshold")
             entry.values[(row["metric"], None if threshold is None else float(threshold))] = float(row["value"])
@@ -272,6 +287,14 @@ def pool(sets: Iterable[ScoreSet], by_lead: bool = True) -> dict[tuple[int | Non
                 values[key] = math.sqrt(total / weights[group][key])
         pooled[group] = ScoreSet(group[0], group[1], derive(values))
     return dict(sorted(pooled.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0], kv[0][1])))
+
+
+def crpss(pooled: Mapping[tuple[int | None, str], ScoreSet], lead: int | None, baseline: str) -> float:
+    """1 - CRPS(nrt) / CRPS(baseline) of the pooled sets at `lead`; NaN when either is missing or the baseline's is 0."""
+    ours, theirs = pooled.get((lead, NRT)), pooled.get((lead, baseline))
+    if ours is None or theirs is None or not theirs.get("crps"):
+        return math.nan
+    return 1.0 - ours.get("crps") / theirs.get("crps")
 
 
 def gauge_rows(pooled: Mapping[tuple[int | None, str], ScoreSet]) -> list[dict]:

@@ -1,0 +1,180 @@
+"""Downscaling methods: a small registry of plain functions with one signature (pysteps style), and the fallback.
+
+    method(inputs, models, *, members, seed, options, callback=None) -> (member, time, lat, lon) float32 mm/h
+
+`inputs` holds one `Conditioning` per valid time of the cycle (the coarse IMERG or nowcast members at 0.1°,
+GEOS-FP, DEM, lead), `models` what the worker loaded once (`load_models`), `options` the `[model]` config and
+`callback(k)` hears that valid time k is done. Member i of the output conditions on coarse member i (mod the
+number given: lead 0 is IMERG itself, one field every member shares).
+
+- `diffusion`: the residual diffusion model (`nrt.model.inference.Downscaler`), one valid time at a time.
+- `csgd`: the statistical ensemble (`nrt.csgd`): truth | IMERG from a censored shifted gamma distribution,
+  drawn with space-time correlated noise over all valid times at once, so members keep their texture in time.
+
+CSGD is also the fallback: when the diffusion checkpoint cannot load (`load_models`), or a caller finds a
+reason not to trust it (`choose`), the cycle writes the CSGD ensemble and flags why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrt.errors import ConfigError, DataError
+
+log = logging.getLogger("nrt.downscale")
+
+DIFFUSION, CSGD = "diffusion", "csgd"
+CHECKPOINT_UNLOADABLE = "checkpoint_unloadable"  # fallback reason: the diffusion checkpoint failed to load
+KM_PER_DEGREE = 111.195  # great-circle km per degree on the 6371 km sphere
+
+
+@dataclass
+class Models:
+    """What a worker loads once and every cycle uses.
+
+    `method` is the configured method; `diffusion` its network (None for csgd, or when it failed to load);
+    `csgd` the CSGD parameters (for the csgd method, and for the fallback unless `model.fallback` is off);
+    `unavailable` the fallback reason while the configured method cannot run, `error` its one-line cause.
+    """
+
+    method: str
+    diffusion: Any = None
+    csgd: Any = None
+    csgd_sha256: str = ""
+    unavailable: str | None = None
+    error: str = ""
+
+    @property
+    def sha256(self) -> str:
+        """Identity of what the products are made with: the checkpoint's, else the CSGD parameter file's."""
+        return self.diffusion.sha256 if self.diffusion is not None else self.csgd_sha256
+
+    @property
+    def device(self) -> str:
+        return str(self.diffusion.device) if self.diffusion is not None else "cpu"
+
+
+def csgd_params_sha256(source: str) -> str:
+    """sha256 of the CSGD parameter file `source` (`builtin:NAME` or a path), as products record it."""
+    from nrt.csgd.params import BUILTIN, builtin_path
+
+    data = builtin_path(source).read_bytes() if source in BUILTIN else Path(source).expanduser().read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_models(options) -> Models:
+    """Load the configured method's model, and the CSGD parameters it falls back to (`options` = `[model]`).
+
+    A diffusion checkpoint that cannot be read (missing, malformed JSON or safetensors, altered, weights that
+    do not fit) is logged and leaves `unavailable` set, so every cycle writes the CSGD ensemble instead; with
+    `model.fallback` off it raises. A bad CSGD parameter file always raises: it is the last resort.
+    """
+    from nrt.csgd import load_params
+
+    get_method(options.method)
+    csgd = sha = None
+    if options.method == CSGD or options.fallback:
+        csgd = load_params(options.csgd_params)
+        sha = csgd_params_sha256(options.csgd_params)
+    if options.method == CSGD:
+        return Models(CSGD, csgd=csgd, csgd_sha256=sha)
+
+    from nrt.model.inference import Downscaler
+
+    try:
+        network = Downscaler.load(options.checkpoint, options.device, options)
+    except DataError as exc:
+        if csgd is None:
+            raise
+        error = " ".join(str(exc).split())
+        log.error("checkpoint cannot load, cycles will write the CSGD ensemble (degraded): %s", error)
+        return Models(DIFFUSION, csgd=csgd, csgd_sha256=sha, unavailable=CHECKPOINT_UNLOADABLE, error=error)
+    return Models(DIFFUSION, diffusion=network, csgd=csgd, csgd_sha256=sha or "")
+
+
+def choose(models: Models, reason: str | None = None) -> tuple[str, str | None]:
+    """(method to run, fallback reason or None). The fallback hook: `reason` is a caller's cause to distrust
+    the diffusion model (say, inputs outside its training range); a model that failed to load is one too.
+
+    Without CSGD parameters (`model.fallback` off) a caller's reason is only logged and diffusion runs.
+    """
+    if models.method == CSGD:
+        return CSGD, None
+    reason = models.unavailable or reason
+    if reason is None:
+        return DIFFUSION, None
+    if models.csgd is None:
+        log.warning("diffusion model distrusted (%s) but model.fallback is off: running it anyway", reason)
+        return DIFFUSION, None
+    return CSGD, reason
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+def diffusion(inputs: Sequence, models: Models, *, members: int, seed: int, options,
+              callback: Callable[[int], None] | None = None) -> np.ndarray:
+    """Residual diffusion per valid time; valid time k gets seed + k."""
+    if models.diffusion is None:
+        raise ConfigError("model.checkpoint", f"the diffusion model is not loaded ({models.error or 'method is ' + models.method})")
+    out = []
+    for k, cond in enumerate(inputs):
+        out.append(models.diffusion.sample(cond, members=members, seed=seed + k, steps=options.sampler_steps, solver=options.solver))
+        if callback is not None:
+            callback(k)
+    return np.stack(out, axis=1)
+
+
+def csgd(inputs: Sequence, models: Models, *, members: int, seed: int, options,
+         callback: Callable[[int], None] | None = None) -> np.ndarray:
+    """The CSGD ensemble of the bilinearly upsampled coarse members, all valid times in one draw.
+
+    The IMERG `randomError` (of the newest granule, as the diffusion model gets it) is passed as the
+    covariate when present.
+    """
+    from nrt.csgd import csgd_ensemble
+    from nrt.model.conditioning import upsample
+
+    if models.csgd is None:
+        raise ConfigError("model.csgd_params", "no CSGD parameters loaded (model.fallback is off)")
+    rate = np.stack([_per_member(upsample(cond.precip), members) for cond in inputs], axis=1)
+    errors = [cond.random_error for cond in inputs]
+    random_error = None
+    if all(e is not None for e in errors):
+        random_error = np.stack([upsample(e) for e in errors])[None].repeat(members, axis=0)
+    ensemble = csgd_ensemble(rate, models.csgd, members=members, cell_km=cell_km(inputs[0].grid), seed=seed,
+                             frame_minutes=30.0, random_error=random_error)
+    if callback is not None:
+        for k in range(len(inputs)):
+            callback(k)
+    return ensemble
+
+
+def _per_member(fields: np.ndarray, members: int) -> np.ndarray:
+    """(given, lat, lon) -> (members, lat, lon): member i takes field i mod the number given."""
+    return fields[np.arange(members) % fields.shape[0]]
+
+
+def cell_km(grid) -> tuple[float, float]:
+    """(north-south, east-west) size in km of a cell of `grid` at its central latitude."""
+    lat_c = math.radians(float(np.mean(grid.lats)))
+    return KM_PER_DEGREE * grid.res, KM_PER_DEGREE * grid.res * math.cos(lat_c)
+
+
+METHODS: dict[str, Callable[..., np.ndarray]] = {DIFFUSION: diffusion, CSGD: csgd}
+
+
+def get_method(name: str) -> Callable[..., np.ndarray]:
+    """The downscaling method called `name`; ConfigError naming `model.method` for any other."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError("model.method", f"unknown downscaling method {name!r} (known: {', '.join(sorted(METHODS))})") from None
