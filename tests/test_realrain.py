@@ -45,11 +45,12 @@ def test_bom_accumulation_to_rate_time_and_centre(radar_dir):
     da = get_reader("bom")(path)
     check_common(da, "bom")
     with netCDF4.Dataset(path) as nc:
-        raw = nc["precipitation"][:]  # CF-decoded mm (scale 0.05), masked at _FillValue
+        nc.set_auto_maskandscale(False)
+        packed = nc["precipitation"][:].astype(np.float64)  # short, 0.05 mm steps, -1 = fill
         start = datetime.fromtimestamp(int(nc["start_time"][:]), timezone.utc)
-    row, col = brightest(raw.filled(np.nan))
-    assert da.values[0, row, col] == pytest.approx(6 * raw[row, col], rel=1e-6)  # 10-min mm -> mm/h
-    assert np.isnan(da.values[0]).sum() == np.ma.getmaskarray(raw).sum()
+    row, col = brightest(np.where(packed == -1, np.nan, packed))
+    assert da.values[0, row, col] == pytest.approx(6 * 0.05 * packed[row, col], rel=1e-6)  # 10-min mm -> mm/h
+    assert np.array_equal(np.isnan(da.values[0]), packed == -1)
     assert da.time.values[0] == np.datetime64(start.replace(tzinfo=None), "ns") == t64("2020-10-31T11:50")
     # the grid is centred on the radar, the projection's origin (Mt Stapylton, 27.718 S 153.240 E)
     lat_c = (float(da.lat[255, 255]) + float(da.lat[256, 256])) / 2

@@ -29,7 +29,7 @@ def dbz_to_rate(dbz: np.ndarray, no_echo_dbz: float) -> np.ndarray:
 
 
 def projected_lonlat(proj: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2-D lon/lat (degrees) of the cell centres x (columns) × y (rows) in the projection `proj` (PROJ string).
+    """2-D lon/lat (degrees) of the cell centres x (columns) × y (rows) in the projection `proj` (PROJ or WKT).
 
     Points the projection cannot invert (off a geostationary disk) come back NaN.
     """

@@ -1,4 +1,4 @@
-"""Readers for the products pysteps' importers already decode: BoM, NWC SAF CRR, KNMI, MeteoSwiss, RMI (ODIM), FMI.
+"""Readers for the products pysteps' importers decode (NWC SAF CRR, KNMI, MeteoSwiss, RMI ODIM, FMI) and BoM's CF netCDF.
 
 Each reads one file into a one-frame rain-rate array (see `nrt.realrain.frames`). pysteps gives values and
 the projection; the file name gives the time (pysteps' own archive logic does the same).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,8 +78,40 @@ def _accumulation(path: Path, importer: str, source: str, minutes: int, name_pat
 
 
 def read_bom(path: Path) -> xr.DataArray:
-    """BoM Rainfields 10-min accumulation (prcp-c10 netCDF), file named by the period's end."""
-    return _accumulation(Path(path), "import_bom_rf3", "BoM prcp-c10", 10, r"_(\d{8}_\d{6})\.", "%Y%m%d_%H%M%S")
+    """BoM Rainfields 10-min accumulation (prcp-c10, CF netCDF), read with netCDF4 and its CF grid mapping.
+
+    Not pysteps' import_bom_rf3: it walks the coordinate arrays element by element in Python (about 80 s a
+    file on the shared machine, against 0.05 s here).
+    """
+    import netCDF4
+    from pyproj import CRS
+
+    path = Path(path)
+    try:
+        with netCDF4.Dataset(path) as nc:
+            amount = nc["precipitation"]
+            if amount.units != "kg m-2":
+                raise DataError(path, f"precipitation in {amount.units!r}, expected kg m-2 (mm)")
+            values = np.ma.filled(amount[:].astype(np.float64), np.nan)
+            x_km, y_km = np.asarray(nc["x"][:], np.float64), np.asarray(nc["y"][:], np.float64)
+            crs = CRS.from_cf({k: nc["proj"].getncattr(k) for k in nc["proj"].ncattrs()})
+            start, end = (datetime.fromtimestamp(int(nc[v][:]), timezone.utc) for v in ("start_time", "valid_time"))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - netCDF4 raises OSError, KeyError, AttributeError... on a bad file
+        raise DataError(path, f"not a readable BoM prcp-c10 netCDF ({type(exc).__name__}: {exc})") from None
+    period = end - start
+    if period != timedelta(minutes=10):
+        raise DataError(path, f"accumulation over {period}, expected 10 min")
+    lon, lat = _bom_lonlat(crs.to_wkt(), tuple(x_km), tuple(y_km))
+    return rain_rate_frames(values * 6.0, [start], lon, lat, source="BoM prcp-c10", period=period,
+                            conversion="10-min accumulation (mm) x 6", files=[path.name], x=x_km * 1000, y=y_km * 1000,
+                            crs=crs.to_wkt(), institution="Commonwealth of Australia, Bureau of Meteorology")
+
+
+@lru_cache(maxsize=4)
+def _bom_lonlat(crs_wkt: str, x_km: tuple, y_km: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return projected_lonlat(crs_wkt, 1000 * np.asarray(x_km), 1000 * np.asarray(y_km))
 
 
 def read_knmi(path: Path) -> xr.DataArray:
