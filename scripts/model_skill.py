@@ -68,10 +68,10 @@ from nrt.downscale import cell_km  # noqa: E402
 from nrt.grids import LatLonGrid  # noqa: E402
 from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels, upsample  # noqa: E402
 from nrt.model.dataset import Sample, read_training_set, write_training_set  # noqa: E402
+from nrt.realrain import get_reader  # noqa: E402
 
 with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints a banner on import
-    from pysteps.io import importers
-    from pysteps.utils import conversion, spectral
+    from pysteps.utils import spectral
     from pysteps.verification import ensscores, probscores
 
 log = logging.getLogger("model_skill")
@@ -87,20 +87,19 @@ CHANNELS = ChannelSet(position=False)  # radar grids carry no geography worth le
 @dataclass(frozen=True)
 class Source:
     pattern: str
-    importer: str
+    reader: str  # a name in nrt.realrain.READERS
     block: int  # native pixels per 5-km cell along each axis
-    kwargs: tuple = ()
     hours: tuple[int, int] | None = None  # keep files whose HH (UTC) lies in [start, end)
     minutes: int = 5  # time between files
 
 
 SOURCES = {
-    "knmi-20100826": Source("KNMI/2010/08/*.h5", "import_knmi_hdf5", 5),
-    "mch-20150515": Source("mch/20150515/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
-    "mch-20160711": Source("mch/20160711/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
-    "bom-20201031-early": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(0, 10), minutes=10),
-    "mch-20170131": Source("mch/20170131/*.gif", "import_mch_gif", 5, (("product", "AQC"), ("unit", "mm"), ("accutime", 5.0))),
-    "bom-20201031-late": Source("bom/prcp-c10/66/2020/10/31/*.nc", "import_bom_rf3", 10, hours=(12, 15), minutes=10),
+    "knmi-20100826": Source("KNMI/2010/08/*.h5", "knmi", 5),
+    "mch-20150515": Source("mch/20150515/*.gif", "mch", 5),
+    "mch-20160711": Source("mch/20160711/*.gif", "mch", 5),
+    "bom-20201031-early": Source("bom/prcp-c10/66/2020/10/31/*.nc", "bom", 10, hours=(0, 10), minutes=10),
+    "mch-20170131": Source("mch/20170131/*.gif", "mch", 5),
+    "bom-20201031-late": Source("bom/prcp-c10/66/2020/10/31/*.nc", "bom", 10, hours=(12, 15), minutes=10),
 }
 TRAIN = ("knmi-20100826", "mch-20150515", "mch-20160711", "bom-20201031-early")
 TEST = ("mch-20170131", "bom-20201031-late")
@@ -154,14 +153,8 @@ def load_frames(name: str, part: str = "all") -> list[np.ndarray]:
     files = split_files(files, src.minutes, part)
     if not files:
         sys.exit(f"model_skill: no files for {name} under {RADAR}")
-    importer = getattr(importers, src.importer)
-    frames = []
-    for path in files:
-        with contextlib.redirect_stdout(io.StringIO()):
-            values, _, metadata = importer(str(path), **dict(src.kwargs))
-            rate, _ = conversion.to_rainrate(np.ma.filled(values, np.nan).astype(np.float64), metadata)
-        frames.append(block_mean(rate, src.block))
-    return frames
+    read = get_reader(src.reader)
+    return [block_mean(read(path).values[0].astype(np.float64), src.block) for path in files]
 
 
 def imerg_like(fine: np.ndarray, rng: np.random.Generator) -> np.ndarray:

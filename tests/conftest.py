@@ -15,7 +15,7 @@ SHARED_DATA = Path(os.environ.get("NRT_SHARED_DATA", REPO.parent / "shared" / "d
 def shared_data() -> Path:
     """../shared/data (real GPM granules and radar sequences); skipped where it is absent, as on a user's machine."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it ships beside the checkout, not in the package)")
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set NRT_SHARED_DATA to it; it ships beside the checkout, not in the package)")
     return SHARED_DATA
 
 
