@@ -178,6 +178,7 @@ class Agreement:
 
 
 HOUR = timedelta(hours=1)
+SYSTEM_EDGE = 0.25  # width, in standard deviations of its field, of the ramp at a missed or false system's edge
 
 
 class GeosfpRun:
@@ -243,8 +244,8 @@ class GeosfpRun:
         cols = (window.lons[None, :] - east_km / (KM_PER_DEGREE * cos_lat) - grid.lons[0]) / grid.res
         rows = np.broadcast_to((window.lats[:, None] - north_km / KM_PER_DEGREE - grid.lats[0]) / grid.res, cols.shape)
         shared = ndimage.map_coordinates(large, [rows, cols], order=1, mode="nearest")
-        kept = shared * special.ndtr((self.miss_level - self.miss.field()) / 0.25)
-        spurious = s.false_system_mmh * special.ndtr((self.false.field() - self.false_level) / 0.25)
+        kept = shared * special.ndtr((self.miss_level - self.miss.field()) / SYSTEM_EDGE)
+        spurious = s.false_system_mmh * special.ndtr((self.false.field() - self.false_level) / SYSTEM_EDGE)
         amplitude = s.precip_bias * _multiplier(self.amplitude.field(), s.amplitude_log_sigma)
         rain = (amplitude * kept + spurious) * _multiplier(self.texture.field(), s.texture_log_sigma)
         return np.where(rain < s.min_rate_mmh, 0.0, rain)
