@@ -250,3 +250,11 @@ def test_fast_inverse_gamma_matches_scipy():
     u = np.concatenate([rng.uniform(0.0, 1.0, 19990), [1e-300, 1e-12, 0.5, 1 - 1e-12, 1e-20, 0.999999, 1e-5, 0.3, 0.7, 0.9]])
     expected = special.gammaincinv(k, u)
     assert gammaincinv(k, u) == pytest.approx(expected, rel=1e-8, abs=1e-300)
+
+
+def test_a_certainly_dry_regression_keeps_a_valid_distribution():
+    """A fit may drive mu toward zero where IMERG is dry; the floor keeps the CRPS of rain there equal to the rain."""
+    params = CsgdParams(Climatology(0.2, 1.0, -0.08), Regression(0.2, 1e-300, 1.3, 0.86, rate_mean=0.2), NoiseSettings(1, 1))
+    mu, sigma, delta = params.distribution(np.zeros(3))
+    y = np.array([0.0, 0.5, 16.0])
+    assert distribution.crps(y, mu, sigma, delta) == pytest.approx(y, abs=1e-3)
