@@ -133,7 +133,8 @@ def plot(results: dict, path: Path) -> None:
         axes[0].step(np.arange(ranks.size), ranks / ranks.sum(), where="mid", label=f"{name} split")
         axes[1].plot(LEVELS, res["interval_coverage_pit"], "o-", label=f"{name}: all cells")
         axes[1].plot(LEVELS, res["interval_coverage_pit_wet"], "s--", label=f"{name}: IMERG ≥ 0.1 mm/h")
-    axes[0].axhline(1 / (MEMBERS + 1), color="k", lw=0.8)
+    axes[0].axhline(1 / (MEMBERS + 1), color="k", lw=0.8, label="flat")
+    axes[0].set_ylim(0, 1.6 / (MEMBERS + 1))
     axes[0].set(title=f"rank histogram ({MEMBERS} members, ranks ≥ 0.1 mm/h)", xlabel="rank of Stage IV", ylabel="frequency")
     axes[1].plot([0, 1], [0, 1], "k", lw=0.8)
     axes[1].set(title="coverage of central intervals (PIT)", xlabel="nominal", ylabel="observed")
@@ -142,7 +143,7 @@ def plot(results: dict, path: Path) -> None:
     x = np.arange(len(bars))
     for i, (name, res) in enumerate(results.items()):
         axes[2].bar(x + 0.4 * i - 0.2, [res[b] for b in bars], width=0.4, label=f"{name} split")
-    axes[2].set_xticks(x, ["IMERG MAE", "CSGD CRPS", "30-member\nCRPS", "climatology\nCRPS"])
+    axes[2].set_xticks(x, ["IMERG\nMAE", "CSGD\nCRPS", "ensemble\nCRPS", "clim.\nCRPS"])
     axes[2].set(title=f"held-out hours, {first['cells']} cells", ylabel="mm/h")
     for ax in axes:
         ax.legend(fontsize=7)

@@ -11,7 +11,8 @@ import numpy as np
 from scipy import optimize
 
 from nrt.csgd import distribution
-from nrt.csgd.regression import Climatology, Regression, csgd_parameters
+from nrt.csgd.correlation import error_correlation
+from nrt.csgd.regression import Climatology, CsgdParams, Regression, csgd_parameters
 from nrt.errors import NrtError
 
 # a1 (curvature), a2 (rain at IMERG 0), a3 (slope), a4 (spread), a5 (covariate's spread), searched in log.
@@ -79,12 +80,9 @@ def fit_regression(rate: np.ndarray, truth: np.ndarray, clim: Climatology, covar
 
 
 def fit_csgd(rate: np.ndarray, truth: np.ndarray, *, cell_km: tuple[float, float], step_minutes: float,
-             covariate: np.ndarray | None = None, where: str = "the pairs", provenance: dict | None = None):
+             covariate: np.ndarray | None = None, where: str = "the pairs", provenance: dict | None = None) -> CsgdParams:
     """CsgdParams from (time, lat, lon) IMERG `rate` and `truth` (mm/h): climatology, regression, and the noise
     scales from the errors' correlation (nrt.csgd.correlation). Refuses (NrtError) data with too little rain."""
-    from nrt.csgd.correlation import error_correlation
-    from nrt.csgd.regression import CsgdParams
-
     rate, truth = np.asarray(rate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     valid = np.isfinite(rate) & np.isfinite(truth)
     if covariate is not None:
