@@ -149,7 +149,7 @@ def csgd(inputs: Sequence, models: Models, *, members: int, seed: int, options,
     errors = [cond.random_error for cond in inputs]
     random_error = None
     if all(e is not None for e in errors):
-        random_error = np.stack([upsample(e) for e in errors])[None].repeat(members, axis=0)
+        random_error = np.stack([upsample(e) for e in errors])  # (time, lat, lon), shared by every member
     ensemble = csgd_ensemble(rate, models.csgd, members=members, cell_km=cell_km(inputs[0].grid), seed=seed,
                              frame_minutes=30.0, random_error=random_error)
     if callback is not None:

@@ -295,15 +295,16 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
     with timed("nowcast"):
         bridge = bridge_inputs(cfg, imerg_files, cycle_time, report)
 
-    conditions = [
-        Conditioning(precip=coarse, grid=grid, lead=lead, random_error=random_error,
-                     geosfp=geosfp_fields(cfg, by_hour, valid, grid, report), dem=dem)
-        for valid, lead, coarse, random_error in bridge
-    ]
     method, fallback = downscale.choose(models)
     if fallback:
         report.fall_back(fallback)
     report.downscale_method = method
+    uses_geosfp = method == downscale.DIFFUSION  # CSGD reads the rain alone: no GEOS-FP reads or flags for it
+    conditions = [
+        Conditioning(precip=coarse, grid=grid, lead=lead, random_error=random_error, dem=dem,
+                     geosfp=geosfp_fields(cfg, by_hour, valid, grid, report) if uses_geosfp else None)
+        for valid, lead, coarse, random_error in bridge
+    ]
     tell(f"downscale: {method}, {len(bridge)} valid times")
     with timed("downscale"):
         ensemble = downscale.get_method(method)(

@@ -40,9 +40,9 @@ def demo_grid():
 
 
 def real_rate(shape: tuple[int, int]) -> np.ndarray:
-    from nrt.csgd.pairs import _read
+    from nrt.csgd.pairs import read_prcp
 
-    imerg = _read(PAIRS).values[12 : 12 + VALID_TIMES]
+    imerg = read_prcp(PAIRS).values[12 : 12 + VALID_TIMES]
     ny, nx = math.ceil(shape[0] / 2), math.ceil(shape[1] / 2)
     wet = (imerg > 0).sum(axis=0)
     totals = {(i, j): wet[i : i + ny, j : j + nx].sum() for i in range(0, imerg.shape[1] - ny + 1, 4) for j in range(0, imerg.shape[2] - nx + 1, 4)}

@@ -250,3 +250,42 @@ def test_fast_inverse_gamma_matches_scipy():
     u = np.concatenate([rng.uniform(0.0, 1.0, 19990), [1e-300, 1e-12, 0.5, 1 - 1e-12, 1e-20, 0.999999, 1e-5, 0.3, 0.7, 0.9]])
     expected = special.gammaincinv(k, u)
     assert gammaincinv(k, u) == pytest.approx(expected, rel=1e-8, abs=1e-300)
+
+
+def test_a_certainly_dry_regression_keeps_a_valid_distribution():
+    """A fit may drive mu toward zero where IMERG is dry; the floor keeps the CRPS of rain there equal to the rain."""
+    params = CsgdParams(Climatology(0.2, 1.0, -0.08), Regression(0.2, 1e-300, 1.3, 0.86, rate_mean=0.2), NoiseSettings(1, 1))
+    mu, sigma, delta = params.distribution(np.zeros(3))
+    y = np.array([0.0, 0.5, 16.0])
+    assert distribution.crps(y, mu, sigma, delta) == pytest.approx(y, abs=1e-3)
+
+
+def test_crps_matches_pysteps_ensemble_crps_away_from_ties():
+    with __import__("contextlib").redirect_stdout(__import__("io").StringIO()):
+        from pysteps.verification.probscores import CRPS
+
+    mu, sigma, delta = 0.6, 1.4, -0.2
+    k, theta = distribution.shape_scale(mu, sigma)
+    draws = np.maximum(np.random.default_rng(6).gamma(k, theta, (4000, 1)) + delta, 0.0)
+    for y in (0.3, 3.0):  # pysteps drops members tied with the observation, so not at y = 0
+        assert CRPS(draws, np.array([y])) == pytest.approx(float(distribution.crps(y, mu, sigma, delta)), rel=0.04)
+
+
+def test_an_error_covariate_is_fit_and_then_required():
+    clim = Climatology(0.3, 1.2, -0.1)
+    true = Regression(0.5, 0.3, 1.5, 0.5, rate_mean=0.4, covariate="random_error", a5=0.8, covariate_mean=1.0)
+    rng = np.random.default_rng(12)
+    rate = np.round(np.where(rng.random(4000) < 0.5, rng.gamma(0.6, 1.5, 4000), 0.0), 1)
+    error = np.round(rng.uniform(0.0, 2.0, 4000), 1)
+    params = CsgdParams(clim, true, NoiseSettings(20.0, 60.0))
+    mu, sigma, delta = params.distribution(rate, error)
+    k, theta = distribution.shape_scale(mu, sigma)
+    truth = np.maximum(rng.gamma(k, theta) + delta, 0.0)
+    fitted, _ = fit_regression(rate, truth, clim, error)
+    assert fitted.covariate == "random_error" and fitted.a5 == pytest.approx(0.8, rel=0.2)
+    grid = np.full((1, 4, 4), 2.0, dtype=np.float32)
+    with pytest.raises(NrtError, match="random_error"):
+        csgd_ensemble(grid, params, members=4, cell_km=(5.0, 5.0))
+    calm = csgd_ensemble(grid, params, members=200, cell_km=(5.0, 5.0), random_error=np.zeros_like(grid))
+    noisy = csgd_ensemble(grid, params, members=200, cell_km=(5.0, 5.0), random_error=np.full_like(grid, 2.0))
+    assert noisy.std() > 1.5 * calm.std()

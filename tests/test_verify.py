@@ -414,3 +414,10 @@ def test_verify_command_scores_catalog_granules_then_reports(cfg, world, tmp_pat
     assert len(catalog.scores(truth_source="dpr", metric="crps")) == 6  # two products: nrt, bilinear and csgd
     text = (out / "report.md").read_text()
     assert "| 0 |" in text and "| 3 |" in text and (out / "reliability.png").is_file()
+
+    # Scored products are skipped, unless --force asks to score them again (older scores gain the CSGD rows).
+    span = ["--start", "2024-06-01T11:00Z", "--end", "2024-06-01T13:00Z", "--out", str(out)]
+    assert main(["--config", str(config_file), "verify", "--score", *span]) == 0
+    assert "scored 0 product(s) in 0 half-hour(s)" in capsys.readouterr().out
+    assert main(["--config", str(config_file), "verify", "--score", "--force", *span]) == 0
+    assert "scored 2 product(s) in 1 half-hour(s)" in capsys.readouterr().out

@@ -37,7 +37,8 @@ def register(sub) -> None:
         "the Scheuerer & Hamill 2015 regression, by minimum mean CRPS) and the noise's correlation length and "
         "decorrelation time from the errors, on netCDF files with `prcp`(time, lat, lon) in mm/h on one grid "
         "(e.g. ../shared/data/imerg-stageiv/20170801). Writes the parameters atomically and prints one JSON "
-        "line. Use the file with the config's CSGD parameter setting instead of builtin:csgd.",
+        "line. Point the CSGD method's parameter setting in the config at the file to use it instead of "
+        "builtin:csgd.",
     )
     fit.add_argument("--imerg", required=True, metavar="FILE.nc", help="IMERG rates, variable prcp (mm/h)")
     fit.add_argument("--truth", required=True, metavar="FILE.nc", help="truth on the same grid and times, variable prcp (mm/h)")

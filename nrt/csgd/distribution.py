@@ -42,9 +42,10 @@ def quantile(u, mu, sigma, delta) -> np.ndarray:
     """
     k, theta = shape_scale(mu, sigma)
     u, delta = np.asarray(u, dtype=np.float64), np.asarray(delta, dtype=np.float64)
-    k, theta, delta, u = np.broadcast_arrays(k, theta, delta, u)
+    p0 = special.gammainc(k, -delta / theta)  # before broadcasting: members share their parameters
+    k, theta, delta, p0, u = np.broadcast_arrays(k, theta, delta, p0, u)
     out = np.zeros(u.shape)
-    wet = u > special.gammainc(k, -delta / theta)
+    wet = u > p0
     out[wet] = theta[wet] * gammainv.gammaincinv(k[wet], u[wet]) + delta[wet]
     out[np.isnan(u) | np.isnan(k) | np.isnan(theta) | np.isnan(delta)] = np.nan
     return np.maximum(out, 0.0, where=~np.isnan(out), out=out)

@@ -11,9 +11,12 @@ import numpy as np
 from scipy import optimize
 
 from nrt.csgd import distribution
-from nrt.csgd.regression import Climatology, Regression, csgd_parameters
+from nrt.csgd.correlation import error_correlation
+from nrt.csgd.regression import Climatology, CsgdParams, Regression, csgd_parameters
 from nrt.errors import NrtError
 
+# a1 (curvature), a2 (rain at IMERG 0), a3 (slope), a4 (spread), a5 (covariate's spread), searched in log.
+BOUNDS = np.array([(1e-3, 20.0), (1e-3, 10.0), (1e-4, 100.0), (1e-2, 100.0), (1e-4, 100.0)])
 MIN_WET = 50  # cells with rain in the truth and in IMERG below which a fit has nothing to learn from
 
 
@@ -69,20 +72,17 @@ def fit_regression(rate: np.ndarray, truth: np.ndarray, clim: Climatology, covar
         return np.average(distribution.crps(y, mu, sigma, delta), weights=w)
 
     start = [0.0, np.log(0.05), 0.0, 0.0] + ([np.log(0.1)] if e is not None else [])
-    best = optimize.minimize(loss, start, method="Nelder-Mead",
-                             options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000, "adaptive": True})
+    # Bounded: unbounded, a search can drive a2 to zero, where mu sits on its floor and the loss goes flat.
+    best = optimize.minimize(loss, start, method="L-BFGS-B", bounds=np.log(BOUNDS[: len(start)]))
     if not np.isfinite(best.fun):
         raise NrtError(f"the CSGD regression fit did not converge ({best.message})")
     return regression(best.x), float(best.fun)
 
 
 def fit_csgd(rate: np.ndarray, truth: np.ndarray, *, cell_km: tuple[float, float], step_minutes: float,
-             covariate: np.ndarray | None = None, where: str = "the pairs", provenance: dict | None = None):
+             covariate: np.ndarray | None = None, where: str = "the pairs", provenance: dict | None = None) -> CsgdParams:
     """CsgdParams from (time, lat, lon) IMERG `rate` and `truth` (mm/h): climatology, regression, and the noise
     scales from the errors' correlation (nrt.csgd.correlation). Refuses (NrtError) data with too little rain."""
-    from nrt.csgd.correlation import error_correlation
-    from nrt.csgd.regression import CsgdParams
-
     rate, truth = np.asarray(rate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     valid = np.isfinite(rate) & np.isfinite(truth)
     if covariate is not None:
@@ -99,7 +99,7 @@ def fit_csgd(rate: np.ndarray, truth: np.ndarray, *, cell_km: tuple[float, float
         "cells": int(valid.sum()),
         "mean_crps_mm_h": round(mean_crps, 6),
         "imerg_mae_mm_h": round(float(np.abs(rate[valid] - truth[valid]).mean()), 6),
-        "objective": "mean CRPS (Scheuerer & Hamill 2015), Nelder-Mead",
+        "objective": "mean CRPS (Scheuerer & Hamill 2015); climatology Nelder-Mead, regression L-BFGS-B",
         "spatial_correlation": [[round(d, 2), round(c, 4), n] for d, c, n in corr.spatial],
         "temporal_correlation": [[round(d, 2), round(c, 4), n] for d, c, n in corr.temporal],
     }

@@ -27,7 +27,7 @@ class Pairs:
     files: tuple[str, str]
 
 
-def _read(path: Path) -> xr.DataArray:
+def read_prcp(path: Path) -> xr.DataArray:
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
@@ -47,7 +47,7 @@ def _read(path: Path) -> xr.DataArray:
 def read_pairs(imerg: str | Path, truth: str | Path, hours: list[int] | None = None) -> Pairs:
     """The pairs on their common grid; `hours` (UTC hours of day) selects a subset, e.g. a training block."""
     imerg, truth = Path(imerg), Path(truth)
-    a, b = _read(imerg), _read(truth)
+    a, b = read_prcp(imerg), read_prcp(truth)
     for name in ("time", "lat", "lon"):
         if a[name].shape != b[name].shape or not np.array_equal(a[name].values, b[name].values):
             raise DataError(truth, f"its {name} axis differs from {imerg.name}'s")

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# Keeps a "certainly dry" distribution well defined: when a fit drives mu toward zero it underflows to
+# denormal numbers, where the gamma shape k = mu²/sigma² is lost and the CRPS formula returns garbage.
+MU_FLOOR = 1e-4  # mm/h
+
+
 @dataclass(frozen=True)
 class Climatology:
     """The CSGD of the truth regardless of IMERG (mm/h)."""
@@ -63,7 +68,7 @@ class CsgdParams:
 
 def csgd_parameters(clim: Climatology, reg: Regression, rate, covariate=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r = np.maximum(np.asarray(rate, dtype=np.float64), 0.0) / reg.rate_mean
-    mu = clim.mu / reg.a1 * np.log1p(np.expm1(reg.a1) * (reg.a2 + reg.a3 * r))
+    mu = np.maximum(clim.mu / reg.a1 * np.log1p(np.expm1(reg.a1) * (reg.a2 + reg.a3 * r)), MU_FLOOR)
     spread = reg.a4 * np.sqrt(mu / clim.mu)
     if reg.covariate is not None:
         e = np.maximum(np.asarray(covariate, dtype=np.float64), 0.0) / reg.covariate_mean

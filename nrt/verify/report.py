@@ -137,7 +137,7 @@ def plot_crps_by_lead(pooled: Pooled, path: Path) -> Path:
                edgecolor=["tab:red" if v < 0 else "none" for v in skill], label=f"against {LABELS[baseline]}")
     ax.axhline(0, color="0.3", lw=0.8)
     ax.legend(fontsize=7)
-    ax.set_title("CRPSS = 1 - CRPS / CRPS of a baseline (> 0: nrt is better)")
+    ax.set_title("CRPSS = 1 - CRPS / CRPS(baseline)")
     _lead_axis(ax, pooled)
     fig.suptitle("CRPS by lead")
     return _save(fig, path)
