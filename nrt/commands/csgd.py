@@ -77,7 +77,7 @@ def run_fit(args, cfg) -> int:
         "fitted": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
         "nrt_version": __version__,
     }
-    params = fit_csgd(pairs.rate, pairs.truth, cell_km=pairs.cell_km, step_minutes=pairs.step_minutes,
+    params = fit_csgd(pairs.rate, pairs.truth, cell_km=pairs.cell_km, step_minutes=pairs.step_minutes, times=pairs.times,
                       where=f"{args.imerg} / {args.truth}", provenance=provenance)
     save_params(params, args.out)
     fit = params.provenance["fit"]
