@@ -26,7 +26,7 @@ def hour_list(text: str) -> list[int]:
 def register(sub) -> None:
     parser = sub.add_parser(
         "csgd",
-        help="the CSGD statistical ensemble (censored shifted gamma of truth given IMERG): refit its parameters",
+        help="the CSGD statistical ensemble (censored shifted gamma of truth given IMERG): fit or check its parameters",
         description="Commands of the CSGD statistical ensemble, nrt's baseline and fallback method.",
     )
     csgd_sub = parser.add_subparsers(dest="csgd_command", metavar="ACTION", required=True)
