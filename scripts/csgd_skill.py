@@ -57,7 +57,7 @@ def fold_predictions(imerg: Path, truth: Path, test_hours: list[int]) -> dict:
 
     train = read_pairs(imerg, truth, [h for h in range(24) if h not in test_hours])
     test = read_pairs(imerg, truth, test_hours)
-    params = fit_csgd(train.rate, train.truth, cell_km=train.cell_km, step_minutes=train.step_minutes)
+    params = fit_csgd(train.rate, train.truth, cell_km=train.cell_km, step_minutes=train.step_minutes, times=train.times)
     mu, sigma, delta = params.distribution(test.rate)
     clim = params.climatology
     rng = np.random.default_rng(0)

@@ -104,10 +104,13 @@ def test_bad_values_are_refused(tmp_path):
         load_params(path)
 
 
-def test_fit_refuses_data_without_rain():
+def test_fit_refuses_data_without_rain_or_without_consecutive_frames():
     rate = np.zeros((4, 20, 20))
     with pytest.raises(NrtError, match="too little rain"):
         fit_csgd(rate, rate, cell_km=(10.0, 10.0), step_minutes=60.0)
+    wet = np.random.default_rng(1).gamma(0.5, 1.0, (1, 30, 30))
+    with pytest.raises(NrtError, match="in time"):
+        fit_csgd(wet, wet, cell_km=(10.0, 10.0), step_minutes=60.0)
 
 
 def test_fit_recovers_a_known_climatology():
@@ -163,6 +166,11 @@ def test_members_have_the_noise_settings_space_and_time_correlation():
                  for m in range(8)]
     assert np.mean([e.correlation_length_km for e in estimates]) == pytest.approx(30.0, rel=0.12)
     assert np.mean([e.decorrelation_minutes for e in estimates]) == pytest.approx(90.0, rel=0.12)
+    # With hours skipped (as a cross-validation fold's training set), only frames truly 1-3 h apart pair up.
+    kept = np.array([0, 2, 4, 6, 8, 10])[[0, 1, 2, 4, 5]]
+    skipped = [error_correlation(ens[m, kept], mu[kept], sigma[kept], delta[kept], (5.0, 5.0), 60.0, max_lag_km=40.0,
+                                 minutes=kept * 30.0).noise.decorrelation_minutes for m in range(8)]
+    assert np.mean(skipped) == pytest.approx(90.0, rel=0.15)
 
 
 def test_ensemble_is_calibrated_on_truth_drawn_from_its_own_csgd():

@@ -26,7 +26,7 @@ def hour_list(text: str) -> list[int]:
 def register(sub) -> None:
     parser = sub.add_parser(
         "csgd",
-        help="the CSGD statistical ensemble (censored shifted gamma of truth given IMERG): refit its parameters",
+        help="the CSGD statistical ensemble (censored shifted gamma of truth given IMERG): fit or check its parameters",
         description="Commands of the CSGD statistical ensemble, nrt's baseline and fallback method.",
     )
     csgd_sub = parser.add_subparsers(dest="csgd_command", metavar="ACTION", required=True)
@@ -77,7 +77,7 @@ def run_fit(args, cfg) -> int:
         "fitted": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
         "nrt_version": __version__,
     }
-    params = fit_csgd(pairs.rate, pairs.truth, cell_km=pairs.cell_km, step_minutes=pairs.step_minutes,
+    params = fit_csgd(pairs.rate, pairs.truth, cell_km=pairs.cell_km, step_minutes=pairs.step_minutes, times=pairs.times,
                       where=f"{args.imerg} / {args.truth}", provenance=provenance)
     save_params(params, args.out)
     fit = params.provenance["fit"]

@@ -16,6 +16,7 @@ from scipy import optimize, special
 
 from nrt.csgd import distribution
 from nrt.csgd.regression import NoiseSettings
+from nrt.errors import NrtError
 
 
 @dataclass
@@ -47,22 +48,35 @@ def _fit_scale(lags: np.ndarray, corr: np.ndarray, weights: np.ndarray, guess: f
     return float(np.exp(optimize.minimize_scalar(loss, bounds=(np.log(guess / 20), np.log(guess * 20)), method="bounded").x))
 
 
+def _time_lagged(z: np.ndarray, minutes: np.ndarray, lag_minutes: float) -> tuple[float, int]:
+    """Like _lagged along time, over the frame pairs exactly `lag_minutes` apart (fits may skip hours)."""
+    first, second = np.nonzero(np.isclose(minutes[None, :] - minutes[:, None], lag_minutes))
+    a, b = z[second], z[first]
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(np.mean(a[both] * b[both])) if both.any() else np.nan, int(both.sum())
+
+
 def error_correlation(truth, mu, sigma, delta, cell_km: tuple[float, float], step_minutes: float,
-                      max_lag_km: float = 100.0) -> ErrorCorrelation:
-    """Correlations of the normal scores of (time, lat, lon) pairs and the fitted exponential scales."""
+                      max_lag_km: float = 100.0, minutes=None) -> ErrorCorrelation:
+    """Correlations of the normal scores of (time, lat, lon) pairs and the fitted exponential scales.
+
+    `minutes`: each frame's time (default: consecutive frames `step_minutes` apart); time lags pair only
+    frames that far apart. NrtError when no frames are 1-3 steps apart or no wet cells neighbour each other.
+    """
     z = normal_scores(truth, mu, sigma, delta)
     wet = np.isfinite(z)
     z = (z - z[wet].mean()) / z[wet].std()
+    minutes = np.arange(z.shape[0]) * step_minutes if minutes is None else np.asarray(minutes, dtype=np.float64)
     spatial = []
     for axis, d in ((1, cell_km[0]), (2, cell_km[1])):
         for lag in range(1, int(max_lag_km // d) + 1):
             c, n = _lagged(z, axis, lag)
             spatial.append((lag * d, c, n))
-    temporal = []
-    for lag in range(1, min(3, z.shape[0] - 1) + 1):
-        c, n = _lagged(z, 0, lag)
-        temporal.append((lag * step_minutes, c, n))
+    temporal = [(lag * step_minutes, *_time_lagged(z, minutes, lag * step_minutes)) for lag in (1, 2, 3)]
     s, t = np.array(spatial, dtype=float), np.array(temporal, dtype=float)
+    for name, table in (("space", s), ("time", t)):
+        if not (table[:, 2] > 0).any():
+            raise NrtError(f"no pairs of wet cells neighbour each other in {name}: the noise's correlation cannot be fit")
     noise = NoiseSettings(
         correlation_length_km=round(_fit_scale(s[:, 0], s[:, 1], s[:, 2], 50.0), 2),
         decorrelation_minutes=round(_fit_scale(t[:, 0], t[:, 1], t[:, 2], 60.0), 2),

@@ -56,6 +56,8 @@ def csgd_ensemble(
     lag1 = math.exp(-frame_minutes / params.noise.decorrelation_minutes)
     z = correlated_normal(np.random.default_rng(seed), members, rate4.shape[1], rate4.shape[2:], cell_km,
                           params.noise.correlation_length_km, lag1)
-    out = distribution.quantile(special.ndtr(z), mu, sigma, delta).astype(np.float32)
+    out = np.empty(z.shape, dtype=np.float32)
+    for t in range(z.shape[1]):  # frame by frame: the float64 intermediates stay one frame large
+        out[:, t] = distribution.quantile(special.ndtr(z[:, t]), mu[:, t], sigma[:, t], delta[:, t])
     out[np.broadcast_to(np.isnan(rate4), out.shape)] = np.nan
     return out

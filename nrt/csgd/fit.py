@@ -80,9 +80,12 @@ def fit_regression(rate: np.ndarray, truth: np.ndarray, clim: Climatology, covar
 
 
 def fit_csgd(rate: np.ndarray, truth: np.ndarray, *, cell_km: tuple[float, float], step_minutes: float,
-             covariate: np.ndarray | None = None, where: str = "the pairs", provenance: dict | None = None) -> CsgdParams:
+             covariate: np.ndarray | None = None, times=None, where: str = "the pairs",
+             provenance: dict | None = None) -> CsgdParams:
     """CsgdParams from (time, lat, lon) IMERG `rate` and `truth` (mm/h): climatology, regression, and the noise
-    scales from the errors' correlation (nrt.csgd.correlation). Refuses (NrtError) data with too little rain."""
+    scales from the errors' correlation (nrt.csgd.correlation). `times` (datetime64 per frame; default:
+    consecutive frames `step_minutes` apart) keeps time lags honest when hours are skipped.
+    Refuses (NrtError) data with too little rain."""
     rate, truth = np.asarray(rate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     valid = np.isfinite(rate) & np.isfinite(truth)
     if covariate is not None:
@@ -94,7 +97,8 @@ def fit_csgd(rate: np.ndarray, truth: np.ndarray, *, cell_km: tuple[float, float
     clim = fit_climatology(truth[valid])
     reg, mean_crps = fit_regression(rate[valid], truth[valid], clim, None if covariate is None else covariate[valid])
     mu, sigma, delta = csgd_parameters(clim, reg, np.where(valid, rate, np.nan), covariate)
-    corr = error_correlation(np.where(valid, truth, np.nan), mu, sigma, delta, cell_km, step_minutes)
+    minutes = None if times is None else (np.asarray(times) - np.asarray(times)[0]) / np.timedelta64(1, "m")
+    corr = error_correlation(np.where(valid, truth, np.nan), mu, sigma, delta, cell_km, step_minutes, minutes=minutes)
     fit_stats = {
         "cells": int(valid.sum()),
         "mean_crps_mm_h": round(mean_crps, 6),
