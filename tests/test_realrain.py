@@ -365,11 +365,10 @@ def test_catalogue_covers_every_source_and_holds_out_whole_events():
         held = [e for e in events if catalogue.is_held_out(e.name)]
         if len(events) > 1:
             assert held and len(held) < len(events), source  # something to train on, something held out
-        for a in held:  # a held-out event never overlaps, nor touches within 30 min, a training event of its source
+        for a in held:  # a held-out event never overlaps, nor comes within 30 min of, a training event of its region
             for b in events:
-                if b not in held and b.files == a.files:
-                    gap = max(a.start - b.end, b.start - a.end).total_seconds()
-                    assert gap >= 1800, (a.name, b.name)
+                if b not in held and b.region == a.region:
+                    assert max(a.start - b.end, b.start - a.end).total_seconds() >= 1800, (a.name, b.name)
 
 
 def test_catalogue_errors_name_the_key(tmp_path):
@@ -398,3 +397,19 @@ def test_cli_list_and_inspect(radar_dir, capsys, monkeypatch):
     assert cells[2] == "yes" and cells[3] == "2" and cells[4] == "30"  # 18:00-19:00: two half hours
     assert 0 < float(cells[6]) < 1 and float(cells[8]) > float(cells[7]) > 0
     assert main(["realrain", "inspect", "no-such-event"]) == 2
+
+
+def test_nearest_regridding_takes_the_closest_pixel_within_the_radius():
+    # 0.04° pixels (coarser than half a 0.05° cell): each cell takes its nearest pixel's value, none beyond 5 km
+    lon, lat = np.meshgrid(10.02 + 0.04 * np.arange(25), 45.98 - 0.04 * np.arange(25))
+    values = np.arange(lon.size, dtype=np.float64).reshape(lon.shape)
+    values[0, 0] = np.nan
+    frames = rain_rate_frames(values, [datetime(2024, 1, 1, tzinfo=timezone.utc)], lon, lat, source="test",
+                              period=timedelta(minutes=15), conversion="none", files=["test"])
+    grid = covering_grid(frames, bbox=(10.0, 45.0, 11.0, 46.0))
+    out = to_target_grid(frames, Regridder.build(lon, lat, grid, "nearest", radius_m=5000.0)).values[0]
+    cell_lon, cell_lat = grid.lonlats()
+    for r, c in [(0, 0), (7, 11), (19, 19), (12, 3)]:
+        d2 = (lon - cell_lon[r, c]) ** 2 * np.cos(np.radians(45.5)) ** 2 + (lat - cell_lat[r, c]) ** 2
+        assert out[r, c] == pytest.approx(values.flat[np.argmin(d2)])
+    assert np.isnan(out[-1, 0])  # the north-west cell's nearest pixel has no data

@@ -36,7 +36,7 @@ def run_list(args, cfg) -> int:
     print(f"{len(catalogue.events)} events in {catalogue.path} (files under {radar_dir})")
     print(f"{'event':32} {'source':11} {'start (UTC)':17} {'end':17} {'files':>5}  held out")
     for e in catalogue.events.values():
-        files = len(list(radar_dir.glob(e.files)))
+        files = len({p for pattern in e.files for p in radar_dir.glob(pattern)})
         print(f"{e.name:32} {e.source:11} {e.start:%Y-%m-%d %H:%M} {e.end:%Y-%m-%d %H:%M} {files:5d}  "
               f"{'yes' if catalogue.is_held_out(e.name) else ''}")
     return 0

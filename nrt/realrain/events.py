@@ -33,10 +33,11 @@ WET_MM_H = 0.1
 class Event:
     name: str
     source: str
-    files: str  # glob under the radar folder
+    files: tuple[str, ...]  # globs under the radar folder
     start: datetime  # first period start included
     end: datetime  # periods starting at or after `end` are left out
     bbox: tuple[float, float, float, float] | None = None  # west, south, east, north: crop before regridding
+    region: str = ""  # events of one source in different regions may share hours (MeteoNet's NW and SE zones)
     note: str = ""
 
 
@@ -72,12 +73,14 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
     events: dict[str, Event] = {}
     for i, entry in enumerate(raw.get("event", [])):
         where = f"{path}: event[{i}]"
-        unknown = set(entry) - {"name", "source", "files", "start", "end", "bbox", "note"}
+        unknown = set(entry) - {"name", "source", "files", "start", "end", "bbox", "region", "note"}
         if unknown:
             raise ConfigError(where, f"unknown keys {sorted(unknown)}")
         try:
-            event = Event(entry["name"], entry["source"], entry["files"], utc(entry["start"]), utc(entry["end"]),
-                          tuple(float(v) for v in entry["bbox"]) if "bbox" in entry else None, entry.get("note", ""))
+            globs = (entry["files"],) if isinstance(entry["files"], str) else tuple(entry["files"])
+            event = Event(entry["name"], entry["source"], globs, utc(entry["start"]), utc(entry["end"]),
+                          tuple(float(v) for v in entry["bbox"]) if "bbox" in entry else None,
+                          entry.get("region", ""), entry.get("note", ""))
         except KeyError as exc:
             raise ConfigError(where, f"missing key {exc}") from None
         except ValueError as exc:
@@ -102,9 +105,11 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
 
 
 def event_files(event: Event, radar_dir: Path) -> list[Path]:
-    files = sorted(Path(radar_dir).glob(event.files))
+    """The files matching the event's globs, sorted (a glob should not reach far outside the span: every file
+    it matches is read)."""
+    files = sorted({p for pattern in event.files for p in Path(radar_dir).glob(pattern)})
     if not files:
-        raise DataError(Path(radar_dir) / event.files, f"no files for event {event.name}")
+        raise DataError(Path(radar_dir) / event.files[0], f"no files for event {event.name}")
     return files
 
 
@@ -135,16 +140,17 @@ def read_event(event: Event, radar_dir: Path, progress: Callable[[str], None] | 
         lon, lat = np.asarray(frames.lon), np.asarray(frames.lat)
         grid_key = (lon.shape, float(np.nanmin(lon)), float(np.nanmax(lat)))
         if grid_key != key:  # a new native grid (the first file, or a product whose grid changed)
-            regridder, key = Regridder.build(lon, lat, covering_grid(frames) if regridder is None else regridder.grid, method), grid_key
+            grid = covering_grid(frames, event.bbox) if regridder is None else regridder.grid
+            regridder, key = Regridder.build(lon, lat, grid, method), grid_key
         parts.append(to_target_grid(frames, regridder))
         if progress:
             progress(f"{event.name}: {path.name} ({frames.sizes['time']} frame(s))")
     if not parts:
-        raise DataError(Path(radar_dir) / event.files, f"no frames between {event.start} and {event.end} for event {event.name}")
+        raise DataError(Path(radar_dir) / event.files[0], f"no frames between {event.start} and {event.end} for event {event.name}")
     out = xr.concat(parts, "time", combine_attrs="drop_conflicts").sortby("time")
     if np.unique(out.time.values).size != out.sizes["time"]:
-        raise DataError(Path(radar_dir) / event.files, f"two frames for the same time in event {event.name}")
-    return out.assign_attrs(event=event.name, files=f"{event.files} ({len(parts)} file(s))")
+        raise DataError(Path(radar_dir) / event.files[0], f"two frames for the same time in event {event.name}")
+    return out.assign_attrs(event=event.name, files=f"{', '.join(event.files)} ({len(parts)} file(s))")
 
 
 def event_frames(event: Event, radar_dir: Path, progress: Callable[[str], None] | None = None) -> xr.DataArray:

@@ -18,11 +18,16 @@ from nrt.grids import Domain, LatLonGrid, TARGET_RES, from_area_rows, target_gri
 HALF_HOUR_MINUTES = 30
 
 
-def covering_grid(frames: xr.DataArray, res: float = TARGET_RES) -> LatLonGrid:
-    """The 0.05° target grid (edges on the 0.1° lattice) covering the frames' valid lat/lon."""
+def covering_grid(frames: xr.DataArray, bbox: tuple[float, float, float, float] | None = None,
+                  res: float = TARGET_RES) -> LatLonGrid:
+    """The 0.05° target grid (edges on the 0.1° lattice) covering the frames' lat/lon, inside `bbox` if given
+    (west, south, east, north): a projected product's row/column window reaches beyond its bbox."""
     lon, lat = np.asarray(frames.lon), np.asarray(frames.lat)
     ok = np.isfinite(lon) & np.isfinite(lat)
-    return target_grid(Domain(float(lon[ok].min()), float(lat[ok].min()), float(lon[ok].max()), float(lat[ok].max())), res)
+    west, south, east, north = float(lon[ok].min()), float(lat[ok].min()), float(lon[ok].max()), float(lat[ok].max())
+    if bbox:
+        west, south, east, north = max(west, bbox[0]), max(south, bbox[1]), min(east, bbox[2]), min(north, bbox[3])
+    return target_grid(Domain(west, south, east, north), res)
 
 
 @dataclass
