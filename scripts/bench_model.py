@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,18 @@ def patch_flops(ds: Downscaler, tile: tuple[int, int]) -> float:
     return float(counter.get_total_flops())
 
 
+def cpu_usage() -> tuple[float, float, int]:
+    """(user s, system s, minor page faults) of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt
+
+
+def usage_since(start: tuple[float, float, int]) -> dict:
+    user, system, faults = (now - then for now, then in zip(cpu_usage(), start))
+    return {"user_s": round(user, 2), "system_s": round(system, 2), "system_share": round(system / max(user + system, 1e-9), 3),
+            "minor_faults": int(faults)}
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -99,16 +112,17 @@ def bench_demo(cfg, args, device) -> dict:
     cond = conditioning(grid)
     ds.sample(cond, members=2, seed=0, steps=2)  # warm-up
     sync(device)
-    t0 = time.perf_counter()
+    usage, t0 = cpu_usage(), time.perf_counter()
     out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
     sync(device)
     seconds = time.perf_counter() - t0
+    usage = usage_since(usage)
     tiles = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
     patches = f"{len(tiles)} of {tiles.tile[0]}x{tiles.tile[1]}"
     return {
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
         "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-        "seconds_per_sample": round(seconds, 2), "output_shape": list(out.shape),
+        "seconds_per_sample": round(seconds, 2), **usage, "output_shape": list(out.shape),
         "gflop_per_patch_call": round(patch_flops(ds, tiles.tile) / 1e9, 3),
     }
 
