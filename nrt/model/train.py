@@ -90,6 +90,8 @@ def fit_spec(tcfg, data: TrainingSet) -> ModelSpec:
         regression=network_spec(tcfg.regression, len(names)),
         diffusion=network_spec(tcfg.diffusion, len(names) + 2),
         sigma_data=tcfg.sigma_data,
+        sigma_min=tcfg.sigma_min,
+        sigma_max=tcfg.sigma_max,
     )
 
 
