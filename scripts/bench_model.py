@@ -95,7 +95,7 @@ def cpu_usage() -> tuple[float, float, int]:
 def usage_since(start: tuple[float, float, int]) -> dict:
     user, system, faults = (now - then for now, then in zip(cpu_usage(), start))
     return {"user_s": round(user, 2), "system_s": round(system, 2), "system_share": round(system / max(user + system, 1e-9), 3),
-            "minor_faults": int(faults)}
+            "minor_faults": int(faults), "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def sync(device):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import platform
+import resource
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from torch.nn import functional as F
 
+from nrt.model import allocator
 from nrt.model.loss import EDMLoss, regression_loss
 from nrt.model.member_noise import StackedRandomGenerator, member_seed
 from nrt.model.networks import NetworkSpec, SongUNet, parameter_count, upsample_nearest2x
@@ -355,3 +358,17 @@ def test_network_uses_noise_level_and_lead():
     assert not torch.allclose(base, net(x, torch.zeros(2), torch.tensor([5, 5])))
     # batch independence: sample 0 does not see sample 1
     torch.testing.assert_close(net(x[:1], torch.zeros(1), torch.tensor([0]))[0], base[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_activations_are_reused_instead_of_paged_in_again():
+    assert allocator.retain_freed_memory()
+
+    def faults_of_one_call():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        activation = torch.ones(64 << 18)  # 64 MiB, written: 16384 pages if freshly mapped
+        del activation
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_one_call()
+    assert faults_of_one_call() < 1000

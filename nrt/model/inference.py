@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nrt.errors import ConfigError, DataError
-from nrt.model import checkpoint
+from nrt.model import allocator, checkpoint
 from nrt.model.conditioning import Conditioning, raw_channels
 from nrt.model.member_noise import StackedRandomGenerator
 from nrt.model.patching import PatchGrid
@@ -75,6 +75,8 @@ class Downscaler:
         self.regression_call = torch.compile(self.regression) if compile else self.regression
         self.diffusion_call = torch.compile(self.diffusion) if compile else self.diffusion
         self.workspace = Workspace()
+        if device.type == "cpu":
+            allocator.retain_freed_memory()  # activations above glibc's mmap ceiling would page-fault in every call
         self._sampling = threading.Lock()  # the workspace serves one sample at a time
 
     @classmethod
