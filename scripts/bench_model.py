@@ -129,7 +129,7 @@ def bench_demo(cfg, args, device) -> dict:
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
         "channels_last": args.channels_last, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
         "seconds_per_sample": round(seconds, 2), **usage, "output_shape": list(out.shape),
-        "gflop_per_patch_call": round(efficiency.tile_flops(ds, tiles.tile)[0] / 1e9, 3),
+        "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, tiles.tile)[0] / 1e9, 3),
     }
 
 
@@ -187,7 +187,7 @@ def bench_production(cfg, args, device) -> list[dict]:
         row = {"case": "production", "grid": list(CONUS_SHAPE), "members": args.members, "steps": args.steps,
                "solver": args.solver, "bf16": bf16 and device.type == "cuda", "channels_last": channels_last,
                "compile": compiled, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-               "tile": list(layout.tile), "gflop_per_patch_call": round(efficiency.tile_flops(ds, layout.tile)[0] / 1e9, 2)}
+               "tile": list(layout.tile), "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, layout.tile)[0] / 1e9, 2)}
         if args.tiles:
             n = ds.spec.diffusion.in_channels
             x = torch.randn(args.tiles, 1, *layout.tile, device=device)

@@ -84,15 +84,14 @@ def conv_rates(network_spec, tile: tuple[int, int], batch: int, device: torch.de
     return rows
 
 
-def tile_flops(downscaler, tile: tuple[int, int]) -> tuple[int, int]:
-    """(diffusion, regression) FLOPs of one network call on one tile."""
-    spec, device = downscaler.spec, downscaler.device
-    condition = torch.zeros(1, spec.regression.in_channels, *tile, device=device)
-    lead = torch.zeros(1, dtype=torch.long, device=device)
-    diffusion = counted_flops(lambda: downscaler.diffusion(torch.zeros(1, 1, *tile, device=device), torch.ones(1, device=device),
-                                                           torch.zeros(1, spec.diffusion.in_channels - 1, *tile, device=device), lead))
-    regression = counted_flops(lambda: downscaler.regression(condition, lead))
-    return diffusion, regression
+def spec_tile_flops(model_spec, tile: tuple[int, int]) -> tuple[int, int]:
+    """(diffusion, regression) FLOPs of one call on one tile, counted on PyTorch's meta device (no arithmetic runs)."""
+    with torch.device("meta"):
+        regression, diffusion = model_spec.build()
+        lead = torch.zeros(1, dtype=torch.long)
+        return (counted_flops(lambda: diffusion(torch.zeros(1, 1, *tile), torch.ones(1),
+                                                torch.zeros(1, model_spec.diffusion.in_channels - 1, *tile), lead)),
+                counted_flops(lambda: regression(torch.zeros(1, model_spec.regression.in_channels, *tile), lead)))
 
 
 def network_evaluations(steps: int, solver: str) -> int:
@@ -102,7 +101,7 @@ def network_evaluations(steps: int, solver: str) -> int:
 
 def sample_flops(downscaler, patches: int, tile: tuple[int, int], members: int, nowcast_members: int, steps: int, solver: str) -> int:
     """FLOPs of `Downscaler.sample`: the regression on each nowcast member, the diffusion network per member and call."""
-    diffusion, regression = tile_flops(downscaler, tile)
+    diffusion, regression = spec_tile_flops(downscaler.spec, tile)
     return patches * (members * network_evaluations(steps, solver) * diffusion + nowcast_members * regression)
 
 
