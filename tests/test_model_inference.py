@@ -200,12 +200,12 @@ def _reference_conditioning():
     return Conditioning(np.stack([coarsen(rain_field(rng, grid.shape)) for _ in range(2)]), grid, lead=3)
 
 
-@pytest.mark.parametrize("solver,steps", [("heun", 6), ("euler", 4)])
-def test_sampling_reproduces_the_previous_implementation_on_the_demo_checkpoint(solver, steps):
+@pytest.mark.parametrize("solver,steps,channels_last", [("heun", 6, False), ("euler", 4, False), ("heun", 6, True)])
+def test_sampling_reproduces_the_previous_implementation_on_the_demo_checkpoint(solver, steps, channels_last):
     """tests/data/demo_sample_reference.npz is the output of the implementation before the in-place, float64 rewrite
     (commit e77b349: float32 state, fresh tile and output tensors each step), on 6 tiles of 24 x 32, 2 nowcast
     members and 3 ensemble members, given the same per-member latents. What may differ is the float64 integration."""
-    ds = _demo_downscaler()
+    ds = _demo_downscaler(channels_last=channels_last)
     reference = np.load(WEIGHTS_DIR.parents[2] / "tests" / "data" / "demo_sample_reference.npz")[solver]
     out = ds.sample(_reference_conditioning(), members=3, seed=7, steps=steps, solver=solver)
     np.testing.assert_allclose(out, reference, rtol=5e-4, atol=5e-5)
