@@ -58,15 +58,14 @@ def _groups(channels: int) -> int:
 
 
 def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
-    """F.interpolate(x, scale_factor=2, mode="nearest"), bit for bit, as a broadcast copy.
+    """F.interpolate(x, scale_factor=2, mode="nearest"), bit for bit, and the faster way for x's layout.
 
-    PyTorch's CPU nearest kernel computes a source index per output cell; the copy is several times faster
-    (see docs/benchmarks.md). A channels_last input gives a channels_last output.
+    On the CPU, PyTorch's NCHW nearest kernel computes a source index per output cell: a broadcast copy takes
+    0.45x its time. Its channels_last kernel is the faster of the two there (docs/benchmarks.md).
     """
-    b, c, h, w = x.shape
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        nhwc = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(b, h, 2, w, 2, c)
-        return nhwc.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    b, c, h, w = x.shape
     # .contiguous(): with a side of 1, reshape can return a stride-0 view of the broadcast instead of a copy
     return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w).contiguous()
 
