@@ -9,9 +9,15 @@ Cases:
   With `--variants` it measures bf16, channels_last and torch.compile, each on and off (they only act on GPU,
   except channels_last and compile which also run on CPU).
 
+`--efficiency` (demo case) measures the machine against itself in one run: the peak of a large fp32 matmul
+(and bf16 where the CPU has avx512_bf16/amx_bf16), a 3 x 3 convolution at each of the network's channel counts
+on the sampler's batch, the sample's FLOPs (FlopCounterMode), and the achieved GFLOP/s with its ratio to each
+peak; `--bf16` adds the same sample under CPU bf16 autocast, with its largest difference from fp32.
+
 Weights are freshly initialised (timing does not depend on them) unless `--checkpoint` names one.
 
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case demo
+    OMP_NUM_THREADS=2 python scripts/bench_model.py --checkpoint builtin:demo --steps 4 --solver euler --efficiency --bf16
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case production --tiles 4
     python scripts/bench_model.py --case production --device cuda --variants        # on a GPU host
 """
@@ -19,16 +25,20 @@ Weights are freshly initialised (timing does not depend on them) unless `--check
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import efficiency
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,44 +83,95 @@ def conditioning(grid: LatLonGrid, seed: int = 0) -> Conditioning:
     return Conditioning(coarse, grid, lead=2, random_error=coarse[0] * 0.5)
 
 
-def patch_flops(ds: Downscaler, tile: tuple[int, int]) -> float:
-    """FLOPs of one diffusion-network call on one tile."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    n = ds.spec.diffusion.in_channels
-    x = torch.zeros(1, 1, *tile, device=ds.device)
-    cond = torch.zeros(1, n - 1, *tile, device=ds.device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        ds.diffusion(x, torch.ones(1, device=ds.device), cond, torch.zeros(1, dtype=torch.long, device=ds.device))
-    return float(counter.get_total_flops())
+def cpu_usage() -> tuple[float, float, int]:
+    """(user s, system s, minor page faults) of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def usage_since(start: tuple[float, float, int]) -> dict:
+    user, system, faults = (now - then for now, then in zip(cpu_usage(), start))
+    return {"user_s": round(user, 2), "system_s": round(system, 2), "system_share": round(system / max(user + system, 1e-9), 3),
+            "minor_faults": int(faults), "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def demo_downscaler(cfg, args, device) -> Downscaler:
+    model_cfg = cfg.model.model_copy(update={"channels_last": args.channels_last})
+    if args.checkpoint:
+        return Downscaler.load(args.checkpoint, device, model_cfg)
+    demo = config.load(REPO / "config" / "train-demo.toml").train.diffusion
+    sizes = {"model_channels": demo.model_channels, "channel_mult": tuple(demo.channel_mult), "num_blocks": demo.num_blocks}
+    options = dict(patch_size=cfg.model.patch_size, patch_overlap=cfg.model.patch_overlap, max_batch=cfg.model.max_batch,
+                   channels_last=args.channels_last)
+    return random_downscaler(cfg, sizes, device, **options)
+
+
+def timed_sample(ds: Downscaler, cond: Conditioning, args, autocast_bf16: bool = False) -> tuple[np.ndarray, float, dict]:
+    """One sample after a 2-member warm-up: (members, seconds, CPU usage)."""
+    amp = torch.autocast(ds.device.type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
+    with amp:
+        ds.sample(cond, members=2, seed=0, steps=2)
+        efficiency.sync(ds.device)
+        usage, t0 = cpu_usage(), time.perf_counter()
+        out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
+        efficiency.sync(ds.device)
+    return out, time.perf_counter() - t0, usage_since(usage)
 
 
 def bench_demo(cfg, args, device) -> dict:
-    demo = config.load(REPO / "config" / "train-demo.toml").train.diffusion
-    sizes = {"model_channels": demo.model_channels, "channel_mult": tuple(demo.channel_mult), "num_blocks": demo.num_blocks}
-    options = dict(patch_size=cfg.model.patch_size, patch_overlap=cfg.model.patch_overlap, max_batch=cfg.model.max_batch)
-    ds = Downscaler.load(args.checkpoint, device, cfg.model) if args.checkpoint else random_downscaler(cfg, sizes, device, **options)
+    ds = demo_downscaler(cfg, args, device)
     grid = target_grid(cfg.domain.box())
     cond = conditioning(grid)
-    ds.sample(cond, members=2, seed=0, steps=2)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
-    sync(device)
-    seconds = time.perf_counter() - t0
+    out, seconds, usage = timed_sample(ds, cond, args)
     tiles = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
     patches = f"{len(tiles)} of {tiles.tile[0]}x{tiles.tile[1]}"
     return {
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
-        "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-        "seconds_per_sample": round(seconds, 2), "output_shape": list(out.shape),
-        "gflop_per_patch_call": round(patch_flops(ds, tiles.tile) / 1e9, 3),
+        "channels_last": args.channels_last, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
+        "seconds_per_sample": round(seconds, 2), **usage, "output_shape": list(out.shape),
+        "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, tiles.tile)[0] / 1e9, 3),
     }
+
+
+def bench_efficiency(cfg, args, device) -> list[dict]:
+    """Peaks of this machine, then the sample's achieved GFLOP/s against them (JSON lines)."""
+    ds = demo_downscaler(cfg, args, device)
+    grid = target_grid(cfg.domain.box())
+    cond = conditioning(grid)
+    layout = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
+    batch = min(ds.max_batch, args.members * len(layout))
+    bf16_flags = efficiency.cpu_flags("avx512_bf16", "amx_bf16") if device.type == "cpu" else ["cuda"]
+    rows = [{"measure": "cpu_flags", "bf16": bf16_flags, "avx512f": bool(efficiency.cpu_flags("avx512f"))}]
+    rows.append(efficiency.matmul_peak(device, torch.float32))
+    if bf16_flags:
+        rows.append(efficiency.matmul_peak(device, torch.bfloat16))
+    rows += efficiency.conv_rates(ds.spec.diffusion, layout.tile, batch, device, channels_last=args.channels_last)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    rate = "gflops_cpu" if device.type == "cpu" else "gflops"  # the load-robust rate where the CPU is shared
+    matmul = {row["dtype"]: row[rate] for row in rows if row["measure"] == "matmul_peak"}
+    conv_peak = max(row[rate] for row in rows if row["measure"] == "conv3x3")
+    flops = efficiency.sample_flops(ds, len(layout), layout.tile, args.members, cond.precip.shape[0], args.steps, args.solver)
+    reference = None
+    for precision in ["fp32"] + (["bf16-autocast"] if args.bf16 else []):
+        out, seconds, usage = timed_sample(ds, cond, args, autocast_bf16=precision != "fp32")
+        speeds = efficiency.rates(flops, seconds, usage["user_s"] + usage["system_s"], device)
+        achieved = speeds[rate]
+        row = {"measure": "sample", "precision": precision, "grid": list(grid.shape), "members": args.members,
+               "steps": args.steps, "solver": args.solver, "channels_last": args.channels_last,
+               "patches": f"{len(layout)} of {layout.tile[0]}x{layout.tile[1]}", "batch": batch,
+               "gflop": round(flops / 1e9, 1), **speeds, "ratios_from": rate,
+               "of_fp32_matmul_peak": round(achieved / matmul["float32"], 3), "of_conv_peak": round(achieved / conv_peak, 3),
+               **usage}
+        if reference is None:
+            reference = out
+        else:
+            row["max_abs_diff_vs_fp32_mmh"] = round(float(np.nanmax(np.abs(out - reference))), 4)
+            row["mean_spread_fp32_mmh"] = round(float(np.nanmean(reference.std(axis=0))), 4)
+            row["of_bf16_matmul_peak"] = round(achieved / matmul["bfloat16"], 3) if "bfloat16" in matmul else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def bench_production(cfg, args, device) -> list[dict]:
@@ -126,7 +187,7 @@ def bench_production(cfg, args, device) -> list[dict]:
         row = {"case": "production", "grid": list(CONUS_SHAPE), "members": args.members, "steps": args.steps,
                "solver": args.solver, "bf16": bf16 and device.type == "cuda", "channels_last": channels_last,
                "compile": compiled, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-               "tile": list(layout.tile), "gflop_per_patch_call": round(patch_flops(ds, layout.tile) / 1e9, 2)}
+               "tile": list(layout.tile), "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, layout.tile)[0] / 1e9, 2)}
         if args.tiles:
             n = ds.spec.diffusion.in_channels
             x = torch.randn(args.tiles, 1, *layout.tile, device=device)
@@ -135,10 +196,10 @@ def bench_production(cfg, args, device) -> list[dict]:
             lead = torch.zeros(args.tiles, dtype=torch.long, device=device)
             with torch.no_grad():
                 ds.run_batched(ds.diffusion_call, x, sig, cond, lead)  # warm-up (and compilation)
-                sync(device)
+                efficiency.sync(device)
                 t0 = time.perf_counter()
                 ds.run_batched(ds.diffusion_call, x, sig, cond, lead)
-                sync(device)
+                efficiency.sync(device)
             per_tile = (time.perf_counter() - t0) / args.tiles
             calls = patches * args.members * evals
             row.update({"timed_tiles": args.tiles, "seconds_per_tile": round(per_tile, 4),
@@ -146,12 +207,12 @@ def bench_production(cfg, args, device) -> list[dict]:
         else:
             cond = conditioning(grid)
             ds.sample(cond, members=2, seed=0, steps=2)
-            sync(device)
+            efficiency.sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
-            sync(device)
+            efficiency.sync(device)
             row["seconds_per_sample"] = round(time.perf_counter() - t0, 2)
             if device.type == "cuda":
                 row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -171,6 +232,9 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--variants", action="store_true", help="production: bf16 x channels_last x compile on/off")
     parser.add_argument("--checkpoint", help="demo: time this checkpoint instead of random weights")
+    parser.add_argument("--channels-last", action="store_true", help="demo: channels_last memory format")
+    parser.add_argument("--efficiency", action="store_true", help="demo: peaks of this machine and the sample's share of them")
+    parser.add_argument("--bf16", action="store_true", help="efficiency: also time the sample under CPU bf16 autocast")
     args = parser.parse_args()
     device = pick_device(args.device)
     cfg = config.load(None)
@@ -178,7 +242,9 @@ def main() -> int:
             "threads": torch.get_num_threads(), "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     print(json.dumps(info), flush=True)
-    if args.case == "demo":
+    if args.efficiency:
+        bench_efficiency(cfg, args, device)
+    elif args.case == "demo":
         print(json.dumps(bench_demo(cfg, args, device)), flush=True)
     else:
         bench_production(cfg, args, device)

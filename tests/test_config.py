@@ -83,6 +83,7 @@ def test_production_example_loads_with_real_servers_postgres_and_gpu(no_secrets,
         ("[timeline]\nimerg_latency_minutes = -30\n", "timeline.imerg_latency_minutes", "greater than or equal to 0"),
         ("[timeline]\ngeosfp_latency_hours = -1\n", "timeline.geosfp_latency_hours", "greater than or equal to 0"),
         ("[[alerts.areas]]\nname = 'x'\nwest = 0\nsouth = -95\neast = 1\nnorth = 1\n", "alerts.areas.0.south", "-90"),
+        ("[train]\nsigma_min = 90.0\nsigma_max = 80.0\n", "train", "sigma_min (90.0) must be less than sigma_max"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(tmp_path, no_secrets, toml, key, reason):

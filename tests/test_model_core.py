@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import math
+import platform
+import resource
 
 import numpy as np
 import pytest
 import torch
 
+from torch.nn import functional as F
+
+from nrt.model import allocator
 from nrt.model.loss import EDMLoss, regression_loss
-from nrt.model.networks import NetworkSpec, SongUNet, parameter_count
+from nrt.model.member_noise import StackedRandomGenerator, member_seed
+from nrt.model.networks import NetworkSpec, SongUNet, parameter_count, upsample_nearest2x
 from nrt.model.normalize import ChannelStats
 from nrt.model.patching import PatchGrid, PatchSampler, axis_starts, pad_to, tile_length
 from nrt.model.precond import EDMPrecond, edm_coefficients
 from nrt.model.sampler import edm_sample, sigma_steps
 from nrt.model.transforms import PrecipTransform
+from nrt.model.workspace import Workspace
 
 
 def test_edm_coefficients_match_karras_table_1():
@@ -88,14 +95,91 @@ def test_sampler_transports_noise_onto_a_known_gaussian():
     assert float(x.std()) == pytest.approx(s, rel=0.15)
 
 
-def test_churn_keeps_the_gaussian_and_is_reproducible_with_a_generator():
+def test_churn_keeps_the_gaussian_and_is_reproducible_with_member_generators():
     mu, s = -0.4, 0.5
-    z = torch.randn(20000, generator=torch.Generator().manual_seed(2))
-    runs = [edm_sample(_gaussian_denoiser(mu, s), z, steps=64, churn=30, generator=torch.Generator().manual_seed(9)) for _ in range(2)]
+    z = torch.randn(4, 5000, generator=torch.Generator().manual_seed(2))
+
+    def run(churn=30.0):
+        noise = StackedRandomGenerator("cpu", 9, members=4)
+        return edm_sample(_gaussian_denoiser(mu, s), z, steps=64, churn=churn, randn_like=noise.randn_like)
+
+    runs = [run() for _ in range(2)]
     torch.testing.assert_close(runs[0], runs[1])
     assert float(runs[0].mean()) == pytest.approx(mu, abs=0.02)
     assert float(runs[0].std()) == pytest.approx(s, rel=0.05)
-    assert not torch.allclose(runs[0], edm_sample(_gaussian_denoiser(mu, s), z, steps=64))
+    assert not torch.allclose(runs[0], run(churn=0.0))
+
+
+def _reference_edm_sample(denoise, latents, steps, solver):
+    """Karras et al. Algorithm 2 without churn, written out of place in float64 (as edm's sampler)."""
+    t = sigma_steps(steps).tolist()
+    x = latents.double() * t[0]
+    for t_cur, t_next in zip(t[:-1], t[1:]):
+        d = (x - denoise(x, t_cur)) / t_cur
+        x_next = x + (t_next - t_cur) * d
+        if solver == "heun" and t_next > 0:
+            x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * (x_next - denoise(x_next, t_next)) / t_next)
+        x = x_next
+    return x
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler"])
+def test_in_place_sampler_matches_the_out_of_place_algorithm_and_reuses_its_buffers(solver):
+    latents = torch.randn(3, 1, 20, 30, generator=torch.Generator().manual_seed(4))
+    target = torch.randn(3, 1, 20, 30, generator=torch.Generator().manual_seed(5))
+    seen = []
+
+    def denoise(x, sigma):  # nonlinear in x, returns float32 as the network does
+        seen.append((x.data_ptr(), x.dtype))
+        return (0.25 / (sigma**2 + 0.25) * torch.tanh(x) + target * sigma / (sigma + 1)).float()
+
+    workspace = Workspace()
+    first = edm_sample(denoise, latents, steps=7, solver=solver, workspace=workspace)
+    assert first.dtype == torch.float64
+    torch.testing.assert_close(first, _reference_edm_sample(denoise, latents, 7, solver), rtol=1e-12, atol=1e-12)
+    seen.clear()
+    kept = workspace.nbytes()
+    edm_sample(denoise, latents, steps=7, solver=solver, workspace=workspace)
+    assert workspace.nbytes() == kept == 4 * latents.numel() * 8  # four float64 state buffers, allocated once
+    assert {dtype for _, dtype in seen} == {torch.float64}
+    assert len({pointer for pointer, _ in seen}) == 2  # the state alternates between two buffers
+
+
+def test_member_noise_does_not_depend_on_the_ensemble_size():
+    small = StackedRandomGenerator("cpu", 123, members=10).randn((10, 1, 8, 9))
+    large = StackedRandomGenerator("cpu", 123, members=30).randn((30, 1, 8, 9))
+    assert torch.equal(small, large[:10])
+    assert not torch.equal(large[0], large[1])
+    other = StackedRandomGenerator("cpu", 124, members=10).randn((10, 1, 8, 9))
+    assert not torch.equal(small[0], other[0])
+    assert member_seed(123, 4) != member_seed(124, 4) and member_seed(123, 4) != member_seed(123, 5)
+    out = torch.empty(10, 1, 8, 9)
+    assert StackedRandomGenerator("cpu", 123, members=10).randn(out.shape, out=out) is out and torch.equal(out, small)
+    with pytest.raises(ValueError, match="3 rows requested from 10"):
+        StackedRandomGenerator("cpu", 123, members=10).randn((3, 4))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 32, 20, 28), (1, 1, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nearest_upsample_by_broadcast_is_bit_identical_to_interpolate(shape, channels_last):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours, theirs = upsample_nearest2x(x), F.interpolate(x, scale_factor=2, mode="nearest")
+    assert torch.equal(ours, theirs)
+    assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_extract_and_blend_into_given_buffers_equal_the_allocating_calls():
+    grid = PatchGrid(40, 90, 32, 8)
+    x = torch.randn(3, 2, 40, 90, dtype=torch.float64)
+    tiles = torch.empty(3 * len(grid), 2, *grid.tile)  # float32: the copy rounds the float64 state
+    assert grid.extract(x, out=tiles) is tiles
+    torch.testing.assert_close(tiles, grid.extract(x).float(), rtol=0, atol=0)
+    blended = torch.full((3, 2, 40, 90), float("nan"))  # stale contents must not leak into the blend
+    assert grid.blend(tiles * 2, out=blended) is blended
+    torch.testing.assert_close(blended, grid.blend(tiles * 2))
+    torch.testing.assert_close(blended, 2 * x.float())
 
 
 @pytest.mark.parametrize("length,patch,overlap", [(66, 64, 8), (132, 64, 8), (1160, 64, 8), (100, 32, 4), (64, 64, 8), (65, 32, 31)])
@@ -274,3 +358,17 @@ def test_network_uses_noise_level_and_lead():
     assert not torch.allclose(base, net(x, torch.zeros(2), torch.tensor([5, 5])))
     # batch independence: sample 0 does not see sample 1
     torch.testing.assert_close(net(x[:1], torch.zeros(1), torch.tensor([0]))[0], base[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_activations_are_reused_instead_of_paged_in_again():
+    assert allocator.retain_freed_memory()
+
+    def faults_of_one_call():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        activation = torch.ones(64 << 18)  # 64 MiB, written: 16384 pages if freshly mapped
+        del activation
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_one_call()
+    assert faults_of_one_call() < 1000

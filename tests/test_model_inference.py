@@ -16,6 +16,7 @@ from nrt.grids import LatLonGrid
 from nrt.model import checkpoint
 from nrt.model.conditioning import Conditioning
 from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve
+from nrt.model.sampler import edm_sample
 from nrt.model.train import train
 
 
@@ -186,3 +187,65 @@ def test_the_shipped_demo_checkpoint_loads_verifies_and_samples_the_demo_domain(
     coarse = np.stack([coarsen(rain_field(rng, grid.shape))])
     out = ds.sample(Conditioning(coarse, grid, lead=3), members=2, seed=0, steps=2)  # GEOS-FP, DEM absent: degraded
     assert out.shape == (2, 66, 132) and np.all(np.isfinite(out)) and out.min() >= 0
+
+
+def _demo_downscaler(**update):
+    cfg = config.load(None)
+    return Downscaler.load(cfg.model.checkpoint, "cpu", cfg.model.model_copy(update={"patch_size": 32, "patch_overlap": 8, **update}))
+
+
+def _reference_conditioning():
+    grid = LatLonGrid(0.05, 41.025, -95.975, 36, 60)
+    rng = np.random.default_rng(5)
+    return Conditioning(np.stack([coarsen(rain_field(rng, grid.shape)) for _ in range(2)]), grid, lead=3)
+
+
+@pytest.mark.parametrize("solver,steps,channels_last", [("heun", 6, False), ("euler", 4, False), ("heun", 6, True)])
+def test_sampling_reproduces_the_previous_implementation_on_the_demo_checkpoint(solver, steps, channels_last):
+    """tests/data/demo_sample_reference.npz is the output of the implementation before the in-place, float64 rewrite
+    (commit e77b349: float32 state, fresh tile and output tensors each step), on 6 tiles of 24 x 32, 2 nowcast
+    members and 3 ensemble members, given the same per-member latents. What may differ is the float64 integration."""
+    ds = _demo_downscaler(channels_last=channels_last)
+    reference = np.load(WEIGHTS_DIR.parents[2] / "tests" / "data" / "demo_sample_reference.npz")[solver]
+    out = ds.sample(_reference_conditioning(), members=3, seed=7, steps=steps, solver=solver)
+    np.testing.assert_allclose(out, reference, rtol=5e-4, atol=5e-5)
+    assert out.std(axis=0).mean() > 100 * 5e-5  # the tolerance is far below the ensemble spread
+
+
+def test_member_i_does_not_depend_on_the_ensemble_size():
+    ds = _demo_downscaler(max_batch=64)  # batches of other sizes, split differently: equal to float tolerance only
+    cond = _reference_conditioning()
+    ten = ds.sample(cond, members=10, seed=21, steps=4, solver="euler")
+    thirty = ds.sample(cond, members=30, seed=21, steps=4, solver="euler")
+    np.testing.assert_allclose(thirty[:10], ten, rtol=1e-4, atol=1e-6)
+    assert np.abs(thirty[10:20] - ten).max() > 1e-3  # later members are new draws, not repeats
+    assert np.abs(ds.sample(cond, members=10, seed=22, steps=4, solver="euler") - ten).max() > 1e-3
+
+
+def test_the_noise_range_comes_from_the_checkpoint(trained, tmp_path, monkeypatch, caplog):
+    cfg, path = trained
+    ckpt = checkpoint.load(path)
+    assert (ckpt.meta["model"]["sigma_min"], ckpt.meta["model"]["sigma_max"]) == (cfg.train.sigma_min, cfg.train.sigma_max)
+    meta = json.loads(json.dumps(ckpt.meta))
+    meta["model"].update(sigma_min=0.01, sigma_max=80.0)
+    checkpoint.save(tmp_path / "narrow.safetensors", ckpt.tensors, meta)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["sigma_min"], kwargs["sigma_max"]))
+        return edm_sample(*args, **kwargs)
+
+    monkeypatch.setattr("nrt.model.inference.edm_sample", spy)
+    Downscaler.load(tmp_path / "narrow.safetensors", "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
+    Downscaler.load(path, "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
+    assert seen == [(0.01, 80.0), (cfg.train.sigma_min, cfg.train.sigma_max)]
+    # a checkpoint from before the range was recorded (the shipped demo) falls back to the training defaults, and says so
+    with caplog.at_level("WARNING", logger="nrt.model.inference"):
+        demo = Downscaler.load("builtin:demo", "cpu")
+    assert "records no sigma_min/sigma_max" in caplog.text and "using the training defaults 0.002 and 800" in caplog.text
+    assert (demo.spec.sigma_min, demo.spec.sigma_max) == (config.TrainConfig().sigma_min, config.TrainConfig().sigma_max)
+    bad = json.loads(json.dumps(ckpt.meta))
+    bad["model"].update(sigma_min=5.0, sigma_max=1.0)
+    checkpoint.save(tmp_path / "bad.safetensors", ckpt.tensors, bad)
+    with pytest.raises(DataError, match="sigma_min < sigma_max"):
+        Downscaler.load(tmp_path / "bad.safetensors", "cpu", cfg.model)

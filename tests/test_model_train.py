@@ -126,3 +126,17 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path):
     with one_thread():
         single = train(config.load(conf), dataset, tmp_path / "one" / "m.safetensors", tmp_path / "one-run", progress=False)
     _assert_same_weights(output, single.output, atol=2e-5)
+
+
+def test_the_sampler_noise_range_does_not_block_resuming_but_training_settings_do():
+    from nrt.model.spec import ModelSpec
+    from nrt.model.train import _fingerprint
+
+    spec = ModelSpec.from_dict(checkpoint.load(Downscaler.load("builtin:demo", "cpu").name).meta["model"])
+    base = config.TrainConfig()
+    same = _fingerprint(base, spec, "sha")
+    assert _fingerprint(base.model_copy(update={"sigma_max": 80.0, "sigma_min": 0.01}), spec, "sha") == same
+    wider = ModelSpec(**{**spec.__dict__, "sigma_max": 80.0})
+    assert _fingerprint(base, wider, "sha") == same
+    assert _fingerprint(base.model_copy(update={"p_std": 1.0}), spec, "sha") != same
+    assert _fingerprint(base, spec, "other data") != same

@@ -3,23 +3,30 @@
 member = regression mean + EDM sample of the residual. Any domain size works: the normalised inputs are padded
 to whole tiles, cut into overlapping tiles, and every network call runs all patches of all members
 as one batch (split into chunks of `max_batch` for memory), blended back before each sampler update.
+Member i's noise comes from its own generator (`StackedRandomGenerator`), so it does not depend on the
+ensemble size, and the sampler integrates over the checkpoint's own noise range (sigma_min, sigma_max).
+The tiles, network outputs, blended field and sampler state live in a `Workspace` reused across steps and
+calls, so the sampler allocates nothing per step outside the network itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nrt.errors import ConfigError, DataError
-from nrt.model import checkpoint
+from nrt.model import allocator, checkpoint
 from nrt.model.conditioning import Conditioning, raw_channels
+from nrt.model.member_noise import StackedRandomGenerator
 from nrt.model.patching import PatchGrid
-from nrt.model.sampler import edm_sample
-from nrt.model.spec import ModelSpec
+from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, edm_sample
+from nrt.model.spec import ModelSpec, records_noise_range
+from nrt.model.workspace import Workspace
 
 log = logging.getLogger("nrt.model.inference")
 
@@ -67,6 +74,10 @@ class Downscaler:
             net.to(device=device, memory_format=self.memory_format).eval().requires_grad_(False)
         self.regression_call = torch.compile(self.regression) if compile else self.regression
         self.diffusion_call = torch.compile(self.diffusion) if compile else self.diffusion
+        self.workspace = Workspace()
+        if device.type == "cpu":
+            allocator.retain_freed_memory()  # activations above glibc's mmap ceiling would page-fault in every call
+        self._sampling = threading.Lock()  # the workspace serves one sample at a time
 
     @classmethod
     def load(cls, path_or_builtin: str | Path, device: str | torch.device = "auto", model_cfg=None) -> Downscaler:
@@ -77,6 +88,9 @@ class Downscaler:
             spec = ModelSpec.from_dict(ckpt.meta["model"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(ckpt.path, f"model description is incomplete or inconsistent ({exc})") from None
+        if not records_noise_range(ckpt.meta["model"]):
+            log.warning("%s records no sigma_min/sigma_max (an older checkpoint); using the training defaults %g and %g",
+                        ckpt.path, SIGMA_MIN, SIGMA_MAX)
         device = pick_device(device) if isinstance(device, str) else device
         options = {}
         if model_cfg is not None:
@@ -92,15 +106,20 @@ class Downscaler:
     def _amp(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
-    def run_batched(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
-        """fn(*tensors) over the leading (tile) axis in chunks of `max_batch`, under bf16 autocast on CUDA."""
-        outputs = []
+    def run_batched(self, fn, *tensors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """fn(*tensors) over the leading (tile) axis in chunks of `max_batch`, under bf16 autocast on CUDA.
+
+        The float32 result is written into `out` when given (else into a new tensor).
+        """
         for start in range(0, tensors[0].shape[0], self.max_batch):
             part = [t[start : start + self.max_batch] for t in tensors]
             part = [p.contiguous(memory_format=self.memory_format) if p.dim() == 4 else p for p in part]
             with self._amp():
-                outputs.append(fn(*part).float())
-        return torch.cat(outputs)
+                result = fn(*part)
+            if out is None:
+                out = result.new_empty((tensors[0].shape[0], *result.shape[1:]), dtype=torch.float32)
+            out[start : start + self.max_batch].copy_(result)
+        return out
 
     def _prepare(self, cond: Conditioning):
         raw = raw_channels(cond, self.spec.channels)
@@ -123,20 +142,33 @@ class Downscaler:
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int = 18, solver: str = "heun") -> np.ndarray:
-        """(member, lat, lon) float32 mm/h; member i is driven by coarse member i mod the number given."""
-        z, grid, missing = self._prepare(cond)
-        mean = self._mean(z, grid, cond.lead)
-        source = torch.arange(members, device=self.device) % z.shape[0]
-        condition = grid.extract(torch.cat([z, mean], dim=1)[source])
-        leads = torch.full((condition.shape[0],), cond.lead, device=self.device, dtype=torch.long)
+        """(member, lat, lon) float32 mm/h; member i is driven by coarse member i mod the number given.
 
-        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            tiles = grid.extract(x)
-            sigmas = torch.full((tiles.shape[0],), sigma, device=self.device)
-            return grid.blend(self.run_batched(self.diffusion_call, tiles, sigmas, condition, leads))
+        Member i's noise depends only on (seed, i): the first 10 members of a 30-member ensemble are the
+        10 members of a 10-member one (to float tolerance: the network batches differ).
+        """
+        with self._sampling:
+            z, grid, missing = self._prepare(cond)
+            mean = self._mean(z, grid, cond.lead)
+            source = torch.arange(members, device=self.device) % z.shape[0]
+            ws, tile_count = self.workspace, members * len(grid)
+            condition = grid.extract(torch.cat([z, mean], dim=1)[source],
+                                     out=ws.get("condition", (tile_count, z.shape[1] + 1, *grid.tile), device=self.device,
+                                                memory_format=self.memory_format))
+            leads = torch.full((tile_count,), cond.lead, device=self.device, dtype=torch.long)
+            tiles = ws.get("tiles", (tile_count, 1, *grid.tile), device=self.device)
+            sigmas = ws.get("sigmas", (tile_count,), device=self.device)
+            outputs = ws.get("outputs", (tile_count, 1, *grid.tile), device=self.device)
+            denoised = ws.get("denoised", (members, 1, *grid.shape), device=self.device)
 
-        generator = torch.Generator(self.device).manual_seed(int(seed))
-        latents = torch.randn((members, 1, *z.shape[-2:]), device=self.device, generator=generator)
-        residual = edm_sample(denoise, latents, steps=steps, solver=solver, churn=self.churn, generator=generator)
-        rate = grid.crop(self.spec.denormalize_target(mean[source] + residual))[:, 0].cpu().numpy()
-        return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)
+            def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+                grid.extract(x, out=tiles)  # the float64 state, rounded to float32 for the network
+                sigmas.fill_(sigma)
+                return grid.blend(self.run_batched(self.diffusion_call, tiles, sigmas, condition, leads, out=outputs), out=denoised)
+
+            noise = StackedRandomGenerator(self.device, seed, members)
+            latents = noise.randn((members, 1, *grid.shape), out=ws.get("latents", (members, 1, *grid.shape), device=self.device))
+            residual = edm_sample(denoise, latents, steps=steps, solver=solver, sigma_min=self.spec.sigma_min,
+                                  sigma_max=self.spec.sigma_max, churn=self.churn, randn_like=noise.randn_like, workspace=ws)
+            rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
+            return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)

@@ -57,6 +57,19 @@ def _groups(channels: int) -> int:
     return groups
 
 
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(x, scale_factor=2, mode="nearest"), bit for bit, and the faster way for x's layout.
+
+    On the CPU, PyTorch's NCHW nearest kernel computes a source index per output cell: a broadcast copy takes
+    0.45x its time. Its channels_last kernel is the faster of the two there (docs/benchmarks.md).
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    b, c, h, w = x.shape
+    # .contiguous(): with a side of 1, reshape can return a stride-0 view of the broadcast instead of a copy
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w).contiguous()
+
+
 class NoiseEmbedding(nn.Module):
     """Sinusoidal embedding of a scalar (the EDM noise label c_noise), as in the Transformer/DDPM++."""
 
@@ -107,7 +120,7 @@ class UNetBlock(nn.Module):
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
-            return F.interpolate(x, scale_factor=2, mode="nearest")
+            return upsample_nearest2x(x)
         if self.down:
             return F.avg_pool2d(x, 2)
         return x

@@ -93,21 +93,33 @@ class PatchGrid:
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., : self.domain[0], : self.domain[1]]
 
-    def extract(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, *shape) -> (B * P, C, *tile), tile index fastest."""
-        th, tw = self.tile
-        tiles = torch.stack([x[..., r : r + th, c : c + tw] for r, c in self.origins], dim=1)
-        return tiles.reshape(-1, *tiles.shape[2:])
-
-    def blend(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(B * P, C, *tile) -> (B, C, *shape), a weighted mean wherever tiles overlap."""
+    def extract(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, *shape) -> (B * P, C, *tile), tile index fastest; copied into `out` (any dtype) when given."""
         (th, tw), n = self.tile, len(self.origins)
-        tiles = tiles.reshape(-1, n, *tiles.shape[1:])
-        window = self._window.to(tiles.device, tiles.dtype)
-        out = tiles.new_zeros(tiles.shape[0], tiles.shape[2], *self.shape)
+        if out is None:
+            out = x.new_empty((x.shape[0] * n, *x.shape[1:-2], th, tw))
+        grouped = out.view(x.shape[0], n, *out.shape[1:])
         for k, (r, c) in enumerate(self.origins):
-            out[..., r : r + th, c : c + tw] += tiles[:, k] * window[k]
-        return out / self._total.to(tiles.device, tiles.dtype)
+            grouped[:, k].copy_(x[..., r : r + th, c : c + tw])
+        return out
+
+    def blend(self, tiles: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B * P, C, *tile) -> (B, C, *shape), a weighted mean wherever tiles overlap; written into `out` when given."""
+        (th, tw), n = self.tile, len(self.origins)
+        grouped = tiles.reshape(-1, n, *tiles.shape[1:])
+        window, total = self._weights(tiles.device, tiles.dtype)
+        if out is None:
+            out = tiles.new_empty(grouped.shape[0], grouped.shape[2], *self.shape)
+        out.zero_()
+        for k, (r, c) in enumerate(self.origins):
+            out[..., r : r + th, c : c + tw].addcmul_(grouped[:, k], window[k])
+        return out.div_(total)
+
+    def _weights(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tile windows and their sum, moved to `device`/`dtype` once and kept there."""
+        if self._window.device != device or self._window.dtype != dtype:
+            self._window, self._total = self._window.to(device, dtype), self._total.to(device, dtype)
+        return self._window, self._total
 
 
 def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from nrt.model.conditioning import PRECIP_CHANNELS, ChannelSet
 from nrt.model.networks import NetworkSpec, SongUNet
 from nrt.model.normalize import ChannelStats
 from nrt.model.precond import EDMPrecond, RegressionNet
+from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN
 from nrt.model.transforms import PrecipTransform
 
 MAX_RATE_MMH = 500.0  # above any 0.05°, 30-min rain rate on record
@@ -28,8 +29,12 @@ class ModelSpec:
     regression: NetworkSpec  # in_channels = number of condition channels
     diffusion: NetworkSpec  # in_channels = noisy residual + condition + regression mean
     sigma_data: float = 0.5
+    sigma_min: float = SIGMA_MIN  # the noise range the sampler integrates over, from the training config
+    sigma_max: float = SIGMA_MAX
 
     def __post_init__(self):
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"noise range needs 0 < sigma_min < sigma_max (got {self.sigma_min}, {self.sigma_max})")
         names = tuple(self.channels.names())
         if self.input_stats.names != names:
             raise ValueError(f"normalisation channels {self.input_stats.names} differ from the model's {names}")
@@ -71,10 +76,13 @@ class ModelSpec:
             "regression": self.regression.to_dict(),
             "diffusion": self.diffusion.to_dict(),
             "sigma_data": self.sigma_data,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
+        """Checkpoints written before the noise range was recorded get the training defaults (`records_noise_range`)."""
         return cls(
             channels=ChannelSet.from_dict(data["channels"]),
             transform=PrecipTransform.from_dict(data["transform"]),
@@ -83,4 +91,11 @@ class ModelSpec:
             regression=NetworkSpec.from_dict(data["regression"]),
             diffusion=NetworkSpec.from_dict(data["diffusion"]),
             sigma_data=float(data["sigma_data"]),
+            sigma_min=float(data.get("sigma_min", SIGMA_MIN)),
+            sigma_max=float(data.get("sigma_max", SIGMA_MAX)),
         )
+
+
+def records_noise_range(data: dict) -> bool:
+    """Whether a checkpoint's model description carries its own sigma_min and sigma_max."""
+    return "sigma_min" in data and "sigma_max" in data

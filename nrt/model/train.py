@@ -47,6 +47,8 @@ PHASES = ("regression", "diffusion")
 STATE_NAME = "state.safetensors"
 # Keys of [train] that may change between a run and its resumption (they do not alter the optimisation).
 _RESUMABLE_KEYS = {"regression_steps", "diffusion_steps", "checkpoint_every", "log_every", "dataset", "output", "run_dir", "start", "end"}
+# The sampler's noise range is recorded in the checkpoint but plays no part in training: a run resumes across it.
+_SAMPLER_KEYS = {"sigma_min", "sigma_max"}
 
 
 @dataclass
@@ -90,12 +92,15 @@ def fit_spec(tcfg, data: TrainingSet) -> ModelSpec:
         regression=network_spec(tcfg.regression, len(names)),
         diffusion=network_spec(tcfg.diffusion, len(names) + 2),
         sigma_data=tcfg.sigma_data,
+        sigma_min=tcfg.sigma_min,
+        sigma_max=tcfg.sigma_max,
     )
 
 
 def _fingerprint(tcfg, spec: ModelSpec, dataset_sha: str) -> str:
-    settings = {k: v for k, v in tcfg.model_dump(mode="json").items() if k not in _RESUMABLE_KEYS}
-    text = json.dumps({"train": settings, "model": spec.to_dict(), "dataset": dataset_sha}, sort_keys=True)
+    settings = {k: v for k, v in tcfg.model_dump(mode="json").items() if k not in _RESUMABLE_KEYS | _SAMPLER_KEYS}
+    model = {k: v for k, v in spec.to_dict().items() if k not in _SAMPLER_KEYS}
+    text = json.dumps({"train": settings, "model": model, "dataset": dataset_sha}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
