@@ -143,7 +143,7 @@ def test_without_dpr_there_is_no_verification_and_no_failure(serve, downscaler):
     report = served.cycle(T2, downscaler)
     assert report.degraded == [] and report.scores == []
     assert "verify" not in report.timings and "dpr" not in report.sources
-    assert len(report.products) == 19
+    assert len(report.products) == 46  # 9 valid times x (ensemble, summary, 3 accumulations) + 1 quicklook
     assert served.catalog.scores() == []
 
 
@@ -200,7 +200,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     # At the crash: the job is still leased to the dead worker, and every registered product is a whole file.
     job = catalog.job(job_id)
     assert job.state == "running" and job.lease_owner.split(":")[1] == str(victim.pid)
-    assert 0 < len(catalog.products()) < 19  # killed mid-cycle
+    assert 0 < len(catalog.products()) < 46  # killed mid-cycle
     assert catalog.claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
     for row in catalog.products():
         assert sha256(Path(row.path)) == row.sha256
@@ -215,7 +215,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
 
     rows = catalog.products()
-    assert len(rows) == 19 and {r.cycle_time for r in rows} == {T2}
+    assert len(rows) == 46 and {r.cycle_time for r in rows} == {T2}
     for row in rows:
         assert sha256(Path(row.path)) == row.sha256  # the catalog never points at a missing or stale file
     registered = {Path(r.path) for r in rows} | {cfg.product_dir / "latest.json"}
@@ -239,7 +239,7 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     report = json.loads(capsys.readouterr().out)
     assert report["cycle_time"] == "2024-06-01T12:00:00Z" and report["imerg_start"] == "2024-06-01T08:00:00Z"
     assert report["degraded"] == [] and report["nowcast_method"] == "steps"
-    assert len(report["products"]) == 19 and all(Path(p).is_file() for p in report["products"])
+    assert len(report["products"]) == 46 and all(Path(p).is_file() for p in report["products"])
     assert {"ingest", "nowcast", "diffusion", "products"} <= set(report["timings_s"])
 
     args = build_parser().parse_args(["cycle", "--time", "yesterday"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-KINDS = ("ensemble", "summary", "quicklook")
+KINDS = ("ensemble", "summary", "quicklook", "accumulation_1h", "accumulation_3h", "accumulation_6h")
 
 
 def register(sub) -> None:

@@ -1,8 +1,8 @@
 """Products for hydrologic models and operators (see docs/products.md).
 
-- `netcdf`: CF-1.10 ensemble files (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
+- `netcdf`: CF-1.8 ensemble files, (time, realization, lat, lon) on disk (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
 - `summary`: mean, median, p10, p90, exceedance probabilities, accumulations (`summarize`,
-  `accumulations`, `best_mean_fields`, `write_summary`);
+  `accumulations`, `best_mean_fields`, `write_summary`, `write_accumulations`: one file per window);
 - `ef5`: GeoTIFF forcings for EF5 (`export_ef5`);
 - `quicklook`: the PNG per cycle (`quicklook`);
 - `alerts`: exceedance over operator areas (`alert_states`);

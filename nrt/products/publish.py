@@ -24,14 +24,16 @@ import xarray as xr
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
 from nrt.products.ef5 import export_ef5
-from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, data_vars, ensemble_dataset, product_path, write_dataset
+from nrt.products.netcdf import (
+    ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
+)
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
 from nrt.products.summary import (
     ProductStats,
-    accumulations,
     best_mean_fields,
     product_stats,
     summarize,
+    write_accumulations,
     write_summary,
 )
 from nrt.timeline import floor_halfhour, isoformat, utc
@@ -147,8 +149,9 @@ def publish_valid_time(
 ) -> Published:
     """Write, register and index every product of one valid time of one cycle.
 
-    In order: the ensemble file; its summary (statistics, and accumulations over the best-available
-    means of the preceding half hours, so the pipeline should publish a cycle's valid times oldest first);
+    In order: the ensemble file; its summary (statistics); one accumulation file per configured window, over
+    the best-available means of the preceding half hours (so the pipeline should publish a cycle's valid
+    times oldest first);
     a quicklook PNG (by default for the cycle's newest valid time only, when `products.quicklook`); the EF5
     GeoTIFFs when `products.ef5_export` and this ensemble is now the best available; then `latest.json`.
     `precip` is (member, [time=1,] lat, lon) in mm/h; `attrs` carries the provenance (see
@@ -173,14 +176,18 @@ def publish_valid_time(
 
     values = ds[PRECIP_VAR].values[:, 0]
     stats = summarize(values, pc.thresholds_mmh)
-    hours = max(pc.accumulation_hours)
-    accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
     sum_path = write_summary(
-        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, accum, grid=grid, valid_time=valid,
+        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, grid=grid, valid_time=valid,
         forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
         quantize=pc.quantize, deflate_level=pc.deflate_level,
     )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
+    accum_paths = write_accumulations(
+        cfg.product_dir, best_mean_fields(catalog, valid, max(pc.accumulation_hours), stats["mean"]), pc.accumulation_hours,
+        grid=grid, valid_time=valid, cycle_time=cycle, forecast_reference_time=forecast_reference_time,
+        attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
+    )
+    records.extend(register_file(catalog, accumulation_kind(h), path, **where) for h, path in accum_paths.items())
 
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
