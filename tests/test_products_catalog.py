@@ -158,7 +158,7 @@ def test_ef5_export_by_daemon_only_for_the_best_and_by_cli(cfg, catalog, config_
     assert code == 0 and "wrote 4 GeoTIFFs" in out
     assert sha256_file(out_dir / "member_02" / "prcp.202406011300.tif") == before  # same bytes as the daemon's
     code, _, err = cli(capsys, config_file, "export", "ef5", "--valid", "2024-06-01T12:30Z", "--until", "2024-06-01T13:00Z", "--out", str(out_dir))
-    assert code == 1 and "no ensemble product for 2024-06-01T13:00:00Z" in err
+    assert code == 1 and "GAP 2024-06-01T13:00:00Z: no ensemble product" in err
 
 
 def make_file(path: Path, content: bytes, modified: dt.datetime | None = None) -> Path:
