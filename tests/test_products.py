@@ -420,9 +420,86 @@ def test_alert_small_area_missing_data_and_outside_grid():
 def test_quicklook_png(tmp_path):
     from matplotlib.image import imread
 
-    path = quicklook(read_ensemble(write(tmp_path)), tmp_path / "ql.png", threshold=10)
+    path = quicklook(read_ensemble(write(tmp_path)), tmp_path / "ql.png", threshold=10, areas=[area()])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(path)
     assert image.shape[0] > 500 and image.shape[1] > 700
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50  # four coloured maps, not a blank canvas
+    grey = np.all(np.abs(image[..., :3] - 0.6) < 0.01, axis=-1)
+    assert grey.sum() > 100  # the NaN block is drawn in the "no data" grey
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def rendered(draw) -> tuple[np.ndarray, object]:
+    """Draw on a fresh 8x6 in axes with `draw(ax)`, return the RGB pixels and the axes' data-to-pixel transform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    draw(ax)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
+    transform = ax.transData
+    plt.close(fig)
+    return pixels, transform
+
+
+def darkest_near(pixels, transform, lon, lat, radius=2) -> float:
+    x, y = transform.transform((lon, lat))
+    row, col = int(round(pixels.shape[0] - y)), int(round(x))
+    return float(pixels[row - radius:row + radius + 1, col - radius:col + radius + 1].mean(axis=-1).min())
+
+
+def test_maps_draw_state_and_county_borders_from_the_shipped_data():
+    from nrt.products.quicklook import draw_borders
+
+    pixels, transform = rendered(lambda ax: draw_borders(ax, (-96.7, 40.3, -90.1, 43.6)))
+    # Known borders: Iowa-Minnesota along 43.5 N; the Polk/Story county line (Iowa) along 41.86 N at 93.5 W.
+    assert darkest_near(pixels, transform, -94.0, 43.5) < 0.35  # state line: dark
+    assert darkest_near(pixels, transform, -93.5, 41.863) < 0.9  # county line: thin light grey, but drawn
+    # Inside a county, away from every line, the map stays white.
+    assert darkest_near(pixels, transform, -93.57, 41.68) > 0.95
+    blank, _ = rendered(lambda ax: (ax.set_xlim(-96.7, -90.1), ax.set_ylim(40.3, 43.6)))
+    assert darkest_near(blank, transform, -94.0, 43.5) > 0.95  # the line comes from the border data, not the axes
+
+
+def test_probability_panel_leaves_zero_blank_and_marks_no_data():
+    from nrt.products.quicklook import plot_map
+
+    values = np.zeros((4, *GRID.shape), np.float32)
+    values[:, 10:, 15:] = 20.0  # certain heavy rain in the north-east corner
+    values[:, :3, :4] = np.nan
+    ensemble = xr.DataArray(values, dims=("member", "lat", "lon"), coords={"lat": GRID.lats, "lon": GRID.lons})
+    import matplotlib.image
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        image = matplotlib.image.imread(plot_map("prob", Path(folder) / "p.png", ensemble=ensemble, threshold=10))[..., :3]
+    white = np.all(image > 0.99, axis=-1)
+    grey = np.all(np.abs(image - 0.6) < 0.01, axis=-1)
+    dark = image.mean(axis=-1) < 0.15  # P = 1 at the top of magma_r
+    assert dark.sum() > 1000 and grey.sum() > 100
+    assert white.sum() > 3 * dark.sum()  # the P = 0 cells are blank, not the colour of the lowest bin
+
+
+def test_plot_command_draws_any_valid_time_and_the_accumulations(tmp_path, cfg, capsys):
+    from nrt.catalog import Catalog
+    from nrt.cli import main
+    from nrt.products import publish_valid_time
+
+    with Catalog.from_config(cfg, migrate=True) as catalog:
+        for k in range(2):
+            valid = V - (1 - k) * dt.timedelta(minutes=30)
+            publish_valid_time(rain(members=4, seed=k), cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=V,
+                               forecast_reference_time=S, lead=4 - (1 - k), quicklook=False)
+    config_file = tmp_path / "nrt.toml"
+    config_file.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n')
+    for kind in ("mean", "prob", "accum", "quicklook"):
+        out = tmp_path / f"{kind}.png"
+        code = main(["--config", str(config_file), "products", "plot", "--valid", "2024-06-01T12:00Z", "--kind", kind, "--out", str(out)])
+        assert code == 0 and out.read_bytes()[:4] == b"\x89PNG", kind
+    assert main(["--config", str(config_file), "products", "plot", "--valid", "2024-06-01T18:00Z", "--out", str(tmp_path / "x.png")]) == 1
+    assert "no ensemble product for 2024-06-01T18:00:00Z" in capsys.readouterr().err

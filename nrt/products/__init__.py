@@ -4,7 +4,7 @@
 - `summary`: mean, median, p10, p90, exceedance probabilities, accumulations (`summarize`,
   `accumulations`, `best_mean_fields`, `write_summary`, `write_accumulations`: one file per window);
 - `ef5`: GeoTIFF forcings for EF5 (`export_ef5`);
-- `quicklook`: the PNG per cycle (`quicklook`);
+- `quicklook`: maps with borders and alert areas: the PNG per cycle (`quicklook`) and single maps (`plot_map`);
 - `alerts`: exceedance over operator areas (`alert_states`);
 - `publish`: one valid time end to end, best-available lookup and `latest.json`
   (`publish_valid_time`, `best_available`, `update_latest`, `export_best_ef5`);

@@ -194,7 +194,7 @@ def publish_valid_time(
     if quicklook:
         ql_path = draw_quicklook(
             ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
-            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
+            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas,
         )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 
