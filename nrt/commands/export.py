@@ -1,4 +1,7 @@
-"""`nrt export ef5`: GeoTIFF forcings (and optionally a runnable control file) for EF5 from the best-available ensembles."""
+"""`nrt export ef5|wrf-hydro`: forcings for hydrologic models from the best-available ensembles.
+
+ef5: GeoTIFFs per member (and optionally a runnable control file); wrf-hydro: PRECIP_FORCING files on a geogrid.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,14 @@ def register(sub) -> None:
     ef5.add_argument("--pet-mmh", type=float, default=0.0, help="constant potential evapotranspiration, mm/h (default 0)")
     ef5.add_argument("--allow-gaps", action="store_true", help="write the control file even when half hours are missing")
     ef5.set_defaults(handler=export_ef5_command)
+
+    wrf = formats.add_parser("wrf-hydro", help="WRF-Hydro YYYYMMDDHHMM.PRECIP_FORCING.nc (precip_rate, mm/s) on a geo_em geogrid")
+    wrf.add_argument("--geo-em", required=True, metavar="FILE", type=Path, help="WPS geo_em file of the WRF-Hydro domain (Lambert conformal)")
+    wrf.add_argument("--valid", required=True, metavar="ISO", help="valid time (start of the half hour)")
+    wrf.add_argument("--until", metavar="ISO", help="export every half hour from --valid to this valid time")
+    wrf.add_argument("--member", type=int, help="one member instead of the ensemble mean")
+    wrf.add_argument("--out", required=True, metavar="DIR", type=Path, help="output directory")
+    wrf.set_defaults(handler=export_wrf_hydro_command)
 
 
 def _outlet(text: str | None) -> tuple[float, float] | None:
@@ -70,3 +81,37 @@ def export_ef5_command(args, cfg) -> int:
     for line in result.gap_lines():
         print(f"nrt: GAP {line}", file=sys.stderr)
     return 1 if result.missing or result.nodata else 0
+
+
+def export_wrf_hydro_command(args, cfg) -> int:
+    from nrt.commands.products import parse_time
+    from nrt.errors import ConfigError
+    from nrt.products import best_available
+    from nrt.products.netcdf import ENSEMBLE, read_ensemble
+    from nrt.products.wrf_hydro import export_wrf_hydro, read_geogrid
+    from nrt.service import open_catalog
+    from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
+
+    geogrid = read_geogrid(args.geo_em)
+    first = floor_halfhour(parse_time(args.valid, "--valid"))
+    last = floor_halfhour(parse_time(args.until, "--until")) if args.until else first
+    missing, written, outside = [], [], 0
+    with open_catalog(cfg) as catalog:
+        t = first
+        while t <= last:
+            row = best_available(catalog, t, ENSEMBLE)
+            if row is None:
+                missing.append(isoformat(t))
+            else:
+                ensemble = read_ensemble(row.path)
+                if args.member is not None and not 0 <= args.member < ensemble.sizes["member"]:
+                    raise ConfigError("--member", f"{args.member} is not a member of {row.path} (0 .. {ensemble.sizes['member'] - 1})")
+                paths, outside = export_wrf_hydro(ensemble, geogrid, args.out, member=args.member)
+                written += paths
+            t += HALF_HOUR
+    print(f"wrote {len(written)} PRECIP_FORCING files under {args.out}")
+    if outside:
+        print(f"nrt: {outside} geogrid cells lie outside the product domain and are NaN; widen [domain]", file=sys.stderr)
+    if missing:
+        print(f"nrt: no ensemble product for {', '.join(missing)}", file=sys.stderr)
+    return 1 if missing or outside else 0

@@ -3,7 +3,8 @@
 - `netcdf`: CF-1.8 ensemble files, (time, realization, lat, lon) on disk (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
 - `summary`: mean, median, p10, p90, exceedance probabilities, accumulations (`summarize`,
   `accumulations`, `best_mean_fields`, `write_summary`, `write_accumulations`: one file per window);
-- `ef5`: GeoTIFF forcings for EF5 (`export_ef5`);
+- `ef5`: GeoTIFF forcings for EF5 (`export_ef5`), gap-filled ranges and a runnable control file (`export_range`, `control_file`);
+- `wrf_hydro`: PRECIP_FORCING files on a WRF-Hydro geogrid (`read_geogrid`, `export_wrf_hydro`);
 - `quicklook`: maps with borders and alert areas: the PNG per cycle (`quicklook`) and single maps (`plot_map`);
 - `alerts`: exceedance over operator areas (`alert_states`);
 - `publish`: one valid time end to end, best-available lookup and `latest.json`
