@@ -1,4 +1,4 @@
-"""`nrt products best|list|latest|prune|plot`: the catalog's view of the products."""
+"""`nrt products best|list|latest|prune|open|plot`: the catalog's view of the products."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def register(sub) -> None:
 
     prune = actions.add_parser("prune", help="delete products and granules older than the configured retention")
     prune.set_defaults(handler=run_prune)
+
+    view = actions.add_parser("open", help="the best-available product of each valid time in a range, as one NetCDF (never mixing cycles)")
+    view.add_argument("--start", required=True, metavar="ISO", help="first valid time")
+    view.add_argument("--end", required=True, metavar="ISO", help="last valid time")
+    view.add_argument("--kind", default="ensemble", help="product kind (ensemble, summary, accumulation_3h, ...)")
+    view.add_argument("--out", required=True, metavar="FILE.nc", help="output NetCDF (time unlimited, cycle_time and lead per time)")
+    view.set_defaults(handler=open_products)
 
     plot = actions.add_parser("plot", help="draw a map of the best-available product of a valid time (borders, alert areas)")
     plot.add_argument("--valid", required=True, metavar="ISO", help="valid time (start of the half hour)")
@@ -155,4 +162,17 @@ def plot_product(args, cfg) -> int:
             else:
                 plot_map(args.kind, out, ensemble=ensemble, threshold=threshold, member=args.member, title=title, areas=areas)
     print(out)
+    return 0
+
+
+def open_products(args, cfg) -> int:
+    from nrt.products.dataset import open_best, write_best
+    from nrt.service import open_catalog
+    from nrt.timeline import floor_halfhour
+
+    start, end = floor_halfhour(parse_time(args.start, "--start")), floor_halfhour(parse_time(args.end, "--end"))
+    with open_catalog(cfg) as catalog:
+        ds = open_best(catalog, start, end, args.kind)
+    path = write_best(ds, args.out)
+    print(f"{path}: {ds.sizes['time']} valid times; missing: {ds.attrs['missing_valid_times']}")
     return 0
