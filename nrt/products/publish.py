@@ -28,6 +28,7 @@ from nrt.products.netcdf import (
     ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
 )
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
+from nrt.products.stac import update_stac
 from nrt.products.summary import (
     ProductStats,
     best_mean_fields,
@@ -205,6 +206,7 @@ def publish_valid_time(
         # From the file, so the daemon's export and `nrt export ef5` give identical GeoTIFFs.
         ef5 = export_ef5(ens_path, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata)
     update_latest(catalog, cfg.product_dir, pc.latest_hours)
+    update_stac(catalog, cfg.product_dir, pc.latest_hours)
     result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
     log.info(
         "published %s cycle %s lead %d: %d files, mean %.3f mm/h%s",
