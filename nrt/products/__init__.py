@@ -10,6 +10,7 @@
 - `publish`: one valid time end to end, best-available lookup and `latest.json`
   (`publish_valid_time`, `best_available`, `update_latest`, `export_best_ef5`);
 - `stac`: the STAC catalog beside the products (`update_stac`);
+- `mapserver`: the live map page behind `nrt serve` (`MapData`, `make_server`);
 - `dataset`: best available per valid time as one dataset (`open_best`);
 - `retention`: age-based pruning that keeps catalog and disk consistent (`prune`, `prune_from_config`).
 """
