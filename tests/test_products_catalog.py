@@ -236,3 +236,14 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
     assert not old_day.exists()
     assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 6
+
+
+def test_daemon_ef5_export_fills_nodata_from_an_older_cycle(cfg, catalog):
+    cfg.products.ef5_export = True
+    publish(cfg, catalog, V, V, field(3.0))  # an older cycle (lead 8) with data everywhere
+    holed = field(5.0)
+    holed.values[:, :2, :3] = np.nan  # the newer, better product lacks a corner
+    best = publish(cfg, catalog, V, V + dt.timedelta(hours=1), holed)
+    assert best.best and len(best.ef5) == 4
+    rows = tifffile.imread(cfg.product_dir / "ef5" / "member_01" / "prcp.202406011300.tif")[::-1]  # back to latitude ascending
+    assert (rows[:2, :3] == 3.0).all() and (rows[2:] == 5.0).all() and (rows[:, 3:] == 5.0).all()  # never the -9999 EF5 reads as 0

@@ -184,12 +184,14 @@ def filled_ensemble(paths: list[str | Path]) -> tuple[xr.DataArray, int]:
 
 
 def export_range(
-    catalog, first: dt.datetime, last: dt.datetime, out_dir: str | Path, *, stamp: Literal["end", "start"] = "end", nodata: float = NODATA
+    catalog, first: dt.datetime, last: dt.datetime, out_dir: str | Path, *, stamp: Literal["end", "start"] = "end", nodata: float = NODATA,
+    gaps_file: bool = True,
 ) -> Ef5Export:
     """Export the best-available ensemble of every half hour from `first` to `last` (valid times), gaps filled.
 
     Each valid time uses its best product (smallest lead, then newest cycle); cells without data there are
-    taken from the older cycles' products of the same valid time. What stays missing is in the result.
+    taken from the older cycles' products of the same valid time. What stays missing is in the result,
+    logged, and (with `gaps_file`) listed in `<out_dir>/GAPS.txt`, which a complete export removes.
     """
     result = Ef5Export()
     t = utc(first)
@@ -211,13 +213,14 @@ def export_range(
             result.members = sorted(set(result.members) | {int(m) for m in ensemble["member"].values})
             result.grid = grid_of(ensemble)
         t += HALF_HOUR
-    gaps_file = Path(out_dir) / "GAPS.txt"
-    if result.missing or result.nodata:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        with atomic_path(gaps_file) as tmp:
-            tmp.write_text("".join(line + "\n" for line in result.gap_lines()))
-    elif gaps_file.exists():
-        gaps_file.unlink()
+    if gaps_file:
+        listing = Path(out_dir) / "GAPS.txt"
+        if result.missing or result.nodata:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            with atomic_path(listing) as tmp:
+                tmp.write_text("".join(line + "\n" for line in result.gap_lines()))
+        elif listing.exists():
+            listing.unlink()
     return result
 
 

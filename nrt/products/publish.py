@@ -23,7 +23,7 @@ import xarray as xr
 
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
-from nrt.products.ef5 import export_ef5
+from nrt.products.ef5 import export_ef5, export_range
 from nrt.products.netcdf import (
     ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
 )
@@ -203,8 +203,8 @@ def publish_valid_time(
     is_best = best_row is not None and best_row.id == records[0].id
     ef5 = []
     if pc.ef5_export and is_best:
-        # From the file, so the daemon's export and `nrt export ef5` give identical GeoTIFFs.
-        ef5 = export_ef5(ens_path, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata)
+        # As `nrt export ef5` does (nodata filled from older cycles, the rest logged), so both give identical GeoTIFFs.
+        ef5 = export_range(catalog, valid, valid, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata, gaps_file=False).written
     update_latest(catalog, cfg.product_dir, pc.latest_hours)
     update_stac(catalog, cfg.product_dir, pc.latest_hours)
     result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
