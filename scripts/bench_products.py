@@ -25,7 +25,7 @@ from nrt import config
 from nrt.catalog import Catalog
 from nrt.grids import Domain, LatLonGrid, target_grid
 from nrt.products import export_ef5, publish_valid_time, quicklook, read_ensemble, summarize, write_ensemble
-from nrt.products.summary import accumulations, write_summary
+from nrt.products.summary import write_summary
 
 RADAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar" / "bom" / "prcp-c10" / "66" / "2020" / "10" / "31"
 
@@ -84,8 +84,7 @@ def main() -> None:
         report["ensemble_bytes_uncompressed"] = int(ens.nbytes)
         stats, report["summarize_s"] = timed(summarize, ens.values[:, 0])
         summ, report["summary_write_s"] = timed(
-            write_summary, tmp / "s.nc", stats, accumulations({valid: stats["mean"]}, valid, [1, 3, 6]),
-            grid=grid, valid_time=valid, forecast_reference_time=ref,
+            write_summary, tmp / "s.nc", stats, grid=grid, valid_time=valid, forecast_reference_time=ref,
         )
         report["summary_bytes"] = summ.stat().st_size
         tifs, report["ef5_export_s"] = timed(export_ef5, path, tmp / "ef5")

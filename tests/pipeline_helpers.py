@@ -136,7 +136,7 @@ def hidden_files(folder: Path) -> list[Path]:
 
 
 def ensemble_values(path: Path) -> np.ndarray:
-    import xarray as xr
+    """The members in the memory layout (member, time, lat, lon), read as nrt reads its products."""
+    from nrt.products import read_ensemble
 
-    with xr.open_dataset(path) as ds:
-        return ds["precipitation"].values.copy()
+    return read_ensemble(path).values.copy()

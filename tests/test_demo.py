@@ -40,9 +40,9 @@ def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_pat
     out = done.stdout
     assert out.startswith("nrt demo: 2 cycles (2024-05-22T23:30:00Z .. 2024-05-23T00:00:00Z)")
     assert f"with {method}, work directory {workdir}" in out
-    assert re.search(r"products \(38 files, [\d.]+ MB\):", out)  # 2 x (9 ensembles + 9 summaries + 1 quicklook)
-    assert "cycle 2024-05-23T00:00:00Z: 9 ensemble, 1 quicklook, 9 summary" in out
-    assert re.search(r"jobs: .*done 2", out) and re.search(r"products: current 22, superseded 16", out)
+    assert re.search(r"products \(92 files, [\d.]+ MB\):", out)  # 2 x (9 x (ensemble, summary, 3 accumulations) + 1 quicklook)
+    assert "cycle 2024-05-23T00:00:00Z: 9 accumulation_1h, 9 accumulation_3h, 9 accumulation_6h, 9 ensemble, 1 quicklook, 9 summary" in out
+    assert re.search(r"jobs: .*done 2", out) and re.search(r"products: current 52, superseded 40", out)
     assert 'nrt_cycles_total{outcome="ok"} 2.0' in out
     overpasses = re.search(r"^ +nrt_verification_overpasses_total ([0-9.]+)$", out, re.M)
     assert overpasses and float(overpasses[1]) >= 1  # the 00:00 cycle verifies against the 23:32 DPR granule

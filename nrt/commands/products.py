@@ -1,11 +1,11 @@
-"""`nrt products best|list|latest|prune`: the catalog's view of the products."""
+"""`nrt products best|list|latest|prune|open|plot`: the catalog's view of the products."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-KINDS = ("ensemble", "summary", "quicklook")
+KINDS = ("ensemble", "summary", "quicklook", "accumulation_1h", "accumulation_3h", "accumulation_6h")
 
 
 def register(sub) -> None:
@@ -31,6 +31,22 @@ def register(sub) -> None:
 
     prune = actions.add_parser("prune", help="delete products and granules older than the configured retention")
     prune.set_defaults(handler=run_prune)
+
+    view = actions.add_parser("open", help="the best-available product of each valid time in a range, as one NetCDF (never mixing cycles)")
+    view.add_argument("--start", required=True, metavar="ISO", help="first valid time")
+    view.add_argument("--end", required=True, metavar="ISO", help="last valid time")
+    view.add_argument("--kind", default="ensemble", help="product kind (ensemble, summary, accumulation_3h, ...)")
+    view.add_argument("--out", required=True, metavar="FILE.nc", help="output NetCDF (time unlimited, cycle_time and lead per time)")
+    view.set_defaults(handler=open_products)
+
+    plot = actions.add_parser("plot", help="draw a map of the best-available product of a valid time (borders, alert areas)")
+    plot.add_argument("--valid", required=True, metavar="ISO", help="valid time (start of the half hour)")
+    plot.add_argument("--kind", choices=("quicklook", "mean", "member", "prob", "spread", "accum"), default="quicklook",
+                      help="quicklook: the 4 panels; accum: the 1, 3 and 6 h accumulations ending with this half hour")
+    plot.add_argument("--threshold", type=float, help="P(rate > threshold) in mm/h (default products.quicklook_threshold_mmh)")
+    plot.add_argument("--member", type=int, default=0, help="member to draw for --kind member")
+    plot.add_argument("--out", metavar="PNG", help="output file (default nrt_<kind>_<valid>.png here)")
+    plot.set_defaults(handler=plot_product)
 
 
 def parse_time(text: str | None, option: str):
@@ -102,4 +118,61 @@ def run_prune(args, cfg) -> int:
 
     with open_catalog(cfg) as catalog:
         print(prune_from_config(cfg, catalog).line())
+    return 0
+
+
+def plot_product(args, cfg) -> int:
+    from pathlib import Path
+
+    from nrt.errors import ConfigError
+    from nrt.products import best_available
+    from nrt.products.netcdf import ENSEMBLE, accumulation_kind, grid_of, open_product, read_ensemble
+    from nrt.products.quicklook import plot_map, quicklook
+    from nrt.products.summary import ACCUMULATION_VAR
+    from nrt.service import open_catalog
+    from nrt.timeline import floor_halfhour, isoformat
+
+    valid = floor_halfhour(parse_time(args.valid, "--valid"))
+    threshold = args.threshold or cfg.products.quicklook_threshold_mmh
+    out = Path(args.out or f"nrt_{args.kind}_{valid:%Y%m%dT%H%MZ}.png")
+    areas = cfg.alerts.areas
+    with open_catalog(cfg) as catalog:
+        if args.kind == "accum":
+            rows = {h: best_available(catalog, valid, accumulation_kind(h)) for h in cfg.products.accumulation_hours}
+            found = {h: row for h, row in rows.items() if row is not None}
+            if not found:
+                print(f"nrt: no accumulation product for {isoformat(valid)}", file=sys.stderr)
+                return 1
+            amounts = {h: open_product(row.path, ACCUMULATION_VAR) for h, row in found.items()}
+            grid = grid_of(next(iter(amounts.values())))
+            title = f"nrt ensemble-mean accumulations ending {isoformat(valid)} + 30 min"
+            plot_map("accum", out, accumulations={h: ds[ACCUMULATION_VAR].values[0] for h, ds in amounts.items()}, grid=grid,
+                     title=title, areas=areas)
+        else:
+            row = best_available(catalog, valid, ENSEMBLE)
+            if row is None:
+                print(f"nrt: no ensemble product for {isoformat(valid)}", file=sys.stderr)
+                return 1
+            ensemble = read_ensemble(row.path)
+            if not 0 <= args.member < ensemble.sizes["member"]:
+                raise ConfigError("--member", f"{args.member} is not a member of {row.path} (0 .. {ensemble.sizes['member'] - 1})")
+            title = f"nrt {ensemble.sizes['member']}-member ensemble, valid {isoformat(valid)}, cycle {isoformat(row.cycle_time)}, lead {row.lead * 30} min"
+            if args.kind == "quicklook":
+                quicklook(ensemble, out, threshold=threshold, member=args.member, title=title, areas=areas)
+            else:
+                plot_map(args.kind, out, ensemble=ensemble, threshold=threshold, member=args.member, title=title, areas=areas)
+    print(out)
+    return 0
+
+
+def open_products(args, cfg) -> int:
+    from nrt.products.dataset import open_best, write_best
+    from nrt.service import open_catalog
+    from nrt.timeline import floor_halfhour
+
+    start, end = floor_halfhour(parse_time(args.start, "--start")), floor_halfhour(parse_time(args.end, "--end"))
+    with open_catalog(cfg) as catalog:
+        ds = open_best(catalog, start, end, args.kind)
+    path = write_best(ds, args.out)
+    print(f"{path}: {ds.sizes['time']} valid times; missing: {ds.attrs['missing_valid_times']}")
     return 0

@@ -1,13 +1,17 @@
 """Products for hydrologic models and operators (see docs/products.md).
 
-- `netcdf`: CF-1.10 ensemble files (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
+- `netcdf`: CF-1.8 ensemble files, (time, realization, lat, lon) on disk (`write_ensemble`, `read_ensemble`) and their names (`product_path`);
 - `summary`: mean, median, p10, p90, exceedance probabilities, accumulations (`summarize`,
-  `accumulations`, `best_mean_fields`, `write_summary`);
-- `ef5`: GeoTIFF forcings for EF5 (`export_ef5`);
-- `quicklook`: the PNG per cycle (`quicklook`);
+  `accumulations`, `best_mean_fields`, `write_summary`, `write_accumulations`: one file per window);
+- `ef5`: GeoTIFF forcings for EF5 (`export_ef5`), gap-filled ranges and a runnable control file (`export_range`, `control_file`);
+- `wrf_hydro`: PRECIP_FORCING files on a WRF-Hydro geogrid (`read_geogrid`, `export_wrf_hydro`);
+- `quicklook`: maps with borders and alert areas: the PNG per cycle (`quicklook`) and single maps (`plot_map`);
 - `alerts`: exceedance over operator areas (`alert_states`);
 - `publish`: one valid time end to end, best-available lookup and `latest.json`
   (`publish_valid_time`, `best_available`, `update_latest`, `export_best_ef5`);
+- `stac`: the STAC catalog beside the products (`update_stac`);
+- `mapserver`: the live map page behind `nrt serve` (`MapData`, `make_server`);
+- `dataset`: best available per valid time as one dataset (`open_best`);
 - `retention`: age-based pruning that keeps catalog and disk consistent (`prune`, `prune_from_config`).
 """
 

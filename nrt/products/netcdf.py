@@ -1,10 +1,19 @@
-"""CF-1.10 NetCDF4 files: the ensemble (member, time, lat, lon) and its summary, plus their names on disk.
+"""CF-1.8 NetCDF4 files: the ensemble, its summary and its accumulations, plus their names on disk.
 
-Both files share one coordinate block (`cf_coords`): `time` with half-hour bounds (the value is the start of
-the half hour, as IMERG names granules), `lat`/`lon` with bounds, the scalar coordinates
-`forecast_reference_time` (start of the IMERG granule the nowcast came from) and `forecast_period`
-(valid time minus that), and a `crs` grid-mapping variable (WGS 84 latitude_longitude, from pyproj).
-Files are written through `nrt.io.atomic_path`: a crash leaves at most a hidden `.name.part-*` file.
+Layout (DESIGN.md, "Array order"): in memory an ensemble is (member, time, lat, lon); on disk it is
+(time, realization, lat, lon) with `time` the unlimited (record) dimension, so `cdo mergetime`, `ncrcat`
+and `xarray.open_mfdataset` concatenate products in time. `write_dataset` turns the memory layout into the
+file layout and `open_product` turns it back, so code above the I/O edge only sees `member`.
+
+Every file shares one coordinate block (`cf_coords`): `time` with half-hour bounds (the value is the start
+of the half hour, as IMERG names granules), `lat`/`lon` with bounds, `forecast_reference_time` (start of
+the IMERG granule the nowcast came from) and `forecast_period` (valid time minus that) as auxiliary
+coordinates along `time` (so concatenating two cycles' files keeps both references instead of one), and
+a `crs` grid-mapping variable (WGS 84 latitude_longitude, from pyproj).
+
+`Conventions` says CF-1.8: the files use nothing newer, and cfchecks 4.1 (the checker users run) knows
+CF up to 1.8 and rejects any newer label outright. Files are written through `nrt.io.atomic_path`: a crash
+leaves at most a hidden `.name.part-*` file.
 """
 
 from __future__ import annotations
@@ -22,17 +31,26 @@ from nrt.grids import LatLonGrid
 from nrt.io import atomic_path
 from nrt.timeline import HALF_HOUR, isoformat, utc
 
-CONVENTIONS = "CF-1.10"
+CONVENTIONS = "CF-1.8"
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 PRECIP_VAR = "precipitation"
 INPUT_VAR = "input_precipitation"  # the verification baseline, see ensemble_dataset
+MEMBER_DIM, REALIZATION_DIM = "member", "realization"  # in memory, in files
 # least_significant_digit=2 keeps 0.01 mm/h: netCDF4 rounds to a power of two finer than 10**-2 (1/128),
 # so the stored error is at most 1/256 mm/h and the zeroed low mantissa bits deflate well.
 QUANTIZE_DIGITS = 2
 
 ENSEMBLE, SUMMARY, QUICKLOOK = "ensemble", "summary", "quicklook"
-_SUFFIX = {ENSEMBLE: ".nc", SUMMARY: ".nc", QUICKLOOK: ".png"}
+
+
+def accumulation_kind(hours: int) -> str:
+    """Product kind of the `hours`-hour accumulation file, e.g. `accumulation_3h`."""
+    return f"accumulation_{int(hours)}h"
+
+
+def _suffix(kind: str) -> str:
+    return ".png" if kind == QUICKLOOK else ".nc"
 
 
 def _stamp(t: dt.datetime) -> str:
@@ -42,11 +60,11 @@ def _stamp(t: dt.datetime) -> str:
 def product_path(product_dir: Path, kind: str, valid_time: dt.datetime, cycle_time: dt.datetime) -> Path:
     """`<dir>/YYYY/MM/DD/nrt_<kind>_<valid>_c<cycle>.<ext>`: one file per kind, valid time and cycle, dated by valid time."""
     valid = utc(valid_time)
-    name = f"nrt_{kind}_{_stamp(valid)}_c{_stamp(cycle_time)}{_SUFFIX[kind]}"
+    name = f"nrt_{kind}_{_stamp(valid)}_c{_stamp(cycle_time)}{_suffix(kind)}"
     return Path(product_dir) / f"{valid:%Y}" / f"{valid:%m}" / f"{valid:%d}" / name
 
 
-def _minutes(t: dt.datetime) -> float:
+def epoch_minutes(t: dt.datetime) -> float:
     return (utc(t) - EPOCH) / dt.timedelta(minutes=1)
 
 
@@ -104,16 +122,16 @@ def cf_coords(
     coords["lat"][2].update(bounds="lat_bnds", long_name="latitude of the cell centre")
     coords["lon"][2].update(bounds="lon_bnds", long_name="longitude of the cell centre")
     coords.update(
-        time=("time", [_minutes(valid)], {"standard_name": "time", "long_name": "start of the half hour", "axis": "T", "bounds": "time_bnds", **time_attrs}),
+        time=("time", [epoch_minutes(valid)], {"standard_name": "time", "long_name": "start of the half hour", "axis": "T", "bounds": "time_bnds", **time_attrs}),
         forecast_reference_time=(
-            (),
-            _minutes(reference),
+            "time",
+            [epoch_minutes(reference)],
             {"standard_name": "forecast_reference_time", "long_name": "start of the newest IMERG Early granule used", **time_attrs},
         ),
-        forecast_period=((), (valid - reference) / dt.timedelta(minutes=1), {"standard_name": "forecast_period", "units": "minutes"}),
+        forecast_period=("time", [(valid - reference) / dt.timedelta(minutes=1)], {"standard_name": "forecast_period", "units": "minutes"}),
     )
     aux = {
-        "time_bnds": (("time", "bnds"), [[_minutes(valid), _minutes(valid + HALF_HOUR)]]),
+        "time_bnds": (("time", "bnds"), [[epoch_minutes(valid), epoch_minutes(valid + HALF_HOUR)]]),
         "lat_bnds": (("lat", "bnds"), grid.lat_bounds),
         "lon_bnds": (("lon", "bnds"), grid.lon_bounds),
         "crs": ((), np.int32(0), crs_attrs()),
@@ -142,16 +160,35 @@ def _encoding(ds: xr.Dataset, data_vars: list[str], deflate_level: int, quantize
     return enc
 
 
+def to_file_layout(ds: xr.Dataset) -> xr.Dataset:
+    """The on-disk layout: `member` renamed `realization`, and `time` first, then `realization`/`threshold`."""
+    if MEMBER_DIM in ds.dims:
+        ds = ds.rename({MEMBER_DIM: REALIZATION_DIM})
+    leading = [d for d in ("time", REALIZATION_DIM, "threshold") if d in ds.dims]
+    return ds.transpose(*leading, ...)
+
+
+def to_memory_layout(ds: xr.Dataset) -> xr.Dataset:
+    """The in-memory layout of a product read from disk: (member, time, lat, lon)."""
+    if REALIZATION_DIM in ds.dims:
+        ds = ds.rename({REALIZATION_DIM: MEMBER_DIM}).transpose(MEMBER_DIM, ...)
+    return ds
+
+
 def write_dataset(path: Path, ds: xr.Dataset, data_vars: list[str], *, deflate_level: int, quantize: bool, chunks: dict) -> Path:
-    """Write through a temp name then rename, so readers never see a partial file."""
+    """Write in the file layout, `time` unlimited, through a temp name then rename, so readers never see a partial file.
+
+    `ds` may be in the memory layout (`member`); `chunks` names dimensions as `ds` does.
+    """
     path = Path(path)
+    ds = to_file_layout(ds).copy()
+    chunks = {REALIZATION_DIM if d == MEMBER_DIM else d: n for d, n in chunks.items()}
     encoding = _encoding(ds, data_vars, deflate_level, quantize, chunks)
-    ds = ds.copy()
     for name in ds.variables:
         if name not in data_vars:
-            ds.variables[name].encoding["coordinates"] = None  # only data variables list the scalar coordinates
+            ds.variables[name].encoding["coordinates"] = None  # only data variables list the auxiliary coordinates
     with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding, unlimited_dims=["time"])
     return path
 
 
@@ -165,7 +202,7 @@ def ensemble_dataset(
     attrs: Mapping | None = None,
     input_precipitation: np.ndarray | None = None,
 ) -> xr.Dataset:
-    """The ensemble as a CF dataset (pure): `precip` is (member, time=1, lat, lon) or (member, lat, lon), mm/h.
+    """The ensemble as a CF dataset in the memory layout (pure): `precip` is (member, time=1, lat, lon) or (member, lat, lon), mm/h.
 
     `input_precipitation` ([time=1,] lat, lon, mm/h), when given, is the model's coarse input bilinearly
     upsampled (IMERG at lead 0, the nowcast member mean later): the baseline `nrt.verify` scores beside the ensemble.
@@ -179,7 +216,7 @@ def ensemble_dataset(
         raise ValueError(f"lead {lead} from {isoformat(forecast_reference_time)} gives {isoformat(expected)}, not {isoformat(valid_time)}")
     coords, aux = cf_coords(grid, valid_time, forecast_reference_time)
     members = precip["member"].values.astype(np.int32) if "member" in precip.coords else np.arange(precip.shape[0], dtype=np.int32)
-    coords["member"] = ("member", members, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"})
+    coords[MEMBER_DIM] = (MEMBER_DIM, members, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"})
     variable = (
         ("member", "time", "lat", "lon"),
         np.asarray(precip.values, dtype=np.float32),
@@ -193,10 +230,12 @@ def ensemble_dataset(
     )
     data = {PRECIP_VAR: variable}
     if input_precipitation is not None:
+        # No standard name: `lwe_precipitation_rate` names the ensemble alone, so ds.cf[...] finds one variable.
+        input_attrs = {k: v for k, v in variable[2].items() if k != "standard_name"}
         data[INPUT_VAR] = (
             ("time", "lat", "lon"),
             np.asarray(input_precipitation, dtype=np.float32).reshape(1, *grid.shape),
-            {**variable[2], "long_name": "model input (IMERG Early or nowcast), bilinearly upsampled"},
+            {**input_attrs, "long_name": "model input precipitation rate (IMERG Early or nowcast), bilinearly upsampled"},
         )
     meta = {**(attrs or {}), "lead_half_hours": int(lead), "valid_time": utc(valid_time)}
     return xr.Dataset({**data, **aux}, coords=coords, attrs=global_attrs("nrt precipitation ensemble", meta))
@@ -215,7 +254,7 @@ def write_ensemble(
     deflate_level: int = 4,
     input_precipitation: np.ndarray | None = None,
 ) -> Path:
-    """Write one valid time's ensemble as CF-1.10 NetCDF4, deflated + shuffled, chunked one member by one map.
+    """Write one valid time's ensemble as CF-1.8 NetCDF4 (time, realization, lat, lon), deflated + shuffled, chunked one member by one map.
 
     `lead` counts half-hours from `forecast_reference_time` (the IMERG start S) to `valid_time`; the two must
     agree. With `quantize`, values keep 0.01 mm/h (error <= 1/256 mm/h). Returns `path`.
@@ -232,7 +271,7 @@ def data_vars(ds: xr.Dataset) -> list[str]:
 
 
 def open_product(path: str | Path, variable: str = PRECIP_VAR) -> xr.Dataset:
-    """Open an nrt NetCDF product (loaded into memory, file closed); DataError if it is not one."""
+    """Open an nrt NetCDF product in the memory layout (loaded, file closed); DataError if it is not one."""
     path = Path(path)
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
@@ -243,7 +282,7 @@ def open_product(path: str | Path, variable: str = PRECIP_VAR) -> xr.Dataset:
         raise DataError(path, f"not a readable NetCDF file ({exc})") from None
     if variable not in ds:
         raise DataError(path, f"no '{variable}' variable: not an nrt product of this kind")
-    return ds
+    return to_memory_layout(ds)
 
 
 def read_ensemble(path: str | Path) -> xr.DataArray:

@@ -23,15 +23,18 @@ import xarray as xr
 
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
-from nrt.products.ef5 import export_ef5
-from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, data_vars, ensemble_dataset, product_path, write_dataset
+from nrt.products.ef5 import export_ef5, export_range
+from nrt.products.netcdf import (
+    ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
+)
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
+from nrt.products.stac import update_stac
 from nrt.products.summary import (
     ProductStats,
-    accumulations,
     best_mean_fields,
     product_stats,
     summarize,
+    write_accumulations,
     write_summary,
 )
 from nrt.timeline import floor_halfhour, isoformat, utc
@@ -147,8 +150,9 @@ def publish_valid_time(
 ) -> Published:
     """Write, register and index every product of one valid time of one cycle.
 
-    In order: the ensemble file; its summary (statistics, and accumulations over the best-available
-    means of the preceding half hours, so the pipeline should publish a cycle's valid times oldest first);
+    In order: the ensemble file; its summary (statistics); one accumulation file per configured window, over
+    the best-available means of the preceding half hours (so the pipeline should publish a cycle's valid
+    times oldest first);
     a quicklook PNG (by default for the cycle's newest valid time only, when `products.quicklook`); the EF5
     GeoTIFFs when `products.ef5_export` and this ensemble is now the best available; then `latest.json`.
     `precip` is (member, [time=1,] lat, lon) in mm/h; `attrs` carries the provenance (see
@@ -173,21 +177,25 @@ def publish_valid_time(
 
     values = ds[PRECIP_VAR].values[:, 0]
     stats = summarize(values, pc.thresholds_mmh)
-    hours = max(pc.accumulation_hours)
-    accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
     sum_path = write_summary(
-        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, accum, grid=grid, valid_time=valid,
+        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, grid=grid, valid_time=valid,
         forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
         quantize=pc.quantize, deflate_level=pc.deflate_level,
     )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
+    accum_paths = write_accumulations(
+        cfg.product_dir, best_mean_fields(catalog, valid, max(pc.accumulation_hours), stats["mean"]), pc.accumulation_hours,
+        grid=grid, valid_time=valid, cycle_time=cycle, forecast_reference_time=forecast_reference_time,
+        attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
+    )
+    records.extend(register_file(catalog, accumulation_kind(h), path, **where) for h, path in accum_paths.items())
 
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
     if quicklook:
         ql_path = draw_quicklook(
             ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
-            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
+            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas,
         )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 
@@ -195,9 +203,10 @@ def publish_valid_time(
     is_best = best_row is not None and best_row.id == records[0].id
     ef5 = []
     if pc.ef5_export and is_best:
-        # From the file, so the daemon's export and `nrt export ef5` give identical GeoTIFFs.
-        ef5 = export_ef5(ens_path, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata)
+        # As `nrt export ef5` does (nodata filled from older cycles, the rest logged), so both give identical GeoTIFFs.
+        ef5 = export_range(catalog, valid, valid, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata, gaps_file=False).written
     update_latest(catalog, cfg.product_dir, pc.latest_hours)
+    update_stac(catalog, cfg.product_dir, pc.latest_hours)
     result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
     log.info(
         "published %s cycle %s lead %d: %d files, mean %.3f mm/h%s",

@@ -1,8 +1,17 @@
-"""Ensemble summaries: mean, median, p10, p90, exceedance probabilities and accumulations.
+"""Ensemble summaries: mean, median, p10, p90, exceedance probabilities, and accumulation files.
 
 The statistics are a pure function of the ensemble (`summarize`). Accumulations need the ensemble-mean
 fields of the preceding half hours too: `accumulations` is pure over a dict of those fields, and
 `best_mean_fields` gathers them from the best-available summary files through the catalog.
+
+Files. The summary holds the half hour's statistics; only the mean carries the standard name
+`lwe_precipitation_rate` (so `ds.cf["lwe_precipitation_rate"]` is unambiguous), and the probabilities
+follow IMPROVER: `probability_of_lwe_precipitation_rate_above_threshold` (time, threshold, lat, lon),
+whose `threshold` coordinate carries `spp__relative_to_threshold = "greater_than"` (but not IMPROVER's
+standard name on the threshold, which would clash with the mean's). Each H-hour
+accumulation is its own file (`accumulation_<H>h` kind), because its time bounds are the H-hour window,
+not the half hour: `time` is the end of the window and `time_bnds` its start and end. An accumulation
+whose history is short says so in `missing_half_hours` and `comment`.
 
 Definitions (per cell, over the members that are not NaN; NaN where no member is valid):
 - quantiles use numpy's default linear interpolation between order statistics;
@@ -26,19 +35,21 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid
-from nrt.products.netcdf import SUMMARY, cf_coords, global_attrs, open_product, write_dataset
-from nrt.timeline import HALF_HOUR, utc
+from nrt.products.netcdf import SUMMARY, accumulation_kind, epoch_minutes, cf_coords, global_attrs, open_product, product_path, write_dataset
+from nrt.timeline import HALF_HOUR, isoformat, utc
 
 log = logging.getLogger("nrt.products")
 
 MEAN_VAR = "precipitation_mean"
+PROBABILITY_VAR = "probability_of_lwe_precipitation_rate_above_threshold"
+ACCUMULATION_VAR = "precipitation_amount"
 DEFAULT_THRESHOLDS = (1.0, 5.0, 10.0, 25.0)
 DEFAULT_HOURS = (1, 3, 6)
 
 
-def _rate(long_name: str, cell_methods: str) -> dict:
+def _rate(long_name: str, cell_methods: str, standard_name: bool = False) -> dict:
     return {
-        "standard_name": "lwe_precipitation_rate",
+        **({"standard_name": "lwe_precipitation_rate"} if standard_name else {}),
         "long_name": long_name,
         "units": "mm h-1",
         "cell_methods": cell_methods,
@@ -98,6 +109,13 @@ def accumulations(
     return out
 
 
+def missing_half_hours(mean_by_valid_time: Mapping[dt.datetime, np.ndarray], valid_time: dt.datetime, hours: int) -> list[dt.datetime]:
+    """The half-hour starts of the `hours`-hour window ending with `valid_time` that have no field."""
+    have = {utc(t) for t in mean_by_valid_time}
+    valid = utc(valid_time)
+    return sorted(t for t in (valid - k * HALF_HOUR for k in range(2 * int(hours))) if t not in have)
+
+
 def best_mean_fields(catalog, valid_time: dt.datetime, hours: int, current_mean: np.ndarray) -> dict[dt.datetime, np.ndarray]:
     """`current_mean` at `valid_time` plus the best-available summary means of the preceding half hours.
 
@@ -143,14 +161,13 @@ def product_stats(stats: Mapping[str, np.ndarray], thresholds: Iterable[float]) 
 
 def summary_dataset(
     stats: Mapping[str, np.ndarray],
-    accum: Mapping[int, np.ndarray],
     *,
     grid: LatLonGrid,
     valid_time: dt.datetime,
     forecast_reference_time: dt.datetime,
     attrs: Mapping | None = None,
 ) -> xr.Dataset:
-    """The summary as a CF dataset (time=1, lat, lon) from `summarize` and `accumulations` output."""
+    """The summary as a CF dataset (time=1, [threshold,] lat, lon) from `summarize` output."""
     coords, aux = cf_coords(grid, valid_time, forecast_reference_time)
     dims = ("time", "lat", "lon")
 
@@ -158,21 +175,25 @@ def summary_dataset(
         return np.asarray(a, dtype=np.float32).reshape((1, *grid.shape))
 
     thresholds = sorted(float(k.removeprefix("p_gt_")) for k in stats if k.startswith("p_gt_"))
+    # IMPROVER also gives the threshold the diagnostic's standard name; here only the mean carries it, so
+    # cf_xarray's ds.cf["lwe_precipitation_rate"] finds one variable. The long name says what it thresholds.
     coords["threshold"] = (
         "threshold",
         np.array(thresholds, dtype=np.float32),
-        {"standard_name": "lwe_precipitation_rate", "long_name": "exceedance threshold", "units": "mm h-1"},
+        {"long_name": "threshold of lwe_precipitation_rate", "units": "mm h-1", "spp__relative_to_threshold": "greater_than"},
     )
+    probability = np.stack([field(stats[f"p_gt_{t:g}"])[0] for t in thresholds]) if thresholds else np.zeros((0, *grid.shape), np.float32)
     data = {
-        MEAN_VAR: (dims, field(stats["mean"]), _rate("ensemble mean precipitation rate", "time: mean realization: mean")),
+        MEAN_VAR: (dims, field(stats["mean"]), _rate("ensemble mean precipitation rate", "time: mean realization: mean", standard_name=True)),
         "precipitation_median": (dims, field(stats["median"]), _rate("ensemble median precipitation rate", "time: mean realization: median")),
         "precipitation_p10": (dims, field(stats["p10"]), _rate("10th percentile over members of the precipitation rate", "time: mean")),
         "precipitation_p90": (dims, field(stats["p90"]), _rate("90th percentile over members of the precipitation rate", "time: mean")),
-        "probability_of_exceedance": (
-            ("threshold", *dims),
-            np.stack([field(stats[f"p_gt_{t:g}"]) for t in thresholds]) if thresholds else np.zeros((0, 1, *grid.shape), np.float32),
+        PROBABILITY_VAR: (
+            ("time", "threshold", "lat", "lon"),
+            probability[None],
             {
-                "long_name": "fraction of ensemble members whose precipitation rate exceeds the threshold",
+                "long_name": PROBABILITY_VAR,
+                "comment": "fraction of valid ensemble members whose precipitation rate exceeds the threshold",
                 "units": "1",
                 "valid_min": np.float32(0),
                 "valid_max": np.float32(1),
@@ -180,25 +201,12 @@ def summary_dataset(
             },
         ),
     }
-    for h, values in sorted(accum.items()):
-        data[f"accumulation_{h}h"] = (
-            dims,
-            field(values),
-            {
-                "standard_name": "lwe_thickness_of_precipitation_amount",
-                "long_name": f"ensemble-mean precipitation over the {h} h ending at the end of this half hour (best available)",
-                "units": "mm",
-                "cell_methods": f"time: sum (interval: 30 minutes comment: {h} h ending at the upper time bound)",
-                "grid_mapping": "crs",
-            },
-        )
     return xr.Dataset({**data, **aux}, coords=coords, attrs=global_attrs("nrt precipitation ensemble summary", attrs))
 
 
 def write_summary(
     path: str | Path,
     stats: Mapping[str, np.ndarray],
-    accum: Mapping[int, np.ndarray],
     *,
     grid: LatLonGrid,
     valid_time: dt.datetime,
@@ -207,7 +215,84 @@ def write_summary(
     quantize: bool = True,
     deflate_level: int = 4,
 ) -> Path:
-    """Write the summary beside its ensemble (CF-1.10 NetCDF4, same coordinates and storage rules)."""
-    ds = summary_dataset(stats, accum, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, attrs=attrs)
-    data_vars = [name for name in ds.data_vars if name not in ("time_bnds", "lat_bnds", "lon_bnds", "crs")]
-    return write_dataset(Path(path), ds, data_vars, deflate_level=deflate_level, quantize=quantize, chunks={"threshold": 1, "time": 1})
+    """Write the summary beside its ensemble (CF-1.8 NetCDF4, same coordinates and storage rules)."""
+    ds = summary_dataset(stats, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    return write_dataset(Path(path), ds, _data_vars(ds), deflate_level=deflate_level, quantize=quantize, chunks={"threshold": 1, "time": 1})
+
+
+def _data_vars(ds: xr.Dataset) -> list[str]:
+    return [name for name in ds.data_vars if name not in ("time_bnds", "lat_bnds", "lon_bnds", "crs")]
+
+
+def accumulation_dataset(
+    amount: np.ndarray,
+    hours: int,
+    missing: Iterable[dt.datetime],
+    *,
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+    attrs: Mapping | None = None,
+) -> xr.Dataset:
+    """The `hours`-hour accumulation (mm) ending with the half hour that starts at `valid_time`, as a CF dataset.
+
+    `time` is the end of the window and `time_bnds` the window itself; `missing` lists the half hours
+    with no best-available mean (the accumulation is NaN everywhere when any is missing).
+    """
+    valid, reference = utc(valid_time), utc(forecast_reference_time)
+    end = valid + HALF_HOUR
+    start = end - dt.timedelta(hours=int(hours))
+    coords, aux = cf_coords(grid, valid, reference)
+    time_attrs = {**coords["time"][2], "long_name": f"end of the {int(hours)} h accumulation window"}
+    coords["time"] = ("time", [epoch_minutes(end)], time_attrs)
+    coords["forecast_period"] = ("time", [(end - reference) / dt.timedelta(minutes=1)], coords["forecast_period"][2])
+    aux["time_bnds"] = (("time", "bnds"), [[epoch_minutes(start), epoch_minutes(end)]])
+    missing = sorted(utc(t) for t in missing)
+    note = f"sum over the {2 * int(hours)} half hours {isoformat(start)} .. {isoformat(end)} of the best-available ensemble-mean rate x 0.5 h"
+    if missing:
+        note += f"; NaN because {len(missing)} of them had no product (history too short or a gap): see missing_half_hours"
+    variable = (
+        ("time", "lat", "lon"),
+        np.asarray(amount, dtype=np.float32).reshape((1, *grid.shape)),
+        {
+            "standard_name": "lwe_thickness_of_precipitation_amount",
+            "long_name": f"ensemble-mean precipitation accumulated over {int(hours)} h",
+            "units": "mm",
+            "cell_methods": "time: sum (interval: 30 minutes)",
+            "grid_mapping": "crs",
+            "missing_half_hours": " ".join(isoformat(t) for t in missing) or "none",
+            "comment": note,
+        },
+    )
+    meta = {**(attrs or {}), "accumulation_hours": int(hours), "valid_time": valid}
+    return xr.Dataset({ACCUMULATION_VAR: variable, **aux}, coords=coords,
+                      attrs=global_attrs(f"nrt {int(hours)} h precipitation accumulation", meta))
+
+
+def write_accumulations(
+    product_dir: Path,
+    mean_by_valid_time: Mapping[dt.datetime, np.ndarray],
+    hours: Iterable[int],
+    *,
+    grid: LatLonGrid,
+    valid_time: dt.datetime,
+    cycle_time: dt.datetime,
+    forecast_reference_time: dt.datetime,
+    attrs: Mapping | None = None,
+    quantize: bool = True,
+    deflate_level: int = 4,
+) -> dict[int, Path]:
+    """Write one `accumulation_<H>h` file per window ending with `valid_time`; returns {H: path}.
+
+    A short history gives a file all NaN with the missing half hours named, logged once per window.
+    """
+    totals = accumulations(mean_by_valid_time, valid_time, hours)
+    written = {}
+    for h, amount in totals.items():
+        missing = missing_half_hours(mean_by_valid_time, valid_time, h)
+        if missing:
+            log.info("%d h accumulation ending %s: %d of %d half hours missing", h, isoformat(valid_time + HALF_HOUR), len(missing), 2 * h)
+        ds = accumulation_dataset(amount, h, missing, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, attrs=attrs)
+        path = product_path(product_dir, accumulation_kind(h), valid_time, cycle_time)
+        written[h] = write_dataset(path, ds, [ACCUMULATION_VAR], deflate_level=deflate_level, quantize=quantize, chunks={"time": 1})
+    return written

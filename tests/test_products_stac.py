@@ -1,0 +1,58 @@
+"""The STAC catalog beside the products: an Item per current product, projection and datacube fields, atomic updates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import xarray as xr
+
+from nrt.catalog import Catalog
+from nrt.grids import LatLonGrid
+from nrt.io import sha256_file
+from nrt.products import publish_valid_time
+
+UTC = dt.timezone.utc
+GRID = LatLonGrid(0.05, 41.025, -94.475, 10, 12)
+V = dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)
+
+
+def publish(cfg, catalog, valid, cycle, value):
+    start = cycle - dt.timedelta(hours=4)
+    precip = xr.DataArray(np.full((3, *GRID.shape), value, np.float32), dims=("member", "lat", "lon"))
+    return publish_valid_time(precip, cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
+                              lead=int((valid - start) / dt.timedelta(minutes=30)), quicklook=False)
+
+
+def test_stac_lists_the_current_products_with_their_files(cfg):
+    with Catalog.from_config(cfg, migrate=True) as catalog:
+        publish(cfg, catalog, V, V + dt.timedelta(hours=1), 1.0)
+        old = publish(cfg, catalog, V + dt.timedelta(minutes=30), V + dt.timedelta(hours=1), 1.0)
+        new = publish(cfg, catalog, V + dt.timedelta(minutes=30), V + dt.timedelta(hours=1, minutes=30), 2.0)  # supersedes
+        current = catalog.products(current_only=True)
+    root = pystac.Catalog.from_file(str(cfg.product_dir / "stac" / "catalog.json"))
+    items = {item.id: item for item in root.get_items(recursive=True)}
+    assert set(items) == {Path(row.path).stem for row in current}  # one Item per current product, no more
+    assert Path(old.products[0].path).stem not in items and Path(new.products[0].path).stem in items
+    assert {c.id for c in root.get_children()} == {"nrt-ensemble", "nrt-summary", "nrt-accumulation_1h", "nrt-accumulation_3h",
+                                                   "nrt-accumulation_6h"}
+
+    ens = items[Path(new.products[0].path).stem]
+    asset = ens.assets["data"]
+    path = Path(asset.get_absolute_href())
+    assert path == Path(new.products[0].path).resolve() and asset.extra_fields["file:checksum"] == "1220" + sha256_file(path)
+    assert ens.datetime == V + dt.timedelta(minutes=30) and ens.properties["nrt:lead"] == new.products[0].lead
+    assert ens.properties["proj:code"] == "EPSG:4326" and ens.properties["proj:shape"] == [10, 12]
+    assert ens.bbox == pytest.approx([-94.5, 41.0, -93.9, 41.5])
+    assert any("datacube" in uri for uri in ens.stac_extensions) and any("projection" in uri for uri in ens.stac_extensions)
+    assert list(ens.properties["cube:dimensions"]) == ["time", "realization", "lat", "lon"]
+    assert ens.properties["cube:variables"]["precipitation"]["dimensions"] == ["time", "realization", "lat", "lon"]
+
+    three = next(i for i in items.values() if i.properties["nrt:kind"] == "accumulation_3h" and i.datetime == V)
+    assert three.properties["start_datetime"] == "2024-06-01T10:00:00Z" and three.properties["end_datetime"] == "2024-06-01T13:00:00Z"
+    assert json.loads((cfg.product_dir / "latest.json").read_text())["newest_valid_time"]  # latest.json stays
+    assert not list((cfg.product_dir / "stac").rglob(".*"))  # no temp file left
