@@ -52,7 +52,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from nrt.errors import CatalogError
+from nrt.errors import CatalogError, CatalogUnavailable
 from nrt.timeline import utc
 
 GRANULE_STATES = ("expected", "downloaded", "bad")
@@ -409,7 +409,7 @@ class Catalog:
             if self.sqlite_path is not None and "unable to open" in message:
                 reason = "cannot open or create the catalog (read-only directory?)"
                 raise CatalogError(f"{self.sqlite_path}: {reason}") from None
-            raise CatalogError(f"{self.url}: {message}") from None
+            raise CatalogUnavailable(f"{self.url}: {message}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -27,3 +27,7 @@ class FetchError(NrtError):
 
 class CatalogError(NrtError):
     pass
+
+
+class CatalogUnavailable(CatalogError):
+    """The database cannot be reached or written now (down, restarting, disk full); waiting may cure it."""
