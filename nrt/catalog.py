@@ -301,8 +301,12 @@ def resolve_url(url: str):
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise CatalogError(f"catalog URL {url.split('@')[-1]!r}: not a database URL") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number, e.g. from an '@' in a password
+        # Only the scheme is shown: whatever follows may hold the password, unparsed.
+        scheme = url.split("://", 1)[0] if "://" in url else "?"
+        raise CatalogError(
+            f"catalog URL ({scheme}://...): not a database URL; percent-encode '@', ':' and '/' in the user or password"
+        ) from None
     if parsed.drivername == "postgresql":
         driver = next((name for name in ("psycopg", "psycopg2") if importlib.util.find_spec(name)), None)
         if driver is None:

@@ -565,3 +565,19 @@ def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
         assert c.url == url and (tmp_path / "from-env.sqlite").is_file()
     with Catalog.from_config(cfg, migrate=True) as c:
         assert c.sqlite_path == cfg.workdir / "catalog.sqlite"
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["worker"], ["scheduler"], ["catalog", "status"],
+                                     ["backfill", "--start", "2024-06-01T00:00", "--end", "2024-06-01T01:00"]])
+def test_an_unparsable_database_url_leaks_no_part_of_its_password(command, cfg, monkeypatch, capsys):
+    """An unescaped '@' in the password made SQLAlchemy's parser print the rest of the URL in a traceback."""
+    from nrt.cli import main
+
+    monkeypatch.setenv("NRT_DB_URL", "postgresql://nrt:p@ss:w0rd-SECRET@127.0.0.1:5499/db")
+    monkeypatch.setenv("HOME", str(cfg.workdir))
+    code = main(command)
+    out, err = capsys.readouterr()
+    assert "SECRET" not in out + err and "w0rd" not in out + err
+    assert code != 0
+    if command != ["doctor"]:  # doctor lists its findings; the others stop on the one-line error
+        assert code == 2 and err.startswith("nrt: error: catalog URL (postgresql://...): not a database URL"), err
