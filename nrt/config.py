@@ -88,6 +88,8 @@ class ImergConfig(Section):
     gesdisc_url: str = "http://127.0.0.1:8765/gesdisc/data/GPM_L3"
     versions: list[str] = ["V07B", "V07C"]
     extra_variables: list[Literal["randomError", "probabilityLiquidPrecipitation"]] = ["randomError"]
+    min_valid_fraction: float = Field(0.5, gt=0, le=1)  # a granule with less non-fill inside the domain is refused
+    max_rate_mmh: float = Field(400, gt=0)  # a granule with a higher rate inside the domain is refused (wrong units?)
 
 
 class DprConfig(Section):
@@ -217,6 +219,8 @@ class ProductsConfig(Section):
     quicklook_member: int = Field(0, ge=0)
     latest_hours: float = Field(24, gt=0)  # latest.json lists valid times this far back from the newest
     orphan_grace_minutes: float = Field(60, gt=0)  # unregistered or temp files younger than this are left alone
+    min_valid_fraction: float = Field(0.5, gt=0, le=1)  # an ensemble with less non-NaN is not published
+    max_rate_mmh: float = Field(500, gt=0)  # nor one with a member above this rate
 
     @field_validator("accumulation_hours")
     @classmethod

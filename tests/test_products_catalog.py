@@ -234,3 +234,28 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
     assert not old_day.exists()
     assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 3
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda v: v.__setitem__(slice(None), np.nan), "members are all NaN"),
+        (lambda v: v.__setitem__((1,), np.nan), "1 of 4 members are all NaN"),
+        (lambda v: v.__setitem__((slice(None), slice(0, 8)), np.nan), "of cells are valid"),
+        (lambda v: v.__imul__(1000.0), "outside 0..500"),
+    ],
+)
+def test_an_implausible_ensemble_never_supersedes_the_good_one(cfg, catalog, config_file, capsys, spoil, reason):
+    """A newer cycle (smaller lead) with NaN members or absurd rates is refused before anything is written."""
+    from nrt.products.publish import ImplausibleProduct
+
+    good = publish(cfg, catalog, V, V, field(2.0, seed=1))
+    bad = field(2.0, seed=2)
+    spoil(bad.values)
+    files_before = sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file())
+    with pytest.raises(ImplausibleProduct, match=reason):
+        publish(cfg, catalog, V, V + dt.timedelta(hours=1), bad)
+    assert best_available(catalog, V).id == good.products[0].id
+    assert sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file()) == files_before
+    latest = json.loads((cfg.product_dir / "latest.json").read_text())
+    assert latest["valid_times"][isoformat(V)]["ensemble"]["cycle_time"] == isoformat(V)

@@ -8,6 +8,10 @@ before its row is registered, so a row always points at a whole file.
 newest one, the best product of each kind (paths relative to the product directory). It is rebuilt from
 the catalog and replaced atomically after each publish and prune, so a poller never reads half a file.
 Two writers racing may leave the older of two snapshots for one publish interval; the next update fixes it.
+
+Before anything is written an ensemble must look like rain (`check_plausible`): enough valid cells, rates
+within physical bounds, no all-NaN member. A product failing that is neither written nor ranked, so it can
+never supersede a good one.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
+from nrt.errors import NrtError
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
 from nrt.products.ef5 import export_ef5
@@ -61,6 +67,38 @@ class Published:
     stats: ProductStats
     best: bool  # this cycle's ensemble is now the best available for its valid time
     ef5: list[Path] = field(default_factory=list)
+
+
+class ImplausibleProduct(NrtError):
+    """An ensemble that must not be published; `stage` tells the worker's metrics where the cycle stopped."""
+
+    stage = "products"
+
+    def __init__(self, valid_time: dt.datetime, cycle_time: dt.datetime, reason: str):
+        self.reason = reason
+        super().__init__(f"ensemble for {isoformat(valid_time)} (cycle {isoformat(cycle_time)}) not published: {reason}")
+
+
+def check_plausible(members: np.ndarray, limits, valid_time: dt.datetime, cycle_time: dt.datetime) -> None:
+    """Raise `ImplausibleProduct` unless the (member, ..., lat, lon) rates look like rain.
+
+    `limits` is `cfg.products` (`min_valid_fraction`, `max_rate_mmh`).
+    """
+    values = np.asarray(members, dtype=np.float32).reshape(members.shape[0], -1)
+    finite = np.isfinite(values)
+
+    def refuse(reason: str):
+        raise ImplausibleProduct(valid_time, cycle_time, reason)
+
+    empty = np.flatnonzero(~finite.any(axis=1))
+    if empty.size:
+        refuse(f"{empty.size} of {values.shape[0]} members are all NaN (first: member {empty[0]})")
+    fraction = float(finite.mean())
+    if fraction < limits.min_valid_fraction:
+        refuse(f"only {fraction:.1%} of cells are valid (products.min_valid_fraction {limits.min_valid_fraction:g})")
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if low < 0 or high > limits.max_rate_mmh:
+        refuse(f"rates span {low:g}..{high:g} mm/h, outside 0..{limits.max_rate_mmh:g} (products.max_rate_mmh)")
 
 
 def register_file(catalog, kind: str, path: Path, *, valid_time, cycle_time, lead: int, members: int, checkpoint: str | None) -> ProductRecord:
@@ -157,6 +195,7 @@ def publish_valid_time(
     """
     pc = cfg.products
     valid, cycle = utc(valid_time), utc(cycle_time)
+    check_plausible(np.asarray(precip.values), pc, valid, cycle)
     meta = {**(attrs or {}), "cycle_time": cycle}
     checkpoint = meta.get("checkpoint_sha256") or None
     ds = ensemble_dataset(precip, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time, lead=lead, attrs=meta,
