@@ -377,11 +377,25 @@ def _format_error(source: str, error: ValidationError) -> str:
     return f"{source}: {key}: {reason}"
 
 
+HEARTBEATS_PER_LEASE = 3  # a lease survives two missed heartbeats (a database blip) before it lapses
+
+
+def check_service(service: ServiceConfig, source: str = "<config>") -> None:
+    """Rules between service keys (checked at load and again by the worker, as tests set keys after loading)."""
+    if service.heartbeat_seconds * HEARTBEATS_PER_LEASE > service.lease_seconds:
+        raise ConfigError(
+            source,
+            f"service.heartbeat_seconds ({service.heartbeat_seconds:g}) must be at most a third of "
+            f"service.lease_seconds ({service.lease_seconds:g}), or a busy worker loses its lease",
+        )
+
+
 def from_dict(data: dict, source: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, _format_error(source, exc).split(": ", 1)[1]) from None
+    check_service(cfg.service, source)
     cfg.source_file = source
     cfg.secrets = Secrets(**{name: _credential(name) for name in SECRET_ENV})
     return cfg

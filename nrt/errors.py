@@ -31,3 +31,7 @@ class CatalogError(NrtError):
 
 class CatalogUnavailable(CatalogError):
     """The database cannot be reached or written now (down, restarting, disk full); waiting may cure it."""
+
+
+class LeaseLost(NrtError):
+    """A write refused because this process no longer holds the job's lease (another worker took it over)."""

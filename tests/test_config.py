@@ -155,3 +155,12 @@ def test_workdir_expands_home_and_fills_the_catalog_placeholder(no_secrets, tmp_
     cfg = config.from_dict({"general": {"workdir": str(tmp_path / "w")}}, "<test>")
     assert cfg.database_url == f"sqlite:///{tmp_path}/w/catalog.sqlite"
     assert cfg.product_dir == tmp_path / "w" / "products"
+
+
+def test_a_heartbeat_not_well_below_the_lease_is_refused():
+    from nrt import config
+    from nrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"heartbeat_seconds \(30\) must be at most a third of service.lease_seconds \(30\)"):
+        config.from_dict({"service": {"lease_seconds": 30, "heartbeat_seconds": 30}}, "x.toml")
+    config.from_dict({"service": {"lease_seconds": 90, "heartbeat_seconds": 30}}, "x.toml")

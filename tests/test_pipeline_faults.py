@@ -226,7 +226,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     latest = (cfg.product_dir / "latest.json").read_text()
     assert not any(p.name in latest for p in leftovers)
     assert json.loads(latest)["newest_valid_time"] == isoformat(T2)
-    assert [r.state for r in catalog.runs()] == ["ok", "running"]  # the killed attempt never finished
+    assert [r.state for r in catalog.runs()] == ["ok", "abandoned"]  # the killed attempt, closed by the rescuer
 
 
 def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, capsys):

@@ -259,3 +259,37 @@ def test_an_implausible_ensemble_never_supersedes_the_good_one(cfg, catalog, con
     assert sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file()) == files_before
     latest = json.loads((cfg.product_dir / "latest.json").read_text())
     assert latest["valid_times"][isoformat(V)]["ensemble"]["cycle_time"] == isoformat(V)
+
+
+def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
+    """Fencing: after another worker re-claims the job, the old holder's publish stops before any write."""
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    mine = catalog.claim("frozen", lease_s=0.5)
+    fenced = catalog.fenced(mine.id, mine.lease_token)
+    publish(cfg, fenced, V, V, field(1.0))  # while the lease holds, writes go through
+    rows_before = catalog.products()
+    files_before = sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file())
+    import time
+
+    time.sleep(0.6)  # frozen past the lease (SIGSTOP)
+    rival = catalog.claim("rival", lease_s=60)
+    assert rival.id == mine.id and rival.lease_token != mine.lease_token
+    with pytest.raises(LeaseLost, match="lease lost"):
+        publish(cfg, fenced, V, V + dt.timedelta(hours=1), field(2.0))
+    with pytest.raises(LeaseLost):
+        fenced.start_run(V)
+    assert catalog.products() == rows_before
+    assert sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file()) == files_before
+    catalog.fenced(rival.id, rival.lease_token).start_run(V)  # the new owner writes
+
+
+def test_a_lease_about_to_expire_refuses_a_file_write(cfg, catalog):
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    job = catalog.claim("w", lease_s=2)
+    catalog.fenced(job.id, job.lease_token, margin_s=1).check_lease()
+    with pytest.raises(LeaseLost, match="expired"):
+        catalog.fenced(job.id, job.lease_token, margin_s=5).check_lease()  # no time left to write a file safely

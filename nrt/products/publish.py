@@ -204,6 +204,7 @@ def publish_valid_time(
     where = dict(valid_time=valid, cycle_time=cycle, lead=lead, members=members, checkpoint=checkpoint)
     records = []
 
+    catalog.check_lease()  # a worker that lost its job's lease must not overwrite the new owner's files
     ens_path = write_dataset(
         product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, data_vars(ds),
         deflate_level=pc.deflate_level, quantize=pc.quantize, chunks={"member": 1, "time": 1},
@@ -214,6 +215,7 @@ def publish_valid_time(
     stats = summarize(values, pc.thresholds_mmh)
     hours = max(pc.accumulation_hours)
     accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
+    catalog.check_lease()
     sum_path = write_summary(
         product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, accum, grid=grid, valid_time=valid,
         forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
@@ -224,6 +226,7 @@ def publish_valid_time(
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
     if quicklook:
+        catalog.check_lease()
         ql_path = draw_quicklook(
             ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
             member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),

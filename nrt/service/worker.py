@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from nrt.errors import CatalogError, CatalogUnavailable
+from nrt.config import check_service
+from nrt.errors import CatalogError, CatalogUnavailable, LeaseLost
 from nrt.service.metrics import Metrics
 from nrt.service.outage import CatalogOutage
 from nrt.service.systemd import Notifier
@@ -103,6 +104,7 @@ class Worker:
     ):
         if not handlers:
             raise ValueError("a worker needs at least one job handler")
+        check_service(cfg.service, getattr(cfg, "source_file", None) or "<config>")
         self.cfg, self.catalog, self.metrics = cfg, catalog, metrics
         self.service = cfg.service
         self.handlers = dict(handlers)
@@ -165,6 +167,7 @@ class Worker:
         kinds = sorted(self.handlers)
         try:
             self.wait_for_catalog()
+            self._refresh_gauges()  # also closes the runs a previous incarnation left running
             while not self.stopping and (max_jobs is None or self.jobs_done < max_jobs):
                 self.notifier.watchdog()
                 # A database restart must not cost the resident model: wait it out.
@@ -251,6 +254,9 @@ class Worker:
             log.info("job %s done in %.1f s", job.id, seconds)
             return "completed"
         error = thread.error
+        if isinstance(error, LeaseLost):  # fenced: the new owner records this job, not us
+            log.warning("job %s stopped: %s", job.id, one_line(error))
+            return "lost"
         stage = getattr(error, "stage", job.kind)  # pipeline errors name the stage that failed
         reason = type(error).__name__
         retry = job.attempts < job.max_attempts  # the catalog requeues it on the same rule
@@ -277,12 +283,16 @@ class Worker:
             return False
 
     def _refresh_gauges(self) -> None:
+        """Job gauges, and closing the runs that dead or fenced-off workers left `running`."""
         try:
+            closed = self.catalog.close_stale_runs()
             counts = self.catalog.counts()
         except CatalogError as exc:
             self.outage.failed("job counts", exc)
         else:
             self.outage.succeeded()
+            if closed:
+                log.warning("closed %d run(s) left running by a worker whose lease ended, as abandoned", closed)
             self.metrics.refresh_jobs(counts)
         self.metrics.record_gpu_memory()
         self.metrics.record_disk_free([p for p in (self.cfg.workdir, self.cfg.product_dir) if p.exists()])
