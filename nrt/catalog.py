@@ -586,10 +586,12 @@ class Catalog:
     def mark_bad(
         self, source: str, name: str, reason: str, version: str | None = None,
         start: datetime | None = None, end: datetime | None = None,
+        *, retry_after: datetime | None = None, remote_tag: str | None = None,
     ) -> int:
         """Mark a file bad (corrupt, wrong product...) and count the attempt; returns the attempts so far.
 
-        A granule the catalog does not know yet needs `start` and `end`.
+        A granule the catalog does not know yet needs `start` and `end`. Once refused for good, the file is
+        tried again after `retry_after`, or when the server's copy no longer matches `remote_tag`.
         """
         with self._write() as session:
             granule = session.scalars(
@@ -604,8 +606,19 @@ class Catalog:
             granule.state, granule.reason = "bad", reason
             granule.path = granule.size = granule.sha256 = None
             granule.attempts += 1
+            granule.retry_after = utc(retry_after) if retry_after is not None else None
+            granule.remote_tag = remote_tag
             granule.updated_at = _now()
             return granule.attempts
+
+    def clear_bad(self, source: str | None = None) -> int:
+        """Forget the bad marks (of one source, or all): those files are tried again as if new; returns how many."""
+        stmt = update(Granule).where(Granule.state == "bad")
+        if source is not None:
+            stmt = stmt.where(Granule.source == source)
+        stmt = stmt.values(state="expected", attempts=0, retry_after=None, remote_tag=None, updated_at=_now())
+        with self._write() as session:
+            return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
     def get_granule(self, source: str, name: str) -> GranuleRow | None:
         with self._read() as session:

@@ -78,6 +78,9 @@ class HttpConfig(Section):
     backoff_max_s: float = Field(60, ge=0)
     max_concurrency: int = Field(4, ge=1)
     max_bad_attempts: int = Field(3, ge=1)
+    bad_retry_hours: float = Field(6, gt=0)  # a file refused max_bad_attempts times is tried again after this
+    download_deadline_s: float = Field(600, gt=0)  # one file, retries included
+    ingest_deadline_s: float = Field(900, gt=0)  # all downloads of one source in one ingest call
     netrc: Path | None = None
     earthdata_login_host: str = "urs.earthdata.nasa.gov"  # host[:port] that gets the Earthdata Login credentials
 

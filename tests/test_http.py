@@ -55,6 +55,11 @@ class Handler(BaseHTTPRequestHandler):
             with server.lock:
                 server.active -= 1
 
+    def do_HEAD(self):
+        """The route's status and headers without its body (not counted in `requests`)."""
+        self.head_only = True
+        self.server.route(self)(self)
+
     # helpers used by routes
     def send(self, status: int, body: bytes = b"", content_type="application/octet-stream", headers=None):
         self.send_response(status)
@@ -63,6 +68,8 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if getattr(self, "head_only", False):
+            return
         try:
             self.wfile.write(body)
         except OSError:

@@ -222,3 +222,64 @@ def test_cli_ingest_and_inspect(setup, mirror, tmp_path, capsys, monkeypatch):
     facts = json.loads(capsys.readouterr().out.strip())
     assert facts["source"] == "imerg" and facts["version"] == "V07B" and facts["shape"] == [1, 3600, 1800]
     assert facts["start"] == "2024-06-01T08:00:00Z" and facts["min"] == facts["max"] == 1.5
+
+
+def give_up_on(cfg, catalog, client, mirror, start) -> str:
+    publish_imerg(mirror, cfg, start, corrupt=True)
+    name = imerg.filename(start, "V07B")
+    for _ in range(cfg.sources.http.max_bad_attempts):
+        ingest("imerg", cfg, catalog, T, client)
+    assert "gave up" in ingest("imerg", cfg, catalog, T, client).bad[0]
+    return name
+
+
+def good_copy(mirror, cfg, start, value: float = 1.5) -> None:
+    path = publish_imerg(mirror, cfg, start)
+    window = imerg_window(cfg.domain.box())
+    values = np.random.default_rng(0).gamma(0.5, value, window.grid.shape).astype(np.float32)
+    write_global(path, values, cfg.domain.box())  # a different size from the corrupt copy
+
+
+def test_a_refused_granule_is_fetched_again_when_the_server_replaces_it(setup, mirror):
+    cfg, catalog, client = setup
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)
+    downloads = mirror.downloads(name)
+    good_copy(mirror, cfg, start)
+    result = ingest("imerg", cfg, catalog, T, client)
+    assert mirror.downloads(name) == downloads + 1 and result.bad == []
+    assert catalog.get_granule("imerg", name).state == "downloaded"
+
+
+def test_a_bad_mark_expires_after_bad_retry_hours(setup, mirror):
+    import time
+
+    cfg, catalog, client = setup
+    cfg.sources.http.bad_retry_hours = 0.5 / 3600
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)  # the same bytes stay on the server
+    row = catalog.get_granule("imerg", name)
+    assert row.retry_after is not None and row.remote_tag.startswith("size=")
+    time.sleep(0.6)
+    downloads = mirror.downloads(name)
+    assert "gave up" not in " ".join(ingest("imerg", cfg, catalog, T, client).bad)  # tried, and refused again
+    assert mirror.downloads(name) == downloads + 1
+    assert catalog.get_granule("imerg", name).retry_after > row.retry_after  # and the next back-off started
+
+
+def test_ingest_retry_bad_clears_the_marks(setup, mirror, tmp_path, capsys, monkeypatch):
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)
+    config = tmp_path / "nrt.toml"
+    config.write_text(
+        f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n'
+        "[sources.http]\nretries = 1\nbackoff_s = 0.01\n"
+    )
+    downloads = mirror.downloads(name)
+    assert main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat(), "--retry-bad"]) == 1
+    out, err = capsys.readouterr()
+    assert "imerg: cleared 1 bad mark(s)" in err
+    assert mirror.downloads(name) == downloads + 1  # downloaded again (and, still corrupt, marked once more)
+    assert catalog.get_granule("imerg", name).attempts == 1

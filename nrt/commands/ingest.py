@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from nrt.timeline import isoformat, utc
 
@@ -27,6 +28,8 @@ def register(sub) -> None:
     )
     parser.add_argument("--source", action="append", choices=SOURCE_NAMES, help="source to ingest (repeatable; default: all)")
     parser.add_argument("--time", type=_time, required=True, help="cycle time, ISO 8601 (UTC when no zone is given)")
+    parser.add_argument("--retry-bad", action="store_true",
+                        help="first clear the bad marks of the chosen sources, so refused files are downloaded again")
     parser.set_defaults(handler=run_ingest)
 
 
@@ -39,6 +42,10 @@ def run_ingest(args, cfg) -> int:
     any_bad = False
     with Catalog.from_config(cfg) as catalog, Client.from_config(cfg) as client:
         for source in dict.fromkeys(sources):
+            if args.retry_bad:
+                cleared = catalog.clear_bad(source)
+                if cleared:
+                    print(f"{source}: cleared {cleared} bad mark(s)", file=sys.stderr)
             result = ingest(source, cfg, catalog, args.time, client)
             any_bad |= bool(result.bad)
             print(json.dumps({"source": source, "time": isoformat(args.time), **result.as_dict()}), flush=True)

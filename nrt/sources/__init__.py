@@ -8,7 +8,10 @@ Modules whose server is listed first (the PPS and GES DISC directories) also exp
 `ingest()` is the only place that talks to both the network and the catalog: it works out what should exist,
 skips what the catalog already holds with a matching checksum, downloads the rest with bounded concurrency,
 validates each file before it is renamed into place, and records the outcome (downloaded, or bad with a
-reason; a bad granule is retried at most `sources.http.max_bad_attempts` times).
+reason). A bad granule is retried at most `sources.http.max_bad_attempts` times; after that it is refused
+until `bad_retry_hours` have passed or the server's copy changes (size, date or ETag), and
+`nrt ingest --retry-bad` clears the marks at once. Each download, and all of one source's downloads in one
+call, run under deadlines (`download_deadline_s`, `ingest_deadline_s`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import importlib
 import logging
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
@@ -147,8 +151,12 @@ def _already_held(row) -> bool:
     return sha256_file(path) == row.sha256
 
 
-def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock) -> Path:
+def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
     url = mod.remote_url(cfg, rf)
+    # The download's own clock starts when a slot frees up; the source's deadline caps it either way.
+    deadline = min(stage_deadline, time.monotonic() + cfg.sources.http.download_deadline_s)
+    if time.monotonic() >= deadline:
+        raise FetchError(url, f"not started: ingest deadline of {cfg.sources.http.ingest_deadline_s:g} s reached")
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
@@ -160,7 +168,22 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
             raise FetchError(url, "no such local file")
         check(path)
         return path
-    return client.download(url, local_path(cfg, rf), validate=check)
+    return client.download(url, local_path(cfg, rf), validate=check, deadline=deadline)
+
+
+def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
+    """Whether a granule marked bad `max_bad_attempts` times stays refused: its back-off has not passed and
+    the server's copy looks the same as the one refused."""
+    if held.retry_after is not None and datetime.now(timezone.utc) >= held.retry_after:
+        log.info("%s: bad mark expired; trying it again", rf.name)
+        return False
+    url = mod.remote_url(cfg, rf)
+    if held.remote_tag and _is_remote(url):
+        now = client.remote_tag(url)
+        if now is not None and now != held.remote_tag:
+            log.info("%s: changed on the server (%s, was %s); trying it again", rf.name, now, held.remote_tag)
+            return False
+    return True
 
 
 def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
@@ -171,29 +194,32 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
         return IngestResult()
     wanted, missing = resolve(mod, cfg, t, client)
     result = IngestResult(missing=list(missing))
-    max_bad = cfg.sources.http.max_bad_attempts
+    http = cfg.sources.http
     todo: list[RemoteFile] = []
     for rf in wanted:
         held = catalog.get_granule(rf.source, rf.name)
-        if held is not None and held.state == "bad" and held.attempts >= max_bad:
-            result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts)")
+        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, cfg, rf, held, client):
+            until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
+            result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
         elif _already_held(held):
             result.files.append(Path(held.path))
         else:
             catalog.expect_granule(rf.source, rf.name, rf.version, rf.start, rf.end)
             todo.append(rf)
 
-    workers = max(1, min(cfg.sources.http.max_concurrency, len(todo)))
+    workers = max(1, min(http.max_concurrency, len(todo)))
     reading = threading.Lock()
+    stage_deadline = time.monotonic() + http.ingest_deadline_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{source}") as pool:
-        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading)) for rf in todo]
+        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading, stage_deadline)) for rf in todo]
         # Catalog writes stay on this thread; the pool only moves bytes.
         for rf, future in futures:
             try:
                 path = future.result()
             except DataError as exc:
                 log.warning("bad %s granule %s: %s", source, rf.name, exc.reason)
-                catalog.mark_bad(rf.source, rf.name, exc.reason)
+                catalog.mark_bad(rf.source, rf.name, exc.reason, remote_tag=getattr(exc, "remote_tag", None),
+                                 retry_after=datetime.now(timezone.utc) + timedelta(hours=http.bad_retry_hours))
                 result.bad.append(f"{rf.name}: {exc.reason}")
                 continue
             except FetchError as exc:
