@@ -283,3 +283,13 @@ def test_ingest_retry_bad_clears_the_marks(setup, mirror, tmp_path, capsys, monk
     assert "imerg: cleared 1 bad mark(s)" in err
     assert mirror.downloads(name) == downloads + 1  # downloaded again (and, still corrupt, marked once more)
     assert catalog.get_granule("imerg", name).attempts == 1
+
+
+def test_downloads_left_when_the_ingest_deadline_passes_are_reported_missing(setup, mirror):
+    cfg, catalog, client = setup
+    for k in range(3):
+        publish_imerg(mirror, cfg, T.replace(hour=7, minute=0) + k * timedelta(minutes=30))
+    cfg.sources.http.ingest_deadline_s = 1e-6
+    result = ingest("imerg", cfg, catalog, T, client)
+    assert result.files == [] and len(result.missing) == 3
+    assert all("ingest deadline of 1e-06 s reached" in line for line in result.missing)
