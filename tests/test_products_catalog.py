@@ -293,3 +293,16 @@ def test_a_lease_about_to_expire_refuses_a_file_write(cfg, catalog):
     catalog.fenced(job.id, job.lease_token, margin_s=1).check_lease()
     with pytest.raises(LeaseLost, match="expired"):
         catalog.fenced(job.id, job.lease_token, margin_s=5).check_lease()  # no time left to write a file safely
+
+
+def test_a_full_product_disk_is_one_line_naming_the_file(cfg, catalog):
+    from full_disk import full_disk
+
+    from nrt.errors import StorageError
+
+    with full_disk(cfg.product_dir):
+        with pytest.raises(StorageError) as caught:
+            publish(cfg, catalog, V, V, field(1.0, seed=3))
+        message = str(caught.value)
+    assert "No space left on device" in message and str(cfg.product_dir) in message and "\n" not in message
+    assert catalog.products() == []  # nothing registered

@@ -293,3 +293,18 @@ def test_downloads_left_when_the_ingest_deadline_passes_are_reported_missing(set
     result = ingest("imerg", cfg, catalog, T, client)
     assert result.files == [] and len(result.missing) == 3
     assert all("ingest deadline of 1e-06 s reached" in line for line in result.missing)
+
+
+def test_nrt_ingest_into_a_full_data_directory_is_one_line_and_exit_2(setup, mirror, tmp_path, capsys, monkeypatch):
+    from full_disk import full_disk
+
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    publish_imerg(mirror, cfg, T.replace(hour=8, minute=0))
+    config = tmp_path / "nrt.toml"
+    config.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n')
+    with full_disk(cfg.data_dir / "imerg"):
+        code = main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat()])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith(f"nrt: error: {cfg.data_dir / 'imerg'}") and err.endswith("No space left on device"), err

@@ -17,16 +17,19 @@ never supersede a good one.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from nrt.errors import NrtError
+from nrt.errors import NrtError, StorageError
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, sha256_file
 from nrt.products.ef5 import export_ef5
@@ -101,6 +104,24 @@ def check_plausible(members: np.ndarray, limits, valid_time: dt.datetime, cycle_
         refuse(f"rates span {low:g}..{high:g} mm/h, outside 0..{limits.max_rate_mmh:g} (products.max_rate_mmh)")
 
 
+# Less free space than this after a failed write reads as a full disk (HDF5 reports it without errno).
+FULL_DISK_BYTES = 16 << 20
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed product write into one `StorageError` line naming the file (and a full disk as such)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        # netCDF-C/HDF5 report a full disk as "NetCDF: HDF error" or even "Permission denied": ask the disk.
+        directory = next((p for p in Path(path).parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(directory).free
+        if getattr(exc, "errno", None) == errno.ENOSPC or free < FULL_DISK_BYTES:
+            raise StorageError(path, f"No space left on device ({free} bytes free)") from None
+        raise StorageError(path, (exc.strerror if isinstance(exc, OSError) else None) or str(exc)) from None
+
+
 def register_file(catalog, kind: str, path: Path, *, valid_time, cycle_time, lead: int, members: int, checkpoint: str | None) -> ProductRecord:
     size, digest = path.stat().st_size, sha256_file(path)
     product_id = catalog.register_product(kind, valid_time, cycle_time, lead, members, str(path), size, digest, checkpoint=checkpoint)
@@ -152,7 +173,7 @@ def update_latest(catalog, product_dir: Path, hours: float = 24.0, now: dt.datet
     """Rewrite `<product_dir>/latest.json` atomically from the catalog; returns its path."""
     path = Path(product_dir) / LATEST
     text = json.dumps(latest_index(catalog, product_dir, hours, now), indent=1, sort_keys=True)
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
     return path
 
@@ -205,10 +226,10 @@ def publish_valid_time(
     records = []
 
     catalog.check_lease()  # a worker that lost its job's lease must not overwrite the new owner's files
-    ens_path = write_dataset(
-        product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, data_vars(ds),
-        deflate_level=pc.deflate_level, quantize=pc.quantize, chunks={"member": 1, "time": 1},
-    )
+    ens_path = product_path(cfg.product_dir, ENSEMBLE, valid, cycle)
+    with writing(ens_path):
+        write_dataset(ens_path, ds, data_vars(ds), deflate_level=pc.deflate_level, quantize=pc.quantize,
+                      chunks={"member": 1, "time": 1})
     records.append(register_file(catalog, ENSEMBLE, ens_path, **where))
 
     values = ds[PRECIP_VAR].values[:, 0]
@@ -216,21 +237,24 @@ def publish_valid_time(
     hours = max(pc.accumulation_hours)
     accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
     catalog.check_lease()
-    sum_path = write_summary(
-        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, accum, grid=grid, valid_time=valid,
-        forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
-        quantize=pc.quantize, deflate_level=pc.deflate_level,
-    )
+    sum_path = product_path(cfg.product_dir, SUMMARY, valid, cycle)
+    with writing(sum_path):
+        write_summary(
+            sum_path, stats, accum, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time,
+            attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
+        )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
 
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
     if quicklook:
         catalog.check_lease()
-        ql_path = draw_quicklook(
-            ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
-            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
-        )
+        ql_path = product_path(cfg.product_dir, QUICKLOOK, valid, cycle)
+        with writing(ql_path):
+            draw_quicklook(
+                ds[PRECIP_VAR], ql_path, threshold=pc.quicklook_threshold_mmh,
+                member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
+            )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 
     best_row = best_available(catalog, valid, ENSEMBLE)
