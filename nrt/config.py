@@ -7,10 +7,12 @@ the file: they come from the environment, systemd credentials or `.netrc`, and a
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -28,7 +30,17 @@ MASK = "********"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: an `inf` lease, timeout or retention would pass every bound and then crash or hang.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+    may_be_empty: ClassVar[frozenset[str]] = frozenset()  # list keys that may be []; every other list may not
+
+    @model_validator(mode="after")
+    def _lists_not_empty(self):
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, list) and not value and name not in self.may_be_empty:
+                raise ValueError(f"{name} must not be empty")
+        return self
 
 
 class GeneralConfig(Section):
@@ -86,6 +98,7 @@ class HttpConfig(Section):
 
 
 class ImergConfig(Section):
+    may_be_empty = frozenset({"extra_variables"})
     server: Literal["pps", "gesdisc"] = "pps"
     pps_url: str = "http://127.0.0.1:8765/pps"
     gesdisc_url: str = "http://127.0.0.1:8765/gesdisc/data/GPM_L3"
@@ -105,6 +118,7 @@ class DprConfig(Section):
 
 
 class GeosfpConfig(Section):
+    may_be_empty = frozenset({"slv_variables", "flx_variables"})
     enabled: bool = True
     url: str = "http://127.0.0.1:8765/nccs/datashare/gmao/geos-fp"
     slv_variables: list[str] = ["TQV", "TQL", "T2M", "QV2M", "U10M", "V10M", "SLP"]
@@ -257,6 +271,7 @@ class AlertArea(Section):
 
 
 class AlertsConfig(Section):
+    may_be_empty = frozenset({"areas"})
     areas: list[AlertArea] = [
         AlertArea(name="des_moines", west=-94.0, south=41.3, east=-93.3, north=41.9, threshold_mmh=10.0, probability=0.5)
     ]
@@ -276,6 +291,18 @@ class ServiceConfig(Section):
     retry_delay_s: float = Field(120, ge=0)  # before a failed job's 2nd attempt; doubled for each one after
     shutdown_timeout_s: float = Field(60, gt=0)
     worker_poll_s: float = Field(5, gt=0)  # idle worker: seconds between claim attempts
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _resolvable(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError) as exc:
+                raise ValueError(f"cannot resolve host {host!r} ({exc})") from None
+        return host
 
 
 class VerifyConfig(Section):
