@@ -306,3 +306,11 @@ def test_a_full_product_disk_is_one_line_naming_the_file(cfg, catalog):
         message = str(caught.value)
     assert "No space left on device" in message and str(cfg.product_dir) in message and "\n" not in message
     assert catalog.products() == []  # nothing registered
+
+
+def test_export_ef5_into_an_unwritable_place_is_one_line(cfg, catalog, config_file, capsys, tmp_path):
+    publish(cfg, catalog, V, V, field(1.0))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = cli(capsys, config_file, "export", "ef5", "--valid", isoformat(V), "--out", str(blocker / "ef5"))
+    assert code == 2 and err.startswith("nrt: error: ") and str(blocker) in err and len(err.strip().splitlines()) == 1, err

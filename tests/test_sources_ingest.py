@@ -308,3 +308,25 @@ def test_nrt_ingest_into_a_full_data_directory_is_one_line_and_exit_2(setup, mir
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert err.startswith(f"nrt: error: {cfg.data_dir / 'imerg'}") and err.endswith("No space left on device"), err
+
+
+def test_server_errors_are_warnings_and_nrt_ingest_exits_3(setup, mirror, tmp_path, capsys, monkeypatch):
+    """An HTTP 500 used to be logged at INFO as "not available yet", and `nrt ingest` exited 0."""
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    for k in range(3):
+        publish_imerg(mirror, cfg, T.replace(hour=7, minute=0) + k * timedelta(minutes=30))
+    broken = imerg.filename(T.replace(hour=8, minute=0), "V07B")
+    serve_normally = mirror.server.route
+    mirror.server.route = lambda h: (lambda h: h.send(500, b"oops", "text/plain")) if broken in h.path else serve_normally(h)
+    config = tmp_path / "nrt.toml"
+    config.write_text(
+        f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n'
+        "[sources.http]\nretries = 1\nbackoff_s = 0.01\n"
+    )
+    assert main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat()]) == 3
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip())
+    assert len(line["files"]) == 2 and line["errors"] == [f"{broken}: HTTP 500 (gave up after 2 attempts)"]
+    assert f"WARNING nrt.sources: {broken}: download failed: HTTP 500" in " ".join(err.split())
+    assert "not available yet" not in err

@@ -57,12 +57,21 @@ class RemoteFile:
 
 @dataclass
 class IngestResult:
+    """Files held; files not there (`missing`, polled again); files refused (`bad`); and, among the missing,
+    those a server failed to deliver (5xx, timeouts, resets, deadlines: `errors`) rather than not published yet."""
+
     files: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"files": [str(p) for p in self.files], "missing": self.missing, "bad": self.bad}
+        return {"files": [str(p) for p in self.files], "missing": self.missing, "bad": self.bad, "errors": self.errors}
+
+
+def not_published(exc: FetchError) -> bool:
+    """A file the server does not have yet (404, GES DISC's HTML page, an absent local file), not a server fault."""
+    return exc.reason.startswith("HTTP 404") or "HTML page instead of data" in exc.reason or exc.reason == "no such local file"
 
 
 def module(name: str) -> ModuleType:
@@ -137,8 +146,17 @@ def resolve(mod: ModuleType, cfg, t: datetime, client) -> tuple[list[RemoteFile]
             listed.extend(mod.parse_listing(cfg, client.get_text(url), url))
         except FetchError as exc:
             log.warning("listing failed: %s", exc)
-            return [], [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected] or [f"listing unavailable: {exc}"]
+            raise ListingFailed(exc, [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected]
+                                or [f"listing unavailable: {exc}"]) from None
     return mod.select(cfg, t, expected, listed)
+
+
+class ListingFailed(Exception):
+    """A listing the server failed to give: every expected file counts as missing, and as a server error."""
+
+    def __init__(self, error: FetchError, missing: list[str]):
+        super().__init__(str(error))
+        self.error, self.missing = error, missing
 
 
 def _already_held(row) -> bool:
@@ -192,7 +210,11 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
     t = utc(t)
     if not getattr(getattr(cfg.sources, source), "enabled", True):
         return IngestResult()
-    wanted, missing = resolve(mod, cfg, t, client)
+    try:
+        wanted, missing = resolve(mod, cfg, t, client)
+    except ListingFailed as failed:
+        errors = [] if not_published(failed.error) else [str(failed.error)]
+        return IngestResult(missing=failed.missing, errors=errors)
     result = IngestResult(missing=list(missing))
     http = cfg.sources.http
     todo: list[RemoteFile] = []
@@ -223,15 +245,19 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
                 result.bad.append(f"{rf.name}: {exc.reason}")
                 continue
             except FetchError as exc:
-                log.info("%s not available yet: %s", rf.name, exc.reason)
+                if not_published(exc):
+                    log.info("%s not available yet: %s", rf.name, exc.reason)
+                else:  # the server failed us; polling goes on, but an operator should see it
+                    log.warning("%s: download failed: %s", rf.name, exc.reason)
+                    result.errors.append(f"{rf.name}: {exc.reason}")
                 result.missing.append(f"{rf.name}: {exc.reason}")
                 continue
             catalog.register_granule(
                 rf.source, rf.name, rf.version, rf.start, rf.end, str(path), path.stat().st_size, sha256_file(path)
             )
             result.files.append(path)
-    log.info(
-        "ingest %s for %s: %d files, %d missing, %d bad",
-        source, isoformat(t), len(result.files), len(result.missing), len(result.bad),
+    log.log(
+        logging.WARNING if result.errors else logging.INFO, "ingest %s for %s: %d files, %d missing (%d server errors), %d bad",
+        source, isoformat(t), len(result.files), len(result.missing), len(result.errors), len(result.bad),
     )
     return result
