@@ -89,7 +89,7 @@ def served():
 
 def test_contract_table_is_parsed():
     table = contract_table()
-    assert len(table) == 21
+    assert len(table) == 22
     assert table["nrt_verification_score"] == ("gauge", {"metric", "threshold", "lead", "model"})
     assert table["nrt_product_bytes_total"] == ("counter", {"kind"})
     assert table["nrt_cycles_total"] == ("counter", {"outcome"})
