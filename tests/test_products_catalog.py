@@ -314,3 +314,38 @@ def test_export_ef5_into_an_unwritable_place_is_one_line(cfg, catalog, config_fi
     blocker.write_text("x")
     code, out, err = cli(capsys, config_file, "export", "ef5", "--valid", isoformat(V), "--out", str(blocker / "ef5"))
     assert code == 2 and err.startswith("nrt: error: ") and str(blocker) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, catalog):
+    """The lease lapses while the file is being written: the finished file is never renamed into place."""
+    import time
+
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    mine = catalog.claim("frozen", lease_s=0.5)
+    owners = publish(cfg, catalog, V, V, field(1.0, seed=5))  # the new owner's product, already in place
+    path = owners.products[0].path
+    kept = sha256_file(path)
+
+    class FrozenDuringWrite:
+        """The fenced catalog; the first lease check (before writing) is followed by a freeze past the lease."""
+
+        def __init__(self):
+            self.fenced = catalog.fenced(mine.id, mine.lease_token)
+            self.checks = 0
+
+        def check_lease(self):
+            self.fenced.check_lease()
+            self.checks += 1
+            if self.checks == 1:
+                time.sleep(0.6)  # SIGSTOP while writing
+                assert catalog.claim("rival", lease_s=60).id == mine.id
+
+        def __getattr__(self, name):
+            return getattr(self.fenced, name)
+
+    with pytest.raises(LeaseLost):
+        publish(cfg, FrozenDuringWrite(), V, V, field(7.0, seed=6))
+    assert sha256_file(path) == kept == catalog.products(kind="ensemble")[0].sha256
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staged file left behind

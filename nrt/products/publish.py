@@ -20,6 +20,8 @@ import datetime as dt
 import errno
 import json
 import logging
+import os
+import secrets
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ import xarray as xr
 
 from nrt.errors import NrtError, StorageError
 from nrt.grids import LatLonGrid
-from nrt.io import atomic_path, sha256_file
+from nrt.io import atomic_path, fsync_dir, sha256_file
 from nrt.products.ef5 import export_ef5
 from nrt.products.netcdf import ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, data_vars, ensemble_dataset, product_path, write_dataset
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
@@ -120,6 +122,28 @@ def writing(path: Path) -> Iterator[None]:
         if getattr(exc, "errno", None) == errno.ENOSPC or free < FULL_DISK_BYTES:
             raise StorageError(path, f"No space left on device ({free} bytes free)") from None
         raise StorageError(path, (exc.strerror if isinstance(exc, OSError) else None) or str(exc)) from None
+
+
+def staged_name(final: Path) -> Path:
+    """A hidden sibling of `final` keeping its suffix (matplotlib picks the format from it); retention sweeps it."""
+    return final.with_name(f".{final.stem}.part-{os.getpid()}-{secrets.token_hex(4)}{final.suffix}")
+
+
+@contextmanager
+def placed_while_leased(catalog, final: Path) -> Iterator[Path]:
+    """Yield a staging path to write `final` to; rename it into place only if the job's lease still holds.
+
+    The lease is checked after the (slow) write, just before the (instant) rename, so a worker frozen in
+    mid-write cannot overwrite the new owner's file when it resumes. An unfenced catalog always places.
+    """
+    staged = staged_name(final)
+    try:
+        yield staged
+        catalog.check_lease()
+        os.replace(staged, final)
+        fsync_dir(final.parent)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def register_file(catalog, kind: str, path: Path, *, valid_time, cycle_time, lead: int, members: int, checkpoint: str | None) -> ProductRecord:
@@ -227,8 +251,8 @@ def publish_valid_time(
 
     catalog.check_lease()  # a worker that lost its job's lease must not overwrite the new owner's files
     ens_path = product_path(cfg.product_dir, ENSEMBLE, valid, cycle)
-    with writing(ens_path):
-        write_dataset(ens_path, ds, data_vars(ds), deflate_level=pc.deflate_level, quantize=pc.quantize,
+    with writing(ens_path), placed_while_leased(catalog, ens_path) as staged:
+        write_dataset(staged, ds, data_vars(ds), deflate_level=pc.deflate_level, quantize=pc.quantize,
                       chunks={"member": 1, "time": 1})
     records.append(register_file(catalog, ENSEMBLE, ens_path, **where))
 
@@ -238,9 +262,9 @@ def publish_valid_time(
     accum = accumulations(best_mean_fields(catalog, valid, hours, stats["mean"]), valid, pc.accumulation_hours)
     catalog.check_lease()
     sum_path = product_path(cfg.product_dir, SUMMARY, valid, cycle)
-    with writing(sum_path):
+    with writing(sum_path), placed_while_leased(catalog, sum_path) as staged:
         write_summary(
-            sum_path, stats, accum, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time,
+            staged, stats, accum, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time,
             attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
         )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
@@ -250,9 +274,9 @@ def publish_valid_time(
     if quicklook:
         catalog.check_lease()
         ql_path = product_path(cfg.product_dir, QUICKLOOK, valid, cycle)
-        with writing(ql_path):
+        with writing(ql_path), placed_while_leased(catalog, ql_path) as staged:
             draw_quicklook(
-                ds[PRECIP_VAR], ql_path, threshold=pc.quicklook_threshold_mmh,
+                ds[PRECIP_VAR], staged, threshold=pc.quicklook_threshold_mmh,
                 member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members),
             )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
