@@ -11,9 +11,11 @@ Every public method runs in its own short transaction and returns plain frozen r
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import math
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -52,11 +54,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from nrt.errors import CatalogError
+from nrt.errors import CatalogError, CatalogUnavailable, LeaseLost
 from nrt.timeline import utc
 
 GRANULE_STATES = ("expected", "downloaded", "bad")
-RUN_STATES = ("running", "ok", "degraded", "failed")
+RUN_STATES = ("running", "ok", "degraded", "failed", "abandoned")
 JOB_STATES = ("queued", "running", "done", "failed")
 PRODUCT_STATES = ("current", "superseded")
 
@@ -122,6 +124,8 @@ class Granule(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    retry_after: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a bad mark refuses the file until then
+    remote_tag: Mapped[str | None] = mapped_column(String(255))  # size, date, ETag of the remote copy marked bad
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -138,6 +142,7 @@ class Run(Base):
     timings: Mapped[dict] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     degraded: Mapped[list] = mapped_column(JSON)
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # the job lease it ran under (None: outside a worker)
 
 
 class Job(Base):
@@ -155,6 +160,7 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # new at every claim; fences the holder's writes
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a retry waits until then
@@ -215,6 +221,8 @@ class GranuleRow:
     state: str
     reason: str | None
     attempts: int
+    retry_after: datetime | None
+    remote_tag: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -229,6 +237,7 @@ class RunRow:
     timings: dict
     error: str | None
     degraded: list
+    lease_token: str | None
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,7 @@ class JobRow:
     priority: int
     lease_owner: str | None
     lease_expires: datetime | None
+    lease_token: str | None
     attempts: int
     max_attempts: int
     not_before: datetime | None
@@ -301,8 +311,12 @@ def resolve_url(url: str):
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise CatalogError(f"catalog URL {url.split('@')[-1]!r}: not a database URL") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number, e.g. from an '@' in a password
+        # Only the scheme is shown: whatever follows may hold the password, unparsed.
+        scheme = url.split("://", 1)[0] if "://" in url else "?"
+        raise CatalogError(
+            f"catalog URL ({scheme}://...): not a database URL; percent-encode '@', ':' and '/' in the user or password"
+        ) from None
     if parsed.drivername == "postgresql":
         driver = next((name for name in ("psycopg", "psycopg2") if importlib.util.find_spec(name)), None)
         if driver is None:
@@ -320,8 +334,24 @@ def _best_first(kind: str, valid_time: datetime):
     )
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A job lease that writes must still hold: its job, its token, and the lease time a file write needs left."""
+
+    job_id: int
+    token: str
+    margin_s: float = 0.0
+
+
 class Catalog:
-    """One catalog database. `Catalog.open(url)` checks it; `Catalog.open(url, migrate=True)` creates it."""
+    """One catalog database. `Catalog.open(url)` checks it; `Catalog.open(url, migrate=True)` creates it.
+
+    `catalog.fenced(job_id, token)` is the same catalog whose every write first checks, in its own
+    transaction, that the job's lease still carries `token` and has not expired; otherwise `LeaseLost`.
+    A worker that froze past its lease therefore cannot register anything once another worker took over.
+    """
+
+    _fence: Fence | None = None
 
     def __init__(self, url: str, busy_timeout_s: float = 30.0):
         self._url = resolve_url(url)
@@ -409,7 +439,7 @@ class Catalog:
             if self.sqlite_path is not None and "unable to open" in message:
                 reason = "cannot open or create the catalog (read-only directory?)"
                 raise CatalogError(f"{self.sqlite_path}: {reason}") from None
-            raise CatalogError(f"{self.url}: {message}") from None
+            raise CatalogUnavailable(f"{self.url}: {message}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -419,7 +449,38 @@ class Catalog:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self._translated(), self._writer() as session, session.begin():
+            if self._fence is not None:
+                self._hold_fence(session, self._fence)
             yield session
+
+    # -- fencing -----------------------------------------------------------------------------------
+
+    def fenced(self, job_id: int, token: str, margin_s: float = 0.0) -> Catalog:
+        """This catalog, with every write (and `check_lease`) fenced by the lease `token` of job `job_id`."""
+        fenced = copy.copy(self)
+        fenced._fence = Fence(job_id, token, margin_s)
+        return fenced
+
+    def _hold_fence(self, session: Session, fence: Fence, margin_s: float = 0.0) -> None:
+        # FOR SHARE on PostgreSQL: a claimer's UPDATE of the job waits until this write commits.
+        stmt = select(Job.lease_expires).where(Job.id == fence.job_id, Job.lease_token == fence.token, Job.state == "running")
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update(read=True)
+        expires = session.scalars(stmt).first()
+        if expires is None:
+            raise LeaseLost(f"job {fence.job_id}: lease lost to another worker (token no longer current); nothing written")
+        if expires < _now() + timedelta(seconds=margin_s):
+            raise LeaseLost(f"job {fence.job_id}: lease expired at {expires:%Y-%m-%dT%H:%M:%SZ}; nothing written")
+
+    def check_lease(self) -> None:
+        """Before writing a file for a fenced job: raise `LeaseLost` unless the lease is held with its margin left.
+
+        The margin covers the write itself: no other worker can claim the job before the lease expires.
+        An unfenced catalog (the CLI, tests) always passes.
+        """
+        if self._fence is not None:
+            with self._translated(), self._reader() as session, session.begin():
+                self._hold_fence(session, self._fence, self._fence.margin_s)
 
     def _alembic_config(self, connection=None):
         from alembic.config import Config as AlembicConfig
@@ -525,10 +586,12 @@ class Catalog:
     def mark_bad(
         self, source: str, name: str, reason: str, version: str | None = None,
         start: datetime | None = None, end: datetime | None = None,
+        *, retry_after: datetime | None = None, remote_tag: str | None = None,
     ) -> int:
         """Mark a file bad (corrupt, wrong product...) and count the attempt; returns the attempts so far.
 
-        A granule the catalog does not know yet needs `start` and `end`.
+        A granule the catalog does not know yet needs `start` and `end`. Once refused for good, the file is
+        tried again after `retry_after`, or when the server's copy no longer matches `remote_tag`.
         """
         with self._write() as session:
             granule = session.scalars(
@@ -543,8 +606,19 @@ class Catalog:
             granule.state, granule.reason = "bad", reason
             granule.path = granule.size = granule.sha256 = None
             granule.attempts += 1
+            granule.retry_after = utc(retry_after) if retry_after is not None else None
+            granule.remote_tag = remote_tag
             granule.updated_at = _now()
             return granule.attempts
+
+    def clear_bad(self, source: str | None = None) -> int:
+        """Forget the bad marks (of one source, or all): those files are tried again as if new; returns how many."""
+        stmt = update(Granule).where(Granule.state == "bad")
+        if source is not None:
+            stmt = stmt.where(Granule.source == source)
+        stmt = stmt.values(state="expected", attempts=0, retry_after=None, remote_tag=None, updated_at=_now())
+        with self._write() as session:
+            return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
     def get_granule(self, source: str, name: str) -> GranuleRow | None:
         with self._read() as session:
@@ -575,8 +649,11 @@ class Catalog:
     # -- runs --------------------------------------------------------------------------------------
 
     def start_run(self, cycle_time: datetime) -> int:
+        """A `running` run; on a fenced catalog it carries the lease token, so `close_stale_runs` can end it."""
+        token = self._fence.token if self._fence is not None else None
         with self._write() as session:
-            run = Run(cycle_time=utc(cycle_time), state="running", started_at=_now(), timings={}, degraded=[])
+            run = Run(cycle_time=utc(cycle_time), state="running", started_at=_now(), timings={}, degraded=[],
+                      lease_token=token)
             session.add(run)
             session.flush()
             return run.id
@@ -595,6 +672,22 @@ class Catalog:
             )
             if done.rowcount != 1:
                 raise LookupError(f"no run {run_id} in the catalog")
+
+    def close_stale_runs(self) -> int:
+        """Close as `abandoned` the runs left `running` under a job lease that no longer holds; returns how many.
+
+        A worker killed by -9, stopped by SIGTERM mid-cycle or frozen past its lease never closes its run;
+        any live worker calls this while idle. Runs made outside a worker (no token) are left alone.
+        """
+        now = _now()
+        live = select(Job.lease_token).where(Job.state == "running", Job.lease_expires >= now, Job.lease_token.is_not(None))
+        stmt = (
+            update(Run)
+            .where(Run.state == "running", Run.lease_token.is_not(None), Run.lease_token.not_in(live))
+            .values(state="abandoned", finished_at=now, error="abandoned: its job lease ended before the run finished")
+        )
+        with self._write() as session:
+            return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
     def runs(self, since: datetime | None = None, state: str | None = None, limit: int | None = None) -> list[RunRow]:
         """Runs with cycle time >= `since`, newest cycle first."""
@@ -637,7 +730,7 @@ class Catalog:
         stmt = (
             update(Job)
             .where(Job.key == key, Job.state.in_(("done", "failed")))
-            .values(state="queued", attempts=0, error=None, lease_owner=None, lease_expires=None, not_before=None,
+            .values(state="queued", attempts=0, error=None, lease_owner=None, lease_expires=None, lease_token=None, not_before=None,
                     updated_at=_now())
         )
         with self._write() as session:
@@ -671,12 +764,13 @@ class Catalog:
                     lapsed = f"lease of {job.lease_owner} expired at {job.lease_expires:%Y-%m-%dT%H:%M:%SZ}"
                     if job.attempts >= job.max_attempts:
                         job.state, job.error, job.finished_at = "failed", f"{lapsed} on the last attempt", now
-                        job.lease_owner = job.lease_expires = None
+                        job.lease_owner = job.lease_expires = job.lease_token = None
                         job.updated_at = now
                         continue
                     job.error = lapsed
                 job.state, job.lease_owner = "running", owner
                 job.lease_expires = now + timedelta(seconds=lease_s)
+                job.lease_token = secrets.token_hex(16)
                 job.attempts += 1
                 job.started_at = job.updated_at = now
                 session.flush()
@@ -705,7 +799,7 @@ class Catalog:
             if job is None:
                 return False
             job.state, job.error = "done", None
-            job.lease_owner = job.lease_expires = None
+            job.lease_owner = job.lease_expires = job.lease_token = None
             job.finished_at = job.updated_at = _now()
             return True
 
@@ -721,7 +815,7 @@ class Catalog:
                 return False
             now = _now()
             job.error = error
-            job.lease_owner = job.lease_expires = None
+            job.lease_owner = job.lease_expires = job.lease_token = None
             job.updated_at = now
             if retry and job.attempts < job.max_attempts:
                 job.state = "queued"
@@ -738,7 +832,7 @@ class Catalog:
                 return False
             job.state = "queued"
             job.attempts = max(0, job.attempts - 1)
-            job.lease_owner = job.lease_expires = None
+            job.lease_owner = job.lease_expires = job.lease_token = None
             job.updated_at = _now()
             return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args, cfg) or 0)
     except NrtError as exc:
         print(f"nrt: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `nrt ... | head`: the reader has gone; point stdout at /dev/null so the exit flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
+    except OSError as exc:  # a path the user gave that cannot be written: read-only, a file, disk full
+        print(f"nrt: error: {exc.filename or 'nrt'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nrt: interrupted", file=sys.stderr)

@@ -7,10 +7,12 @@ the file: they come from the environment, systemd credentials or `.netrc`, and a
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -28,7 +30,17 @@ MASK = "********"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: an `inf` lease, timeout or retention would pass every bound and then crash or hang.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+    may_be_empty: ClassVar[frozenset[str]] = frozenset()  # list keys that may be []; every other list may not
+
+    @model_validator(mode="after")
+    def _lists_not_empty(self):
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, list) and not value and name not in self.may_be_empty:
+                raise ValueError(f"{name} must not be empty")
+        return self
 
 
 class GeneralConfig(Section):
@@ -78,16 +90,22 @@ class HttpConfig(Section):
     backoff_max_s: float = Field(60, ge=0)
     max_concurrency: int = Field(4, ge=1)
     max_bad_attempts: int = Field(3, ge=1)
+    bad_retry_hours: float = Field(6, gt=0)  # a file refused max_bad_attempts times is tried again after this
+    download_deadline_s: float = Field(600, gt=0)  # one file, retries included
+    ingest_deadline_s: float = Field(900, gt=0)  # all downloads of one source in one ingest call
     netrc: Path | None = None
     earthdata_login_host: str = "urs.earthdata.nasa.gov"  # host[:port] that gets the Earthdata Login credentials
 
 
 class ImergConfig(Section):
+    may_be_empty = frozenset({"extra_variables"})
     server: Literal["pps", "gesdisc"] = "pps"
     pps_url: str = "http://127.0.0.1:8765/pps"
     gesdisc_url: str = "http://127.0.0.1:8765/gesdisc/data/GPM_L3"
     versions: list[str] = ["V07B", "V07C"]
     extra_variables: list[Literal["randomError", "probabilityLiquidPrecipitation"]] = ["randomError"]
+    min_valid_fraction: float = Field(0.5, gt=0, le=1)  # a granule with less non-fill inside the domain is refused
+    max_rate_mmh: float = Field(400, gt=0)  # a granule with a higher rate inside the domain is refused (wrong units?)
 
 
 class DprConfig(Section):
@@ -100,6 +118,7 @@ class DprConfig(Section):
 
 
 class GeosfpConfig(Section):
+    may_be_empty = frozenset({"slv_variables", "flx_variables"})
     enabled: bool = True
     url: str = "http://127.0.0.1:8765/nccs/datashare/gmao/geos-fp"
     slv_variables: list[str] = ["TQV", "TQL", "T2M", "QV2M", "U10M", "V10M", "SLP"]
@@ -228,6 +247,8 @@ class ProductsConfig(Section):
     quicklook_member: int = Field(0, ge=0)
     latest_hours: float = Field(24, gt=0)  # latest.json lists valid times this far back from the newest
     orphan_grace_minutes: float = Field(60, gt=0)  # unregistered or temp files younger than this are left alone
+    min_valid_fraction: float = Field(0.5, gt=0, le=1)  # an ensemble with less non-NaN is not published
+    max_rate_mmh: float = Field(500, gt=0)  # nor one with a member above this rate
 
     @field_validator("accumulation_hours")
     @classmethod
@@ -261,6 +282,7 @@ class AlertArea(Section):
 
 
 class AlertsConfig(Section):
+    may_be_empty = frozenset({"areas"})
     areas: list[AlertArea] = [
         AlertArea(name="des_moines", west=-94.0, south=41.3, east=-93.3, north=41.9, threshold_mmh=10.0, probability=0.5)
     ]
@@ -280,6 +302,18 @@ class ServiceConfig(Section):
     retry_delay_s: float = Field(120, ge=0)  # before a failed job's 2nd attempt; doubled for each one after
     shutdown_timeout_s: float = Field(60, gt=0)
     worker_poll_s: float = Field(5, gt=0)  # idle worker: seconds between claim attempts
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _resolvable(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError) as exc:
+                raise ValueError(f"cannot resolve host {host!r} ({exc})") from None
+        return host
 
 
 class VerifyConfig(Section):
@@ -384,11 +418,25 @@ def _format_error(source: str, error: ValidationError) -> str:
     return f"{source}: {key}: {reason}"
 
 
+HEARTBEATS_PER_LEASE = 3  # a lease survives two missed heartbeats (a database blip) before it lapses
+
+
+def check_service(service: ServiceConfig, source: str = "<config>") -> None:
+    """Rules between service keys (checked at load and again by the worker, as tests set keys after loading)."""
+    if service.heartbeat_seconds * HEARTBEATS_PER_LEASE > service.lease_seconds:
+        raise ConfigError(
+            source,
+            f"service.heartbeat_seconds ({service.heartbeat_seconds:g}) must be at most a third of "
+            f"service.lease_seconds ({service.lease_seconds:g}), or a busy worker loses its lease",
+        )
+
+
 def from_dict(data: dict, source: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, _format_error(source, exc).split(": ", 1)[1]) from None
+    check_service(cfg.service, source)
     cfg.source_file = source
     cfg.secrets = Secrets(**{name: _credential(name) for name in SECRET_ENV})
     return cfg

@@ -27,3 +27,23 @@ class FetchError(NrtError):
 
 class CatalogError(NrtError):
     pass
+
+
+class CatalogUnavailable(CatalogError):
+    """The database cannot be reached or written now (down, restarting, disk full); waiting may cure it."""
+
+
+class LeaseLost(NrtError):
+    """A write refused because this process no longer holds the job's lease (another worker took it over)."""
+
+
+class StorageError(NrtError):
+    """A file that cannot be written (disk full, read-only, not a directory); names the path and the OS reason."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: cannot write: {reason}")
+
+    @classmethod
+    def from_os_error(cls, path, exc: OSError) -> "StorageError":
+        return cls(getattr(exc, "filename", None) or path, exc.strerror or str(exc))

@@ -261,9 +261,10 @@ def run_cycle(
     try:
         _run_stages(report, cfg, catalog, client, models, now or (lambda: datetime.now(timezone.utc)), sleep,
                     progress or (lambda _msg: None))
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C / SIGTERM too: the run is closed as abandoned, not left running
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        catalog.finish_run(run_id, "failed", report.timings, error=error[:500], degraded=report.degraded)
+        state = "failed" if isinstance(exc, Exception) else "abandoned"
+        catalog.finish_run(run_id, state, report.timings, error=error[:500], degraded=report.degraded)
         raise
     catalog.finish_run(run_id, "degraded" if report.degraded else "ok", report.timings, degraded=report.degraded)
     return report

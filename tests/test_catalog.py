@@ -110,14 +110,14 @@ def test_migration_from_empty_creates_every_table_at_head(db_url):
     try:
         with pytest.raises(CatalogError, match="nrt catalog init"):
             fresh.check()
-        assert fresh.upgrade() == fresh.head() == "0002"
-        assert fresh.check() == "0002"
+        assert fresh.upgrade() == fresh.head() == "0003"
+        assert fresh.check() == "0003"
         with fresh.engine.connect() as connection:
             assert TABLES <= set(inspect(connection).get_table_names())
             # The migrations alone built the schema, and it is exactly what the models describe.
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         job_id = fresh.enqueue("cycle", {"t": "x"}, key="k")
-        assert fresh.upgrade() == "0002"  # again: a no-op that keeps the data
+        assert fresh.upgrade() == "0003"  # again: a no-op that keeps the data
         assert fresh.job(job_id).key == "k"
     finally:
         fresh.close()
@@ -136,7 +136,7 @@ def test_a_catalog_of_the_first_revision_upgrades_and_keeps_its_jobs(db_url):
         job_id = old.enqueue("cycle", {"t": "x"}, key="k")  # inserts only columns the first revision has
         with pytest.raises(CatalogError, match="0001.*nrt catalog init"):
             old.check()
-        assert old.upgrade() == "0002"
+        assert old.upgrade() == "0003"
         claimed = old.claim("w")
         assert (claimed.id, claimed.key, claimed.payload, claimed.not_before) == (job_id, "k", {"t": "x"}, None)
     finally:
@@ -476,7 +476,7 @@ def test_counts_cover_every_table_and_state(catalog):
     catalog.enqueue("cycle", {})
     counts = catalog.counts()
     assert counts["granules"] == {"expected": 1, "downloaded": 0, "bad": 1}
-    assert counts["runs"] == {"running": 1, "ok": 0, "degraded": 0, "failed": 0}
+    assert counts["runs"] == {"running": 1, "ok": 0, "degraded": 0, "failed": 0, "abandoned": 0}
     assert counts["jobs"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
 
 
@@ -489,7 +489,7 @@ def test_cli_init_then_status_counts_rows(db_url):
     assert_one_line_error(status, "nrt catalog init")
     init = run_nrt("catalog", "init", env=env)
     assert init.returncode == 0, init.stderr
-    assert "revision 0002" in init.stdout
+    assert "revision 0003" in init.stdout
     with Catalog.open(db_url) as catalog:
         catalog.enqueue("cycle", {})
         catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
@@ -553,7 +553,7 @@ def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
             with pytest.raises(CatalogError, match="read-only"):
                 Catalog.open(read_only_url)
             assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": read_only_url}), "read-only")
-            assert catalog.check() == "0002"
+            assert catalog.check() == "0003"
 
 
 def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
@@ -565,3 +565,51 @@ def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
         assert c.url == url and (tmp_path / "from-env.sqlite").is_file()
     with Catalog.from_config(cfg, migrate=True) as c:
         assert c.sqlite_path == cfg.workdir / "catalog.sqlite"
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["worker"], ["scheduler"], ["catalog", "status"],
+                                     ["backfill", "--start", "2024-06-01T00:00", "--end", "2024-06-01T01:00"]])
+def test_an_unparsable_database_url_leaks_no_part_of_its_password(command, cfg, monkeypatch, capsys):
+    """An unescaped '@' in the password made SQLAlchemy's parser print the rest of the URL in a traceback."""
+    from nrt.cli import main
+
+    monkeypatch.setenv("NRT_DB_URL", "postgresql://nrt:p@ss:w0rd-SECRET@127.0.0.1:5499/db")
+    monkeypatch.setenv("HOME", str(cfg.workdir))
+    code = main(command)
+    out, err = capsys.readouterr()
+    assert "SECRET" not in out + err and "w0rd" not in out + err
+    assert code != 0
+    if command != ["doctor"]:  # doctor lists its findings; the others stop on the one-line error
+        assert code == 2 and err.startswith("nrt: error: catalog URL (postgresql://...): not a database URL"), err
+
+
+def test_a_catalog_of_revision_0002_upgrades_keeping_runs_granules_and_jobs(db_url):
+    """0003 rebuilds `runs` on SQLite (a new CHECK): rows survive, and the new state and columns work."""
+    from alembic import command
+
+    old = Catalog(db_url)
+    if old.sqlite_path is not None:
+        old.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with old.engine.begin() as connection:
+            command.upgrade(old._alembic_config(connection), "0002")
+            connection.execute(text(
+                "INSERT INTO runs (cycle_time, state, started_at, timings, degraded) "
+                "VALUES ('2024-06-01 12:00:00', 'running', '2024-06-01 12:05:00', '{}', '[]')"
+            ))
+            connection.execute(text(
+                "INSERT INTO granules (source, name, start_time, end_time, state, reason, attempts, created_at, updated_at) "
+                "VALUES ('imerg', 'g', '2024-06-01 12:00:00', '2024-06-01 12:30:00', 'bad', 'corrupt', 3, "
+                "'2024-06-01 12:05:00', '2024-06-01 12:05:00')"
+            ))
+        job_id = old.enqueue("cycle", {"t": "x"}, key="k")
+        assert old.upgrade() == "0003"
+        (run,) = old.runs()
+        assert (run.state, run.lease_token) == ("running", None)
+        granule = old.get_granule("imerg", "g")
+        assert (granule.state, granule.attempts, granule.retry_after, granule.remote_tag) == ("bad", 3, None, None)
+        assert old.claim("w").id == job_id
+        old.finish_run(run.id, "abandoned", {})  # the new state passes the rebuilt CHECK
+        assert old.runs()[0].state == "abandoned"
+    finally:
+        old.close()

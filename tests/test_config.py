@@ -156,3 +156,44 @@ def test_workdir_expands_home_and_fills_the_catalog_placeholder(no_secrets, tmp_
     cfg = config.from_dict({"general": {"workdir": str(tmp_path / "w")}}, "<test>")
     assert cfg.database_url == f"sqlite:///{tmp_path}/w/catalog.sqlite"
     assert cfg.product_dir == tmp_path / "w" / "products"
+
+
+def test_a_heartbeat_not_well_below_the_lease_is_refused():
+    from nrt import config
+    from nrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"heartbeat_seconds \(30\) must be at most a third of service.lease_seconds \(30\)"):
+        config.from_dict({"service": {"lease_seconds": 30, "heartbeat_seconds": 30}}, "x.toml")
+    config.from_dict({"service": {"lease_seconds": 90, "heartbeat_seconds": 30}}, "x.toml")
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[service]\nlease_seconds = inf", "service.lease_seconds: Input should be a finite number"),
+        ("[sources.http]\nread_timeout_s = inf", "sources.http.read_timeout_s: Input should be a finite number"),
+        ("[catalog]\nbusy_timeout_s = inf", "catalog.busy_timeout_s: Input should be a finite number"),
+        ("[products]\nretention_days = nan", "products.retention_days: Input should be a finite number"),
+        ("[sources.imerg]\nversions = []", "sources.imerg: versions must not be empty"),
+        ("[products]\naccumulation_hours = []", "products: accumulation_hours must not be empty"),
+        ('[service]\nmetrics_host = "no-such-host.invalid"', "service.metrics_host: cannot resolve host 'no-such-host.invalid'"),
+    ],
+)
+def test_values_that_would_crash_later_are_refused_at_load(tmp_path, toml, message):
+    """These used to load, then crash or hang the daemon (issue 16, failure 8)."""
+    from nrt import config
+    from nrt.errors import ConfigError
+
+    path = tmp_path / "nrt.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value).startswith(f"{path}: {message}"), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_lists_that_may_be_empty_still_may():
+    from nrt import config
+
+    cfg = config.from_dict({"sources": {"imerg": {"extra_variables": []}, "geosfp": {"slv_variables": []}}, "alerts": {"areas": []}})
+    assert cfg.alerts.areas == [] and cfg.sources.imerg.extra_variables == []

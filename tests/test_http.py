@@ -55,6 +55,11 @@ class Handler(BaseHTTPRequestHandler):
             with server.lock:
                 server.active -= 1
 
+    def do_HEAD(self):
+        """The route's status and headers without its body (not counted in `requests`)."""
+        self.head_only = True
+        self.server.route(self)(self)
+
     # helpers used by routes
     def send(self, status: int, body: bytes = b"", content_type="application/octet-stream", headers=None):
         self.send_response(status)
@@ -63,6 +68,8 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if getattr(self, "head_only", False):
+            return
         try:
             self.wfile.write(body)
         except OSError:
@@ -463,3 +470,38 @@ def test_signature_checks(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(DataError, match="empty file"):
         http.require_signature(empty, ("hdf5",), "HDF5")
+
+
+# ---------------------------------------------------------------- deadlines
+
+def trickle(h: Handler):
+    """A server that never stalls long enough for the read timeout, but sends ~3 kB/s: 25 s for PAYLOAD."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(PAYLOAD)))
+    h.end_headers()
+    try:
+        for start in range(0, len(PAYLOAD), 300):
+            h.wfile.write(PAYLOAD[start:start + 300])
+            h.wfile.flush()
+            time.sleep(0.1)
+    except OSError:
+        pass
+    h.close_connection = True
+
+
+def test_a_trickling_download_is_cut_off_at_its_deadline(serve, tmp_path):
+    server = serve(lambda h: trickle)
+    started = time.monotonic()
+    with Client(fast_http(), Credentials()) as client, pytest.raises(FetchError, match="download deadline passed") as err:
+        client.download(f"{server.url}{NCCS_FILE}", tmp_path / "f.nc4", deadline=time.monotonic() + 1.5)
+    assert time.monotonic() - started < 3.0  # not the 25 s the server would take
+    assert "\n" not in str(err.value) and leftovers(tmp_path) == []
+
+
+def test_retries_stop_at_the_deadline(serve, tmp_path):
+    flaky = Flaky("stall", failures=99)
+    server = serve(flaky)
+    http_cfg = fast_http(retries=50, backoff_s=0.2, backoff_max_s=0.2)
+    with Client(http_cfg, Credentials()) as client, pytest.raises(FetchError, match="download deadline reached"):
+        client.download(f"{server.url}{NCCS_FILE}", tmp_path / "f.nc4", deadline=time.monotonic() + 2.0)
+    assert flaky.calls < 6  # far fewer than the 51 attempts the retries alone allow

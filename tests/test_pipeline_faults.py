@@ -286,7 +286,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     latest = (cfg.product_dir / "latest.json").read_text()
     assert not any(p.name in latest for p in leftovers)
     assert json.loads(latest)["newest_valid_time"] == isoformat(T2)
-    assert [r.state for r in catalog.runs()] == ["ok", "running"]  # the killed attempt never finished
+    assert [r.state for r in catalog.runs()] == ["ok", "abandoned"]  # the killed attempt, closed by the rescuer
 
 
 def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, capsys):
@@ -306,3 +306,19 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     with pytest.raises(ConfigError, match=r"^--time: not an ISO 8601 time") as bad:
         args.handler(args, served.cfg)
     assert "\n" not in str(bad.value)
+
+
+def test_an_interrupted_cycle_closes_its_run_as_abandoned(serve, downscaler):
+    """Ctrl-C (or SIGTERM in `nrt cycle`) used to leave the run `running` for ever."""
+
+    class Interrupted:
+        sha256 = downscaler.sha256
+
+        def sample(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    served = serve()
+    with pytest.raises(KeyboardInterrupt):
+        served.cycle(T2, Interrupted())
+    (run,) = served.catalog.runs()
+    assert run.state == "abandoned" and run.finished_at is not None and "KeyboardInterrupt" in run.error

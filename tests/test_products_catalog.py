@@ -247,3 +247,118 @@ def test_daemon_ef5_export_fills_nodata_from_an_older_cycle(cfg, catalog):
     assert best.best and len(best.ef5) == 4
     rows = tifffile.imread(cfg.product_dir / "ef5" / "member_01" / "prcp.202406011300.tif")[::-1]  # back to latitude ascending
     assert (rows[:2, :3] == 3.0).all() and (rows[2:] == 5.0).all() and (rows[:, 3:] == 5.0).all()  # never the -9999 EF5 reads as 0
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda v: v.__setitem__(slice(None), np.nan), "members are all NaN"),
+        (lambda v: v.__setitem__((1,), np.nan), "1 of 4 members are all NaN"),
+        (lambda v: v.__setitem__((slice(None), slice(0, 8)), np.nan), "of cells are valid"),
+        (lambda v: v.__imul__(1000.0), "outside 0..500"),
+    ],
+)
+def test_an_implausible_ensemble_never_supersedes_the_good_one(cfg, catalog, config_file, capsys, spoil, reason):
+    """A newer cycle (smaller lead) with NaN members or absurd rates is refused before anything is written."""
+    from nrt.products.publish import ImplausibleProduct
+
+    good = publish(cfg, catalog, V, V, field(2.0, seed=1))
+    bad = field(2.0, seed=2)
+    spoil(bad.values)
+    files_before = sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file())
+    with pytest.raises(ImplausibleProduct, match=reason):
+        publish(cfg, catalog, V, V + dt.timedelta(hours=1), bad)
+    assert best_available(catalog, V).id == good.products[0].id
+    assert sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file()) == files_before
+    latest = json.loads((cfg.product_dir / "latest.json").read_text())
+    assert latest["valid_times"][isoformat(V)]["ensemble"]["cycle_time"] == isoformat(V)
+
+
+def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
+    """Fencing: after another worker re-claims the job, the old holder's publish stops before any write."""
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    mine = catalog.claim("frozen", lease_s=0.5)
+    fenced = catalog.fenced(mine.id, mine.lease_token)
+    publish(cfg, fenced, V, V, field(1.0))  # while the lease holds, writes go through
+    rows_before = catalog.products()
+    files_before = sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file())
+    import time
+
+    time.sleep(0.6)  # frozen past the lease (SIGSTOP)
+    rival = catalog.claim("rival", lease_s=60)
+    assert rival.id == mine.id and rival.lease_token != mine.lease_token
+    with pytest.raises(LeaseLost, match="lease lost"):
+        publish(cfg, fenced, V, V + dt.timedelta(hours=1), field(2.0))
+    with pytest.raises(LeaseLost):
+        fenced.start_run(V)
+    assert catalog.products() == rows_before
+    assert sorted(p.name for p in cfg.product_dir.rglob("*") if p.is_file()) == files_before
+    catalog.fenced(rival.id, rival.lease_token).start_run(V)  # the new owner writes
+
+
+def test_a_lease_about_to_expire_refuses_a_file_write(cfg, catalog):
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    job = catalog.claim("w", lease_s=2)
+    catalog.fenced(job.id, job.lease_token, margin_s=1).check_lease()
+    with pytest.raises(LeaseLost, match="expired"):
+        catalog.fenced(job.id, job.lease_token, margin_s=5).check_lease()  # no time left to write a file safely
+
+
+def test_a_full_product_disk_is_one_line_naming_the_file(cfg, catalog):
+    from full_disk import full_disk
+
+    from nrt.errors import StorageError
+
+    with full_disk(cfg.product_dir):
+        with pytest.raises(StorageError) as caught:
+            publish(cfg, catalog, V, V, field(1.0, seed=3))
+        message = str(caught.value)
+    assert "No space left on device" in message and str(cfg.product_dir) in message and "\n" not in message
+    assert catalog.products() == []  # nothing registered
+
+
+def test_export_ef5_into_an_unwritable_place_is_one_line(cfg, catalog, config_file, capsys, tmp_path):
+    publish(cfg, catalog, V, V, field(1.0))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = cli(capsys, config_file, "export", "ef5", "--valid", isoformat(V), "--out", str(blocker / "ef5"))
+    assert code == 2 and err.startswith("nrt: error: ") and str(blocker) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, catalog):
+    """The lease lapses while the file is being written: the finished file is never renamed into place."""
+    import time
+
+    from nrt.errors import LeaseLost
+
+    catalog.enqueue("cycle", {}, key="c")
+    mine = catalog.claim("frozen", lease_s=0.5)
+    owners = publish(cfg, catalog, V, V, field(1.0, seed=5))  # the new owner's product, already in place
+    path = owners.products[0].path
+    kept = sha256_file(path)
+
+    class FrozenDuringWrite:
+        """The fenced catalog; the first lease check (before writing) is followed by a freeze past the lease."""
+
+        def __init__(self):
+            self.fenced = catalog.fenced(mine.id, mine.lease_token)
+            self.checks = 0
+
+        def check_lease(self):
+            self.fenced.check_lease()
+            self.checks += 1
+            if self.checks == 1:
+                time.sleep(0.6)  # SIGSTOP while writing
+                assert catalog.claim("rival", lease_s=60).id == mine.id
+
+        def __getattr__(self, name):
+            return getattr(self.fenced, name)
+
+    with pytest.raises(LeaseLost):
+        publish(cfg, FrozenDuringWrite(), V, V, field(7.0, seed=6))
+    assert sha256_file(path) == kept == catalog.products(kind="ensemble")[0].sha256
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staged file left behind

@@ -89,7 +89,7 @@ def served():
 
 def test_contract_table_is_parsed():
     table = contract_table()
-    assert len(table) == 23
+    assert len(table) == 24
     assert table["nrt_verification_score"] == ("gauge", {"metric", "threshold", "lead", "model"})
     assert table["nrt_verification_crpss"] == ("gauge", {"lead", "baseline"})
     assert table["nrt_downscale_fallback_total"] == ("counter", {"reason"})

@@ -409,7 +409,7 @@ def worker_main(spec: dict) -> int:
     service = {"lease_seconds": 5.0, "heartbeat_seconds": 0.5, "worker_poll_s": 0.2, **spec}
     cfg = config.from_dict({"general": {"workdir": str(out.parent / "work")}, "service": service}, "<worker test>")
     logs.setup("INFO")
-    with Catalog.open(url) as catalog:  # as `nrt worker` does
+    with Catalog(url) as catalog:  # as `nrt worker` does: checked by the worker, which waits while it is down
         worker = Worker(cfg, catalog, Metrics(), {"write": handler})
         worker.install_signal_handlers()
         worker.run(max_jobs=max_jobs)

@@ -228,3 +228,25 @@ def test_cut_file_fails_download_validation(gpm_dir, tmp_path, cfg):
     cfg.domain.west, cfg.domain.south, cfg.domain.east, cfg.domain.north = -180.0, -90.0, -179.0, -89.0
     with pytest.raises(DataError, match=r"expected \(1, 3600, 1800\)"):
         imerg.validate(gpm_dir / V07, cfg)
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda v: v.__setitem__(slice(None), -9999.9) or v.__setitem__((3, 4), 1.0), r"holds data in only 1 of \d+ cells inside the domain"),
+        (lambda v: v.__imul__(1000.0), r"reaches \d+ mm/h .* above the plausible 400 mm/h"),
+    ],
+)
+def test_near_empty_or_implausible_granule_fails_validation(tmp_path, cfg, spoil, reason):
+    """All fill but one pixel, or rates scaled by 1000, used to pass and produce NaN or absurd ensembles."""
+    window = imerg_window(cfg.domain.box())
+    values = np.random.default_rng(4).gamma(0.5, 2.0, size=window.grid.shape).astype(np.float32)
+    values[0, 0] = 150.0  # a heavy but real rate
+    path = tmp_path / imerg.filename(utc(2024, 6, 1, 12), "V07B")
+    write_global(path, values, cfg.domain.box())
+    imerg.validate(path, cfg)
+    spoil(values)
+    write_global(path, values, cfg.domain.box())
+    with pytest.raises(DataError, match=reason) as caught:
+        imerg.validate(path, cfg)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)

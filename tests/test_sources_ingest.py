@@ -222,3 +222,111 @@ def test_cli_ingest_and_inspect(setup, mirror, tmp_path, capsys, monkeypatch):
     facts = json.loads(capsys.readouterr().out.strip())
     assert facts["source"] == "imerg" and facts["version"] == "V07B" and facts["shape"] == [1, 3600, 1800]
     assert facts["start"] == "2024-06-01T08:00:00Z" and facts["min"] == facts["max"] == 1.5
+
+
+def give_up_on(cfg, catalog, client, mirror, start) -> str:
+    publish_imerg(mirror, cfg, start, corrupt=True)
+    name = imerg.filename(start, "V07B")
+    for _ in range(cfg.sources.http.max_bad_attempts):
+        ingest("imerg", cfg, catalog, T, client)
+    assert "gave up" in ingest("imerg", cfg, catalog, T, client).bad[0]
+    return name
+
+
+def good_copy(mirror, cfg, start, value: float = 1.5) -> None:
+    path = publish_imerg(mirror, cfg, start)
+    window = imerg_window(cfg.domain.box())
+    values = np.random.default_rng(0).gamma(0.5, value, window.grid.shape).astype(np.float32)
+    write_global(path, values, cfg.domain.box())  # a different size from the corrupt copy
+
+
+def test_a_refused_granule_is_fetched_again_when_the_server_replaces_it(setup, mirror):
+    cfg, catalog, client = setup
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)
+    downloads = mirror.downloads(name)
+    good_copy(mirror, cfg, start)
+    result = ingest("imerg", cfg, catalog, T, client)
+    assert mirror.downloads(name) == downloads + 1 and result.bad == []
+    assert catalog.get_granule("imerg", name).state == "downloaded"
+
+
+def test_a_bad_mark_expires_after_bad_retry_hours(setup, mirror):
+    import time
+
+    cfg, catalog, client = setup
+    cfg.sources.http.bad_retry_hours = 0.5 / 3600
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)  # the same bytes stay on the server
+    row = catalog.get_granule("imerg", name)
+    assert row.retry_after is not None and row.remote_tag.startswith("size=")
+    time.sleep(0.6)
+    downloads = mirror.downloads(name)
+    assert "gave up" not in " ".join(ingest("imerg", cfg, catalog, T, client).bad)  # tried, and refused again
+    assert mirror.downloads(name) == downloads + 1
+    assert catalog.get_granule("imerg", name).retry_after > row.retry_after  # and the next back-off started
+
+
+def test_ingest_retry_bad_clears_the_marks(setup, mirror, tmp_path, capsys, monkeypatch):
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    start = T.replace(hour=8, minute=0)
+    name = give_up_on(cfg, catalog, client, mirror, start)
+    config = tmp_path / "nrt.toml"
+    config.write_text(
+        f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n'
+        "[sources.http]\nretries = 1\nbackoff_s = 0.01\n"
+    )
+    downloads = mirror.downloads(name)
+    assert main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat(), "--retry-bad"]) == 1
+    out, err = capsys.readouterr()
+    assert "imerg: cleared 1 bad mark(s)" in err
+    assert mirror.downloads(name) == downloads + 1  # downloaded again (and, still corrupt, marked once more)
+    assert catalog.get_granule("imerg", name).attempts == 1
+
+
+def test_downloads_left_when_the_ingest_deadline_passes_are_reported_missing(setup, mirror):
+    cfg, catalog, client = setup
+    for k in range(3):
+        publish_imerg(mirror, cfg, T.replace(hour=7, minute=0) + k * timedelta(minutes=30))
+    cfg.sources.http.ingest_deadline_s = 1e-6
+    result = ingest("imerg", cfg, catalog, T, client)
+    assert result.files == [] and len(result.missing) == 3
+    assert all("ingest deadline of 1e-06 s reached" in line for line in result.missing)
+
+
+def test_nrt_ingest_into_a_full_data_directory_is_one_line_and_exit_2(setup, mirror, tmp_path, capsys, monkeypatch):
+    from full_disk import full_disk
+
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    publish_imerg(mirror, cfg, T.replace(hour=8, minute=0))
+    config = tmp_path / "nrt.toml"
+    config.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n')
+    with full_disk(cfg.data_dir / "imerg"):
+        code = main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat()])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith(f"nrt: error: {cfg.data_dir / 'imerg'}") and err.endswith("No space left on device"), err
+
+
+def test_server_errors_are_warnings_and_nrt_ingest_exits_3(setup, mirror, tmp_path, capsys, monkeypatch):
+    """An HTTP 500 used to be logged at INFO as "not available yet", and `nrt ingest` exited 0."""
+    cfg, catalog, client = setup
+    monkeypatch.setenv("NRT_PPS_EMAIL", EMAIL)
+    for k in range(3):
+        publish_imerg(mirror, cfg, T.replace(hour=7, minute=0) + k * timedelta(minutes=30))
+    broken = imerg.filename(T.replace(hour=8, minute=0), "V07B")
+    serve_normally = mirror.server.route
+    mirror.server.route = lambda h: (lambda h: h.send(500, b"oops", "text/plain")) if broken in h.path else serve_normally(h)
+    config = tmp_path / "nrt.toml"
+    config.write_text(
+        f'[general]\nworkdir = "{cfg.workdir}"\n[sources.imerg]\npps_url = "{cfg.sources.imerg.pps_url}"\n'
+        "[sources.http]\nretries = 1\nbackoff_s = 0.01\n"
+    )
+    assert main(["--config", str(config), "ingest", "--source", "imerg", "--time", T.isoformat()]) == 3
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip())
+    assert len(line["files"]) == 2 and line["errors"] == [f"{broken}: HTTP 500 (gave up after 2 attempts)"]
+    assert f"WARNING nrt.sources: {broken}: download failed: HTTP 500" in " ".join(err.split())
+    assert "not available yet" not in err

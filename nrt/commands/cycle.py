@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 
 def register(sub) -> None:
@@ -10,6 +11,10 @@ def register(sub) -> None:
     parser.add_argument("--time", required=True, metavar="ISO", help="cycle time T, UTC (aligned down to the half-hour)")
     parser.add_argument("--json", action="store_true", help="print the cycle report as one JSON line")
     parser.set_defaults(handler=run_one_cycle)
+
+
+def _interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_one_cycle(args, cfg) -> int:
@@ -25,6 +30,7 @@ def run_one_cycle(args, cfg) -> int:
 
         raise ConfigError("--time", f"not an ISO 8601 time ({exc})") from None
     catalog = open_catalog(cfg, migrate=True)
+    signal.signal(signal.SIGTERM, _interrupted)  # unwind like Ctrl-C, so the run is closed as abandoned
     with Client.from_config(cfg) as client:
         report = pipeline.run_cycle(cycle_time, cfg, catalog, client, load_models(cfg))
     summary = {

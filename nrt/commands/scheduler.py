@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("nrt.commands.scheduler")
+
 
 def register(sub) -> None:
     parser = sub.add_parser("scheduler", help="enqueue cycle jobs on the UTC cycle schedule (APScheduler, blocking)")
@@ -10,11 +14,17 @@ def register(sub) -> None:
 
 
 def run_scheduler(args, cfg) -> int:
-    from nrt.service import metrics_port, open_catalog
+    from nrt.catalog import Catalog
+    from nrt.errors import CatalogUnavailable
+    from nrt.service import metrics_port
     from nrt.service.metrics import Metrics
     from nrt.service.scheduler import CycleScheduler
 
-    catalog = open_catalog(cfg)
+    catalog = Catalog(cfg.database_url, cfg.catalog.busy_timeout_s)
+    try:
+        catalog.check()  # a wrong schema exits at once; an unreachable database is waited out by the ticks
+    except CatalogUnavailable as exc:
+        log.error("catalog unreachable at start-up, ticking until it answers: %s", exc)
     metrics = Metrics()
     metrics.start_http(cfg.service.metrics_host, metrics_port(cfg, args.metrics_port))
     CycleScheduler(cfg, catalog, metrics).run_forever()

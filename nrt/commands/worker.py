@@ -16,11 +16,13 @@ def register(sub) -> None:
 
 
 def run_worker(args, cfg) -> int:
-    from nrt.service import load_models, metrics_port, open_catalog, pipeline_handlers
+    from nrt.catalog import Catalog
+    from nrt.service import load_models, metrics_port, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.worker import Worker, hard_exit
 
-    catalog = open_catalog(cfg)
+    # Not checked here: the worker checks it after READY=1 and waits while the database is down.
+    catalog = Catalog(cfg.database_url, cfg.catalog.busy_timeout_s)
     metrics = Metrics()
     metrics.start_http(cfg.service.metrics_host, metrics_port(cfg, args.metrics_port))
     worker = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: load_models(cfg))

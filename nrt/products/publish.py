@@ -8,21 +8,32 @@ before its row is registered, so a row always points at a whole file.
 newest one, the best product of each kind (paths relative to the product directory). It is rebuilt from
 the catalog and replaced atomically after each publish and prune, so a poller never reads half a file.
 Two writers racing may leave the older of two snapshots for one publish interval; the next update fixes it.
+
+Before anything is written an ensemble must look like rain (`check_plausible`): enough valid cells, rates
+within physical bounds, no all-NaN member. A product failing that is neither written nor ranked, so it can
+never supersede a good one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
-from collections.abc import Mapping
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
+from nrt.errors import NrtError, StorageError
 from nrt.grids import LatLonGrid
-from nrt.io import atomic_path, sha256_file
+from nrt.io import atomic_path, fsync_dir, sha256_file
 from nrt.products.ef5 import export_ef5, export_range
 from nrt.products.netcdf import (
     ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
@@ -64,6 +75,89 @@ class Published:
     stats: ProductStats
     best: bool  # this cycle's ensemble is now the best available for its valid time
     ef5: list[Path] = field(default_factory=list)
+
+
+class ImplausibleProduct(NrtError):
+    """An ensemble that must not be published; `stage` tells the worker's metrics where the cycle stopped."""
+
+    stage = "products"
+
+    def __init__(self, valid_time: dt.datetime, cycle_time: dt.datetime, reason: str):
+        self.reason = reason
+        super().__init__(f"ensemble for {isoformat(valid_time)} (cycle {isoformat(cycle_time)}) not published: {reason}")
+
+
+def check_plausible(members: np.ndarray, limits, valid_time: dt.datetime, cycle_time: dt.datetime) -> None:
+    """Raise `ImplausibleProduct` unless the (member, ..., lat, lon) rates look like rain.
+
+    `limits` is `cfg.products` (`min_valid_fraction`, `max_rate_mmh`).
+    """
+    values = np.asarray(members, dtype=np.float32).reshape(members.shape[0], -1)
+    finite = np.isfinite(values)
+
+    def refuse(reason: str):
+        raise ImplausibleProduct(valid_time, cycle_time, reason)
+
+    empty = np.flatnonzero(~finite.any(axis=1))
+    if empty.size:
+        refuse(f"{empty.size} of {values.shape[0]} members are all NaN (first: member {empty[0]})")
+    fraction = float(finite.mean())
+    if fraction < limits.min_valid_fraction:
+        refuse(f"only {fraction:.1%} of cells are valid (products.min_valid_fraction {limits.min_valid_fraction:g})")
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if low < 0 or high > limits.max_rate_mmh:
+        refuse(f"rates span {low:g}..{high:g} mm/h, outside 0..{limits.max_rate_mmh:g} (products.max_rate_mmh)")
+
+
+# Less free space than this after a failed write reads as a full disk (HDF5 reports it without errno).
+FULL_DISK_BYTES = 16 << 20
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed product write into one `StorageError` line naming the file (and a full disk as such)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        # netCDF-C/HDF5 report a full disk as "NetCDF: HDF error" or even "Permission denied": ask the disk.
+        directory = next((p for p in Path(path).parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(directory).free
+        if getattr(exc, "errno", None) == errno.ENOSPC or free < FULL_DISK_BYTES:
+            raise StorageError(path, f"No space left on device ({free} bytes free)") from None
+        raise StorageError(path, (exc.strerror if isinstance(exc, OSError) else None) or str(exc)) from None
+
+
+def staged_name(final: Path) -> Path:
+    """A hidden sibling of `final` keeping its suffix (matplotlib picks the format from it); retention sweeps it."""
+    return final.with_name(f".{final.stem}.part-{os.getpid()}-{secrets.token_hex(4)}{final.suffix}")
+
+
+@contextmanager
+def placed_while_leased(catalog, final: Path) -> Iterator[Path]:
+    """Yield a staging path to write `final` to; rename it into place only if the job's lease still holds.
+
+    The lease is checked after the (slow) write, just before the (instant) rename, so a worker frozen in
+    mid-write cannot overwrite the new owner's file when it resumes. An unfenced catalog always places.
+    """
+    staged = staged_name(final)
+    try:
+        yield staged
+        catalog.check_lease()
+        os.replace(staged, final)
+        fsync_dir(final.parent)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+@contextmanager
+def placed(catalog, final: Path) -> Iterator[Path]:
+    """Write `final` through a lease-checked staging path (see `placed_while_leased`), a failure as one line.
+
+    The lease is checked before the write too: a worker that lost its job's lease must not even start.
+    """
+    catalog.check_lease()
+    with writing(final), placed_while_leased(catalog, final) as staged:
+        yield staged
 
 
 def register_file(catalog, kind: str, path: Path, *, valid_time, cycle_time, lead: int, members: int, checkpoint: str | None) -> ProductRecord:
@@ -117,7 +211,7 @@ def update_latest(catalog, product_dir: Path, hours: float = 24.0, now: dt.datet
     """Rewrite `<product_dir>/latest.json` atomically from the catalog; returns its path."""
     path = Path(product_dir) / LATEST
     text = json.dumps(latest_index(catalog, product_dir, hours, now), indent=1, sort_keys=True)
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
     return path
 
@@ -161,6 +255,7 @@ def publish_valid_time(
     """
     pc = cfg.products
     valid, cycle = utc(valid_time), utc(cycle_time)
+    check_plausible(np.asarray(precip.values), pc, valid, cycle)
     meta = {**(attrs or {}), "cycle_time": cycle}
     checkpoint = meta.get("checkpoint_sha256") or None
     ds = ensemble_dataset(precip, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time, lead=lead, attrs=meta,
@@ -169,34 +264,38 @@ def publish_valid_time(
     where = dict(valid_time=valid, cycle_time=cycle, lead=lead, members=members, checkpoint=checkpoint)
     records = []
 
-    ens_path = write_dataset(
-        product_path(cfg.product_dir, ENSEMBLE, valid, cycle), ds, data_vars(ds),
-        deflate_level=pc.deflate_level, quantize=pc.quantize, chunks={"member": 1, "time": 1},
-    )
+    ens_path = product_path(cfg.product_dir, ENSEMBLE, valid, cycle)
+    with placed(catalog, ens_path) as staged:
+        write_dataset(staged, ds, data_vars(ds), deflate_level=pc.deflate_level, quantize=pc.quantize,
+                      chunks={"member": 1, "time": 1})
     records.append(register_file(catalog, ENSEMBLE, ens_path, **where))
 
     values = ds[PRECIP_VAR].values[:, 0]
     stats = summarize(values, pc.thresholds_mmh)
-    sum_path = write_summary(
-        product_path(cfg.product_dir, SUMMARY, valid, cycle), stats, grid=grid, valid_time=valid,
-        forecast_reference_time=forecast_reference_time, attrs={**meta, "lead_half_hours": int(lead)},
-        quantize=pc.quantize, deflate_level=pc.deflate_level,
-    )
+    sum_path = product_path(cfg.product_dir, SUMMARY, valid, cycle)
+    with placed(catalog, sum_path) as staged:
+        write_summary(
+            staged, stats, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time,
+            attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
+        )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
     accum_paths = write_accumulations(
         cfg.product_dir, best_mean_fields(catalog, valid, max(pc.accumulation_hours), stats["mean"]), pc.accumulation_hours,
         grid=grid, valid_time=valid, cycle_time=cycle, forecast_reference_time=forecast_reference_time,
         attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
+        place=lambda path: placed(catalog, path),
     )
     records.extend(register_file(catalog, accumulation_kind(h), path, **where) for h, path in accum_paths.items())
 
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
     if quicklook:
-        ql_path = draw_quicklook(
-            ds[PRECIP_VAR], product_path(cfg.product_dir, QUICKLOOK, valid, cycle), threshold=pc.quicklook_threshold_mmh,
-            member=min(pc.quicklook_member, members - 1), title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas,
-        )
+        ql_path = product_path(cfg.product_dir, QUICKLOOK, valid, cycle)
+        with placed(catalog, ql_path) as staged:
+            draw_quicklook(
+                ds[PRECIP_VAR], staged, threshold=pc.quicklook_threshold_mmh, member=min(pc.quicklook_member, members - 1),
+                title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas,
+            )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 
     best_row = best_available(catalog, valid, ENSEMBLE)

@@ -35,7 +35,7 @@ log = logging.getLogger("nrt.products")
 PRUNED_SOURCES = ("imerg", "dpr", "geosfp")
 _EF5_NAME = re.compile(r"^prcp\.(\d{12})\.tif$")
 _PRODUCT_NAME = re.compile(r"^nrt_[a-z0-9_]+?_\d{8}T\d{4}Z_c\d{8}T\d{4}Z\.(nc|png)$")  # kinds include accumulation_3h
-_TEMP_NAME = re.compile(r"^\..+\.part-\d+-[0-9a-f]+$")  # nrt.io.temp_name
+_TEMP_NAME = re.compile(r"^\..+\.part-\d+-[0-9a-f]+(\.[A-Za-z0-9]+)?$")  # nrt.io.temp_name, publish.staged_name
 
 
 @dataclass

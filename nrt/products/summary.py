@@ -26,7 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,10 +282,12 @@ def write_accumulations(
     attrs: Mapping | None = None,
     quantize: bool = True,
     deflate_level: int = 4,
+    place: Callable[[Path], AbstractContextManager[Path]] = nullcontext,
 ) -> dict[int, Path]:
     """Write one `accumulation_<H>h` file per window ending with `valid_time`; returns {H: path}.
 
     A short history gives a file all NaN with the missing half hours named, logged once per window.
+    `place(path)` yields the path to write each file to (the publisher's lease-checked staging).
     """
     totals = accumulations(mean_by_valid_time, valid_time, hours)
     written = {}
@@ -294,5 +297,7 @@ def write_accumulations(
             log.info("%d h accumulation ending %s: %d of %d half hours missing", h, isoformat(valid_time + HALF_HOUR), len(missing), 2 * h)
         ds = accumulation_dataset(amount, h, missing, grid=grid, valid_time=valid_time, forecast_reference_time=forecast_reference_time, attrs=attrs)
         path = product_path(product_dir, accumulation_kind(h), valid_time, cycle_time)
-        written[h] = write_dataset(path, ds, [ACCUMULATION_VAR], deflate_level=deflate_level, quantize=quantize, chunks={"time": 1})
+        with place(path) as target:
+            write_dataset(target, ds, [ACCUMULATION_VAR], deflate_level=deflate_level, quantize=quantize, chunks={"time": 1})
+        written[h] = path
     return written

@@ -64,8 +64,11 @@ def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
 
     def run_cycle(job, models):
         cycle_time = utc(job.payload["cycle_time"])
+        # Every catalog write of the cycle, and each product file before it is written, checks the lease:
+        # a worker that lost it (frozen, partitioned) stops at its next write. Half the lease is left for a write.
+        fenced = catalog.fenced(job.id, job.lease_token, margin_s=cfg.service.lease_seconds / 2)
         return pipeline.run_cycle(
-            cycle_time, cfg, catalog, client, models, now=clock.now, sleep=clock.sleep, progress=progress
+            cycle_time, cfg, fenced, client, models, now=clock.now, sleep=clock.sleep, progress=progress
         )
 
     return {"cycle": run_cycle}

@@ -134,6 +134,8 @@ class Metrics:
         )
         self.verification_overpasses = Counter("nrt_verification_overpasses_total", "DPR overpasses scored", registry=r)
         self.disk_free = Gauge("nrt_disk_free_bytes", "Free bytes on the file system of a path", ["path"], registry=r)
+        self.catalog_up = Gauge("nrt_catalog_up", "1 while the catalog database answers, 0 during an outage", registry=r)
+        self.catalog_up.set(1)
         for outcome in CYCLE_OUTCOMES:  # export zeros from the start, so rate() sees the first increment
             self.cycles.labels(outcome=outcome)
         for state in JOB_STATES:

@@ -7,6 +7,10 @@ cycles missed since the newest one enqueued (downtime, a suspended host), at mos
 `service.catchup_max_cycles`, in `service.catchup_order`. The order reaches the workers through the job
 priority: workers claim the highest priority first, and the priority of a cycle job is its cycle time
 in minutes, negated for oldest-first, so a live cycle overtakes a backlog when newest-first is chosen.
+
+A tick that finds the catalog unreachable does nothing but note the outage (`nrt_catalog_up 0`, one log
+line); a retry job ticks again every `OUTAGE_RETRY_S` until the catalog answers, and the catch-up then
+enqueues what the outage delayed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from nrt.errors import ConfigError
+from nrt.errors import CatalogError, ConfigError
 from nrt.service.metrics import Metrics
+from nrt.service.outage import CatalogOutage
 from nrt.service.systemd import Notifier
 from nrt.timeline import floor_to, isoformat, utc
 
@@ -33,6 +38,7 @@ log = logging.getLogger("nrt.service.scheduler")
 
 CYCLE_JOB = "cycle"
 DAY_MINUTES = 24 * 60
+OUTAGE_RETRY_S = 15.0  # real seconds between ticks while the catalog is unreachable
 
 
 class Clock:
@@ -124,6 +130,7 @@ class CycleScheduler:
         self.delay = timedelta(minutes=cfg.timeline.cycle_delay_minutes)
         self.last_cycle = utc(last_cycle) if last_cycle is not None else None
         self.trigger_fields = cron_fields(cfg.timeline.cycle_minutes, cfg.timeline.cycle_delay_minutes)
+        self.outage = CatalogOutage(metrics)
 
     def due_cycle(self, now: datetime) -> datetime:
         """The cycle whose tick is the latest at or before `now`."""
@@ -145,7 +152,21 @@ class CycleScheduler:
         return max(times, default=None)
 
     def tick(self) -> list[datetime]:
-        """Enqueue the due cycle and any missed ones; returns the cycles newly asked for."""
+        """Enqueue the due cycle and any missed ones; returns the cycles newly asked for ([] during an outage)."""
+        try:
+            cycles = self._enqueue_due()
+        except CatalogError as exc:
+            self.outage.failed("enqueue", exc)
+            return []
+        self.outage.succeeded()
+        return cycles
+
+    def retry_after_outage(self) -> None:
+        """The retry job: tick again only while the last tick met an outage."""
+        if not self.outage.up:
+            self.tick()
+
+    def _enqueue_due(self) -> list[datetime]:
         due = self.due_cycle(self.clock.now())
         if self.last_cycle is not None:
             due = min(due, self.last_cycle)
@@ -183,6 +204,10 @@ class CycleScheduler:
             misfire_grace_time=max(1, round(self.cfg.service.misfire_grace_s / self.clock.speed)),
             max_instances=1,
             replace_existing=True,
+        )
+        scheduler.add_job(
+            self.retry_after_outage, IntervalTrigger(seconds=OUTAGE_RETRY_S), id="outage-retry",
+            name="tick again while the catalog is unreachable", coalesce=True, max_instances=1, replace_existing=True,
         )
 
     def background(self) -> BackgroundScheduler:

@@ -6,6 +6,9 @@ it claims a job, runs its handler in a helper thread, and while that thread work
 `service.shutdown_timeout_s` to finish; otherwise it is released for another worker and the process exits.
 A kill -9 is safe too: products are written through `nrt.io.atomic_path`, so nothing half-written becomes
 visible, and the lease expires so the next claimer retries the job.
+
+A database outage is waited out (`nrt.service.outage`): the worker starts, stays ready and keeps a finished
+job's outcome in memory until the catalog answers again, instead of exiting and tripping systemd's start limit.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from nrt.errors import CatalogError
+from nrt.config import check_service
+from nrt.errors import CatalogError, CatalogUnavailable, LeaseLost
 from nrt.service.metrics import Metrics
+from nrt.service.outage import CatalogOutage
 from nrt.service.systemd import Notifier
 
 log = logging.getLogger("nrt.service.worker")
@@ -99,6 +104,7 @@ class Worker:
     ):
         if not handlers:
             raise ValueError("a worker needs at least one job handler")
+        check_service(cfg.service, getattr(cfg, "source_file", None) or "<config>")
         self.cfg, self.catalog, self.metrics = cfg, catalog, metrics
         self.service = cfg.service
         self.handlers = dict(handlers)
@@ -114,6 +120,7 @@ class Worker:
         self._stop_deadline: float | None = None
         interval = self.notifier.watchdog_interval
         self._tick = TICK_S if interval is None else min(TICK_S, interval / 2)
+        self.outage = CatalogOutage(metrics, wait=self._wait_alive, monotonic=monotonic)
 
     # -- control -----------------------------------------------------------------------------------------------
     def request_stop(self, *_signal_args) -> None:
@@ -143,19 +150,28 @@ class Worker:
             log.info("model %s loaded in %.1f s", self.cfg.model.checkpoint, self._monotonic() - started)
         self.notifier.ready(f"worker {self.owner} waiting for jobs")
 
+    def wait_for_catalog(self) -> None:
+        """Wait (alive and ready) while the database is unreachable; a wrong schema or URL still raises at once."""
+        self.outage.call("start-up", self._check_catalog, retry_on=CatalogUnavailable)
+
+    def _check_catalog(self) -> None:
+        try:
+            self.catalog.check()
+        except CatalogUnavailable:
+            self.notifier.status(f"worker {self.owner} waiting for the catalog")
+            raise
+
     def run(self, max_jobs: int | None = None, drain: bool = False) -> int:
         """Serve jobs until stopped, `max_jobs` are finished, or (`drain`) the queue is empty; returns jobs run."""
         self.warm_up()
         kinds = sorted(self.handlers)
         try:
+            self.wait_for_catalog()
+            self._refresh_gauges()  # also closes the runs a previous incarnation left running
             while not self.stopping and (max_jobs is None or self.jobs_done < max_jobs):
                 self.notifier.watchdog()
-                try:
-                    job = self.catalog.claim(self.owner, kinds=kinds, lease_s=self.service.lease_seconds)
-                except CatalogError as exc:  # a database restart must not cost the resident model: wait and retry
-                    log.error("cannot claim jobs: %s", exc)
-                    self._idle(self.service.worker_poll_s)
-                    continue
+                # A database restart must not cost the resident model: wait it out.
+                job = self.outage.call("claim", self.catalog.claim, self.owner, kinds=kinds, lease_s=self.service.lease_seconds)
                 if job is None:
                     self._refresh_gauges()
                     if drain:
@@ -164,6 +180,10 @@ class Worker:
                     continue
                 self.run_job(job)
                 self.jobs_done += 1
+        except CatalogError:
+            if not self.stopping:
+                raise
+            log.warning("stopping while the catalog is unreachable")
         finally:
             self.notifier.stopping(f"worker {self.owner} stopping after {self.jobs_done} jobs")
         return self.jobs_done
@@ -174,6 +194,11 @@ class Worker:
         while not self.stopping and (left := end - self._monotonic()) > 0:
             self._stop.wait(min(left, self._tick))
             self.notifier.watchdog()
+
+    def _wait_alive(self, seconds: float) -> bool:
+        """The outage's wait: idle (pinging the watchdog); False once stopping."""
+        self._idle(seconds)
+        return not self.stopping
 
     def run_job(self, job) -> str:
         """Run one claimed job to its end; returns "completed", "failed", "released" or "lost"."""
@@ -194,12 +219,17 @@ class Worker:
                 try:
                     lease_held = self.catalog.heartbeat(job.id, self.owner, self.service.lease_seconds)
                 except CatalogError as exc:  # the lease outlives several heartbeats; try again at the next one
-                    log.warning("job %s: heartbeat failed: %s", job.id, exc)
+                    self.outage.failed("heartbeat", exc)
+                else:
+                    self.outage.succeeded()
                 if not lease_held:
                     log.warning("job %s: lease lost to another worker; its result will be discarded", job.id)
             if thread.is_alive() and self._stop_deadline is not None and now >= self._stop_deadline:
                 if lease_held:
-                    self.catalog.release(job.id, self.owner)
+                    try:
+                        self.catalog.release(job.id, self.owner)
+                    except CatalogError as exc:  # its lease expires instead
+                        log.warning("job %s: cannot release it: %s", job.id, exc)
                 log.warning("job %s released unfinished at shutdown", job.id)
                 self.abandoned = thread
                 return "released"
@@ -212,7 +242,7 @@ class Worker:
 
     def _finish(self, job, thread: JobThread, seconds: float) -> str:
         if thread.error is None:
-            if not self.catalog.complete(job.id, self.owner):
+            if not self._record(job, "complete", self.catalog.complete, job.id, self.owner):
                 log.warning("job %s finished after its lease passed to another worker", job.id)
                 return "lost"
             recorder = self.recorders.get(job.kind)
@@ -224,11 +254,15 @@ class Worker:
             log.info("job %s done in %.1f s", job.id, seconds)
             return "completed"
         error = thread.error
+        if isinstance(error, LeaseLost):  # fenced: the new owner records this job, not us
+            log.warning("job %s stopped: %s", job.id, one_line(error))
+            return "lost"
         stage = getattr(error, "stage", job.kind)  # pipeline errors name the stage that failed
         reason = type(error).__name__
         retry = job.attempts < job.max_attempts  # the catalog requeues it on the same rule
         delay = self.cfg.service.retry_delay_s * 2 ** (job.attempts - 1)
-        self.catalog.fail(job.id, self.owner, f"{stage}: {reason}: {one_line(error)}", retry_delay_s=delay)
+        self._record(job, "fail", self.catalog.fail, job.id, self.owner, f"{stage}: {reason}: {one_line(error)}",
+                     retry_delay_s=delay)
         if job.kind == "cycle":
             self.metrics.record_cycle_failure(stage, reason)
         else:
@@ -240,7 +274,25 @@ class Worker:
         )
         return "failed"
 
+    def _record(self, job, what: str, call, *args, **kwargs) -> bool:
+        """A job's outcome, held in memory and retried through an outage; False when it cannot be recorded."""
+        try:
+            return self.outage.call(f"{what} job {job.id}", call, *args, **kwargs)
+        except CatalogError:  # stopping with the catalog still away: the lease expires and the job runs again
+            log.warning("job %s: outcome not recorded (catalog unreachable at shutdown); it will run again", job.id)
+            return False
+
     def _refresh_gauges(self) -> None:
-        self.metrics.refresh_jobs(self.catalog.counts())
+        """Job gauges, and closing the runs that dead or fenced-off workers left `running`."""
+        try:
+            closed = self.catalog.close_stale_runs()
+            counts = self.catalog.counts()
+        except CatalogError as exc:
+            self.outage.failed("job counts", exc)
+        else:
+            self.outage.succeeded()
+            if closed:
+                log.warning("closed %d run(s) left running by a worker whose lease ended, as abandoned", closed)
+            self.metrics.refresh_jobs(counts)
         self.metrics.record_gpu_memory()
         self.metrics.record_disk_free([p for p in (self.cfg.workdir, self.cfg.product_dir) if p.exists()])

@@ -8,7 +8,10 @@ Modules whose server is listed first (the PPS and GES DISC directories) also exp
 `ingest()` is the only place that talks to both the network and the catalog: it works out what should exist,
 skips what the catalog already holds with a matching checksum, downloads the rest with bounded concurrency,
 validates each file before it is renamed into place, and records the outcome (downloaded, or bad with a
-reason; a bad granule is retried at most `sources.http.max_bad_attempts` times).
+reason). A bad granule is retried at most `sources.http.max_bad_attempts` times; after that it is refused
+until `bad_retry_hours` have passed or the server's copy changes (size, date or ETag), and
+`nrt ingest --retry-bad` clears the marks at once. Each download, and all of one source's downloads in one
+call, run under deadlines (`download_deadline_s`, `ingest_deadline_s`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import importlib
 import logging
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
@@ -53,12 +57,21 @@ class RemoteFile:
 
 @dataclass
 class IngestResult:
+    """Files held; files not there (`missing`, polled again); files refused (`bad`); and, among the missing,
+    those a server failed to deliver (5xx, timeouts, resets, deadlines: `errors`) rather than not published yet."""
+
     files: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"files": [str(p) for p in self.files], "missing": self.missing, "bad": self.bad}
+        return {"files": [str(p) for p in self.files], "missing": self.missing, "bad": self.bad, "errors": self.errors}
+
+
+def not_published(exc: FetchError) -> bool:
+    """A file the server does not have yet (404, GES DISC's HTML page, an absent local file), not a server fault."""
+    return exc.reason.startswith("HTTP 404") or "HTML page instead of data" in exc.reason or exc.reason == "no such local file"
 
 
 def module(name: str) -> ModuleType:
@@ -133,8 +146,17 @@ def resolve(mod: ModuleType, cfg, t: datetime, client) -> tuple[list[RemoteFile]
             listed.extend(mod.parse_listing(cfg, client.get_text(url), url))
         except FetchError as exc:
             log.warning("listing failed: %s", exc)
-            return [], [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected] or [f"listing unavailable: {exc}"]
+            raise ListingFailed(exc, [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected]
+                                or [f"listing unavailable: {exc}"]) from None
     return mod.select(cfg, t, expected, listed)
+
+
+class ListingFailed(Exception):
+    """A listing the server failed to give: every expected file counts as missing, and as a server error."""
+
+    def __init__(self, error: FetchError, missing: list[str]):
+        super().__init__(str(error))
+        self.error, self.missing = error, missing
 
 
 def _already_held(row) -> bool:
@@ -147,8 +169,12 @@ def _already_held(row) -> bool:
     return sha256_file(path) == row.sha256
 
 
-def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock) -> Path:
+def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
     url = mod.remote_url(cfg, rf)
+    # The download's own clock starts when a slot frees up; the source's deadline caps it either way.
+    deadline = min(stage_deadline, time.monotonic() + cfg.sources.http.download_deadline_s)
+    if time.monotonic() >= deadline:
+        raise FetchError(url, f"not started: ingest deadline of {cfg.sources.http.ingest_deadline_s:g} s reached")
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
@@ -160,7 +186,22 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
             raise FetchError(url, "no such local file")
         check(path)
         return path
-    return client.download(url, local_path(cfg, rf), validate=check)
+    return client.download(url, local_path(cfg, rf), validate=check, deadline=deadline)
+
+
+def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
+    """Whether a granule marked bad `max_bad_attempts` times stays refused: its back-off has not passed and
+    the server's copy looks the same as the one refused."""
+    if held.retry_after is not None and datetime.now(timezone.utc) >= held.retry_after:
+        log.info("%s: bad mark expired; trying it again", rf.name)
+        return False
+    url = mod.remote_url(cfg, rf)
+    if held.remote_tag and _is_remote(url):
+        now = client.remote_tag(url)
+        if now is not None and now != held.remote_tag:
+            log.info("%s: changed on the server (%s, was %s); trying it again", rf.name, now, held.remote_tag)
+            return False
+    return True
 
 
 def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
@@ -169,43 +210,54 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
     t = utc(t)
     if not getattr(getattr(cfg.sources, source), "enabled", True):
         return IngestResult()
-    wanted, missing = resolve(mod, cfg, t, client)
+    try:
+        wanted, missing = resolve(mod, cfg, t, client)
+    except ListingFailed as failed:
+        errors = [] if not_published(failed.error) else [str(failed.error)]
+        return IngestResult(missing=failed.missing, errors=errors)
     result = IngestResult(missing=list(missing))
-    max_bad = cfg.sources.http.max_bad_attempts
+    http = cfg.sources.http
     todo: list[RemoteFile] = []
     for rf in wanted:
         held = catalog.get_granule(rf.source, rf.name)
-        if held is not None and held.state == "bad" and held.attempts >= max_bad:
-            result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts)")
+        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, cfg, rf, held, client):
+            until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
+            result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
         elif _already_held(held):
             result.files.append(Path(held.path))
         else:
             catalog.expect_granule(rf.source, rf.name, rf.version, rf.start, rf.end)
             todo.append(rf)
 
-    workers = max(1, min(cfg.sources.http.max_concurrency, len(todo)))
+    workers = max(1, min(http.max_concurrency, len(todo)))
     reading = threading.Lock()
+    stage_deadline = time.monotonic() + http.ingest_deadline_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{source}") as pool:
-        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading)) for rf in todo]
+        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading, stage_deadline)) for rf in todo]
         # Catalog writes stay on this thread; the pool only moves bytes.
         for rf, future in futures:
             try:
                 path = future.result()
             except DataError as exc:
                 log.warning("bad %s granule %s: %s", source, rf.name, exc.reason)
-                catalog.mark_bad(rf.source, rf.name, exc.reason)
+                catalog.mark_bad(rf.source, rf.name, exc.reason, remote_tag=getattr(exc, "remote_tag", None),
+                                 retry_after=datetime.now(timezone.utc) + timedelta(hours=http.bad_retry_hours))
                 result.bad.append(f"{rf.name}: {exc.reason}")
                 continue
             except FetchError as exc:
-                log.info("%s not available yet: %s", rf.name, exc.reason)
+                if not_published(exc):
+                    log.info("%s not available yet: %s", rf.name, exc.reason)
+                else:  # the server failed us; polling goes on, but an operator should see it
+                    log.warning("%s: download failed: %s", rf.name, exc.reason)
+                    result.errors.append(f"{rf.name}: {exc.reason}")
                 result.missing.append(f"{rf.name}: {exc.reason}")
                 continue
             catalog.register_granule(
                 rf.source, rf.name, rf.version, rf.start, rf.end, str(path), path.stat().st_size, sha256_file(path)
             )
             result.files.append(path)
-    log.info(
-        "ingest %s for %s: %d files, %d missing, %d bad",
-        source, isoformat(t), len(result.files), len(result.missing), len(result.bad),
+    log.log(
+        logging.WARNING if result.errors else logging.INFO, "ingest %s for %s: %d files, %d missing (%d server errors), %d bad",
+        source, isoformat(t), len(result.files), len(result.missing), len(result.errors), len(result.bad),
     )
     return result

@@ -10,6 +10,10 @@
 - A download goes to a hidden temp file beside its destination; its size is checked against Content-Length,
   an HTML page in place of data is refused, the caller's validator runs on the temp file, and only then is it
   fsynced and renamed. Nothing partial is ever left under the final name.
+- A download may carry a deadline (monotonic seconds): retries stop before it and a server trickling bytes
+  is cut off at it, so one slow mirror cannot hold a cycle past its cutoff.
+- A refused copy's identity (`remote_tag`: size, date, ETag) travels with its DataError, so the catalog can
+  notice when the server later replaces the file.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
-from nrt.errors import DataError, FetchError
+from nrt.errors import DataError, FetchError, StorageError
 from nrt.io import atomic_path
 
 log = logging.getLogger("nrt.sources.http")
@@ -247,12 +252,16 @@ class Client:
         delay = min(cap, self.cfg.backoff_s * 2**attempt)
         return delay / 2 + self._random.uniform(0, delay / 2)
 
-    def _request(self, url: str) -> requests.Response:
-        request = requests.Request("GET", url)
+    def _request(self, url: str, deadline: float | None = None, method: str = "GET") -> requests.Response:
+        request = requests.Request(method, url)
         prepared = self.session.prepare_request(request)
         self.credentials.apply(prepared)
+        connect, read = self.timeout
+        if deadline is not None:  # no single wait may run past the deadline
+            left = max(0.1, deadline - time.monotonic())
+            connect, read = min(connect, left), min(read, left)
         try:
-            response = self.session.send(prepared, stream=True, timeout=self.timeout, allow_redirects=True)
+            response = self.session.send(prepared, stream=True, timeout=(connect, read), allow_redirects=True)
         except requests.TooManyRedirects:
             raise FetchError(display_url(url), "too many redirects (login loop?)") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -264,7 +273,7 @@ class Client:
             raise
         return response
 
-    def _with_retries(self, url: str, attempt_once: Callable[[], object]):
+    def _with_retries(self, url: str, attempt_once: Callable[[], object], deadline: float | None = None):
         attempts = self.cfg.retries + 1
         for attempt in range(attempts):
             try:
@@ -273,6 +282,8 @@ class Client:
                 if attempt + 1 == attempts:
                     raise FetchError(display_url(url), f"{exc.reason} (gave up after {attempts} attempts)") from None
                 delay = self.backoff(attempt, exc.retry_after)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise FetchError(display_url(url), f"{exc.reason} (download deadline reached after {attempt + 1} attempts)") from None
                 log.info("retrying %s in %.2fs after %s", display_url(url), delay, exc.reason)
                 time.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
@@ -295,24 +306,54 @@ class Client:
 
         return self._with_retries(url, once)
 
-    def download(self, url: str, dest: str | Path, validate: Callable[[Path], None] | None = None) -> Path:
-        """Fetch `url` to `dest` atomically; `validate(temp_path)` may raise DataError to refuse the content."""
+    def download(
+        self, url: str, dest: str | Path, validate: Callable[[Path], None] | None = None, deadline: float | None = None,
+    ) -> Path:
+        """Fetch `url` to `dest` atomically; `validate(temp_path)` may raise DataError to refuse the content.
+
+        `deadline` (a `time.monotonic()` value) bounds the whole download, retries included. A refused copy's
+        DataError carries `remote_tag`; a file that cannot be written raises `StorageError` naming it.
+        """
         dest = Path(dest)
 
         def once() -> Path:
-            with self._slots, atomic_path(dest) as tmp:
-                with self._request(url) as response:
-                    size = _stream_to(response, tmp, url)
-                    _check_length(response, size)
-                if validate is not None:
-                    try:
-                        validate(tmp)
-                    except DataError as exc:
-                        raise DataError(display_url(url), exc.reason) from None
+            try:
+                with self._slots, atomic_path(dest) as tmp:
+                    with self._request(url, deadline) as response:
+                        size = _stream_to(response, tmp, url, deadline)
+                        _check_length(response, size)
+                        tag = remote_tag(response)
+                    if validate is not None:
+                        try:
+                            validate(tmp)
+                        except DataError as exc:
+                            refused = DataError(display_url(url), exc.reason)
+                            refused.remote_tag = tag
+                            raise refused from None
+            except OSError as exc:  # disk full, read-only or missing data directory
+                if isinstance(exc, requests.RequestException):  # requests' errors are OSErrors too
+                    raise
+                raise StorageError.from_os_error(dest, exc) from None
             log.info("downloaded %s (%d bytes) -> %s", display_url(url), size, dest)
             return dest
 
-        return self._with_retries(url, once)
+        return self._with_retries(url, once, deadline)
+
+    def remote_tag(self, url: str) -> str | None:
+        """The file's identity on the server now (HEAD: size, date, ETag); None when the server does not say."""
+        try:
+            with self._request(url, method="HEAD") as response:
+                return remote_tag(response)
+        except (_Retryable, FetchError) as exc:
+            log.info("HEAD %s: %s", display_url(url), getattr(exc, "reason", exc))
+            return None
+
+
+def remote_tag(response: requests.Response) -> str | None:
+    """size, Last-Modified and ETag of a response as one string; None when the server sends none of them."""
+    parts = [f"{key}={response.headers[header]}" for key, header in
+             (("size", "Content-Length"), ("modified", "Last-Modified"), ("etag", "ETag")) if response.headers.get(header)]
+    return ";".join(parts)[:255] if parts else None
 
 
 def _describe(exc: Exception) -> str:
@@ -341,18 +382,27 @@ def _check_length(response: requests.Response, received: int) -> None:
         raise _Retryable(f"truncated body: {received} of {declared} bytes")
 
 
-def _stream_to(response: requests.Response, path: Path, url: str) -> int:
-    size = 0
-    try:
-        with open(path, "wb") as fh:
-            for chunk in response.iter_content(_CHUNK):
-                if size == 0 and looks_like_html(chunk[:64]):
+def _stream_to(response: requests.Response, path: Path, url: str, deadline: float | None = None) -> int:
+    """Write the body to `path` as it arrives (read1: whatever the socket has, so a trickle meets the deadline)."""
+    size, head = 0, b""
+    started = time.monotonic()
+    with open(path, "wb") as fh:
+        while True:
+            try:
+                chunk = response.raw.read1(_CHUNK, decode_content=True)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _Retryable(_describe(exc)) from None
+            if not chunk:
+                return size
+            if len(head) < 64:
+                head += chunk[: 64 - len(head)]
+                if looks_like_html(head):
                     raise FetchError(display_url(url), "server answered with an HTML page instead of data (missing file or login page)")
-                fh.write(chunk)
-                size += len(chunk)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-        raise _Retryable(_describe(exc)) from None
-    return size
+            fh.write(chunk)
+            size += len(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise FetchError(display_url(url), f"download deadline passed: {size} bytes in "
+                                                   f"{time.monotonic() - started:.0f} s (server too slow)")
 
 
 def safe_file_name(name: str) -> bool:

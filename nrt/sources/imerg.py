@@ -312,9 +312,22 @@ def read_imerg(paths: Iterable[str | Path], domain: Domain, variables: Sequence[
 def validate(path: str | Path, cfg, name: str | None = None) -> None:
     """A downloaded granule: HDF5, the IMERG layout at global size, a named half-hour, data in the domain."""
     path = Path(path)
-    shape = _read_granule(path, name, cfg.domain.box(), ("precipitation",))[3]
+    _rf, fields, _grid, shape = _read_granule(path, name, cfg.domain.box(), ("precipitation",))
     if shape[1:] != GLOBAL_SHAPE:
         raise DataError(path, f"precipitation shape {shape}, expected (1, {GLOBAL_SHAPE[0]}, {GLOBAL_SHAPE[1]}) for a global granule")
+    plausible(fields["precipitation"], path, cfg.sources.imerg)
+
+
+def plausible(precip: np.ndarray, path, limits) -> None:
+    """Refuse a window that is nearly all fill or holds rates no rain reaches (a scaling or units error)."""
+    finite = np.isfinite(precip)
+    if finite.mean() < limits.min_valid_fraction:
+        raise DataError(path, f"precipitation holds data in only {int(finite.sum())} of {finite.size} cells inside the "
+                              f"domain (sources.imerg.min_valid_fraction {limits.min_valid_fraction:g})")
+    peak = float(precip[finite].max())
+    if peak > limits.max_rate_mmh:
+        raise DataError(path, f"precipitation reaches {peak:g} mm/h inside the domain, above the plausible "
+                              f"{limits.max_rate_mmh:g} mm/h (sources.imerg.max_rate_mmh; wrong units or scaling?)")
 
 
 def identify(path: str | Path) -> dict:
