@@ -115,4 +115,6 @@ def test_held_out_knmi_event_through_the_cli(case, shared_data, tmp_path):
     assert rows[0]["input_mae"] == pytest.approx(np.abs(baseline - obs).mean(), rel=1e-6)
     # The lead-0 input is the event's own rain through the IMERG error model, not the twin's synthetic rain.
     assert rows[0]["input_corr_truth"] > 0.3
-    assert (workdir / "score.md").read_text().count("| csgd |") == len(rows)
+    table = (workdir / "score.md").read_text()
+    assert table.count("| csgd |") == len(rows) + 2  # one line per valid time, then lead 0 and all leads pooled
+    assert report["pooled"]["csgd"]["crps"] == pytest.approx(np.mean([r["crps"] for r in rows]))
