@@ -10,8 +10,9 @@ For one event of config/realrain.toml (held out from training):
    its IMERG Early granules are then replaced by granules made from the event's rain with the fitted
    error model (`nrt.errormodel.degrade`), in the real RT-H5 layout and names; cells without radar data
    are fill; granules of half hours without radar data are removed;
-4. the tree is served by `nrt twin serve` and `nrt --config ... cycle --time T` (T = S + IMERG latency)
-   runs for each --methods, in a subprocess, as a user would;
+4. the tree is served by `nrt twin serve` and `nrt --config ... cycle --time T` (T = S + IMERG latency;
+   --cycles N runs T, T + 30 min, ..., each with its own lead 0) runs for each --methods, in a
+   subprocess, as a user would;
 5. every product valid time (lead 0 first, then nowcast leads where truth exists) is scored against the
    truth: CRPS, MAE of the bilinear input, spread/skill, bias, correlations, wet fractions.
 
@@ -102,13 +103,14 @@ def in_domain(truth: xr.DataArray, domain: Domain) -> xr.DataArray:
     return truth.sel(lat=slice(domain.south + eps, domain.north - eps), lon=slice(domain.west + eps, domain.east - eps))
 
 
-def choose_start(truth: xr.DataArray, domain: Domain, motion_granules: int) -> datetime:
-    """The wettest half hour S (domain mean) whose motion granules S - (n-1) x 30 min .. S all have truth."""
+def choose_start(truth: xr.DataArray, domain: Domain, motion_granules: int, cycles: int = 1) -> datetime:
+    """The wettest half hour S (domain mean) such that S - (n-1) x 30 min .. S + (cycles-1) x 30 min all have truth."""
     times = [utc(str(t)[:19] + "Z") for t in truth.time.values]
     present = set(times)
-    candidates = [t for t in times if all(t - k * HALF_HOUR in present for k in range(motion_granules))]
+    candidates = [t for t in times if all(t + k * HALF_HOUR in present for k in range(1 - motion_granules, cycles))]
     if not candidates:
-        raise NrtError(f"the event has no {motion_granules} consecutive half hours for the nowcast's motion")
+        raise NrtError(f"the event has no {motion_granules + cycles - 1} consecutive half hours for the nowcast's motion "
+                       f"and {cycles} cycle(s)")
     inside = in_domain(truth, domain)
     return max(candidates, key=lambda t: float(np.nanmean(inside.sel(time=np.datetime64(t.replace(tzinfo=None), "ns")))))
 
@@ -116,13 +118,16 @@ def choose_start(truth: xr.DataArray, domain: Domain, motion_granules: int) -> d
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def make_config(base, workdir: Path, port: int, domain: Domain, method: str, members: int, steps: int | None, solver: str | None):
+def make_config(base, workdir: Path, port: int, domain: Domain, method: str, members: int, steps: int | None = None,
+                solver: str | None = None, checkpoint: str | None = None):
     from nrt.service.demo import demo_config
 
     cfg = demo_config(base, workdir, port)
     cfg.domain = cfg.domain.model_copy(update={"west": domain.west, "south": domain.south, "east": domain.east, "north": domain.north})
     cfg.model.method = method
     cfg.model.members = cfg.nowcast.members = members
+    if checkpoint:
+        cfg.model.checkpoint = checkpoint
     if steps:
         cfg.model.sampler_steps = steps
     if solver:
@@ -244,8 +249,13 @@ class Case:
     event: str
     domain: Domain
     start: datetime  # S: lead 0
-    cycle_time: datetime  # T
+    cycle_time: datetime  # T: the first cycle
     granules: int
+    cycles: int = 1  # cycles T, T + 30 min, ...
+
+    @property
+    def cycle_times(self) -> list[datetime]:
+        return [self.cycle_time + k * HALF_HOUR for k in range(self.cycles)]
 
 
 def run_cycle(config_path: Path, cycle_time: datetime, log_path: Path) -> dict:
@@ -275,10 +285,10 @@ def prepare(args, base) -> tuple[Case, xr.DataArray, object]:
         truth = read_truth(args.event, args.catalogue, args.radar_dir)
         truth.to_netcdf(cached)
     domain = parse_domain(args.domain) if args.domain else choose_domain(truth, args.size)
-    start = utc(args.start) if args.start else choose_start(truth, domain, base.timeline.motion_granules)
+    start = utc(args.start) if args.start else choose_start(truth, domain, base.timeline.motion_granules, args.cycles)
     cycle_time = start + timedelta(minutes=base.timeline.imerg_latency_minutes)
-    probe = make_config(base, args.workdir, 0, domain, "csgd", args.members, None, None)
-    spec = spec_for_config(probe, *twin_span(cycle_time, cycle_time, probe), args.seed, domain)
+    probe = make_config(base, args.workdir, 0, domain, "csgd", args.members)
+    spec = spec_for_config(probe, *twin_span(cycle_time, cycle_time + (args.cycles - 1) * HALF_HOUR, probe), args.seed, domain)
     root = args.workdir / "twin"
     if root.exists():
         shutil.rmtree(root)
@@ -287,7 +297,7 @@ def prepare(args, base) -> tuple[Case, xr.DataArray, object]:
     generate(spec, root)
     written = write_event_imerg(truth, root, spec, args.seed)
     print(f"  twin + {len(written)} IMERG granules from the event in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return Case(args.event, domain, start, cycle_time, len(written)), truth, spec
+    return Case(args.event, domain, start, cycle_time, len(written), args.cycles), truth, spec
 
 
 def parse_domain(text: str) -> Domain:
@@ -308,7 +318,8 @@ def pooled(rows: list[dict]) -> dict:
 def markdown(case: Case, results: dict[str, list[dict]], settings: str) -> str:
     lines = [
         f"**{case.event}**, domain {case.domain.west:g},{case.domain.south:g},{case.domain.east:g},{case.domain.north:g} "
-        f"(W,S,E,N), lead 0 at {isoformat(case.start)}, cycle {isoformat(case.cycle_time)}; {settings}",
+        f"(W,S,E,N), lead 0 at {isoformat(case.start)}, "
+        f"{case.cycles} cycle(s) from {isoformat(case.cycle_time)}; {settings}",
         "",
         "| method | valid time | lead | CRPS | input MAE | CRPS/MAE | spread/skill | mean − truth (truth) | corr truth | corr input | input corr truth | wet truth / members / input |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -340,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=float, default=2.0, help="domain side in degrees when --domain is not given (default: %(default)s)")
     parser.add_argument("--domain", metavar="W,S,E,N", help="domain in degrees (edges on the 0.1° lattice)")
     parser.add_argument("--start", metavar="ISO", help="lead-0 half hour S (default: the wettest one with motion granules)")
+    parser.add_argument("--cycles", type=int, default=1, help="consecutive cycles from T, each with its own lead 0 (default: %(default)s)")
+    parser.add_argument("--checkpoint", help="diffusion checkpoint (default: the config's model.checkpoint)")
     parser.add_argument("--members", type=int, default=30, help="ensemble (and nowcast) members (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="diffusion sampler steps (default: the config's model.sampler_steps, 18)")
     parser.add_argument("--solver", choices=["euler", "heun"], help="diffusion sampler (default: the config's, heun)")
@@ -372,25 +385,28 @@ def run(args) -> int:
             if workdir.exists():
                 shutil.rmtree(workdir)
             workdir.mkdir()
-            cfg = make_config(base, workdir, port, case.domain, method, args.members, args.steps, args.solver)
+            cfg = make_config(base, workdir, port, case.domain, method, args.members, args.steps, args.solver, args.checkpoint)
             config_path = write_config(cfg, workdir / "config.toml")
-            print(f"{method}: nrt cycle --time {isoformat(case.cycle_time)} ...", file=sys.stderr)
-            started = time.perf_counter()
-            summary = run_cycle(config_path, case.cycle_time, workdir / "cycle.log")
+            started, results[method] = time.perf_counter(), []
+            for k, cycle_time in enumerate(case.cycle_times):
+                print(f"{method}: nrt cycle --time {isoformat(cycle_time)} ...", file=sys.stderr)
+                summary = run_cycle(config_path, cycle_time, workdir / f"cycle-{k}.log")
+                results[method] += score_products(summary["products"], truth)
+            results[method].sort(key=lambda r: (r["lead"], r["valid_time"]))
             timings[method] = round(time.perf_counter() - started, 1)
-            results[method] = score_products(summary["products"], truth)
             if not results[method]:
                 raise NrtError(f"{method}: no product valid time has truth ({len(summary['products'])} products)")
     finally:
         mirror.terminate()
         mirror.wait(timeout=10)
     steps = f"{args.steps or base.model.sampler_steps} {args.solver or base.model.solver} steps"
-    settings = f"{args.members} members, diffusion sampler {steps}, checkpoint {base.model.checkpoint}"
+    checkpoint = args.checkpoint or base.model.checkpoint
+    settings = f"{args.members} members, diffusion sampler {steps}, checkpoint {checkpoint}"
     table = markdown(case, results, settings)
     report = {
         "event": case.event, "domain": [case.domain.west, case.domain.south, case.domain.east, case.domain.north],
-        "lead0": isoformat(case.start), "cycle_time": isoformat(case.cycle_time), "imerg_granules": case.granules,
-        "members": args.members, "sampler": steps, "checkpoint": base.model.checkpoint, "cycle_seconds": timings,
+        "lead0": isoformat(case.start), "cycle_times": [isoformat(t) for t in case.cycle_times], "imerg_granules": case.granules,
+        "members": args.members, "sampler": steps, "checkpoint": checkpoint, "cycle_seconds": timings,
         "results": results, "pooled": {m: pooled(rows) for m, rows in results.items()},
     }
     (args.workdir / "score.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from nrt.timeline import HALF_HOUR, utc
 from nrt.twin import truth
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "realrain_case.py"
@@ -97,11 +98,13 @@ def test_held_out_knmi_event_through_the_cli(case, shared_data, tmp_path):
     base.write_text("[timeline]\nimerg_latency_minutes = 60.0\n")  # 3 valid times instead of 9: a fast cycle
     workdir = tmp_path / "case"
     code = case.main(["--event", "knmi-20100826-morning", "--workdir", str(workdir), "--methods", "csgd",
-                      "--members", "4", "--size", "1.0", "--config", str(base), "--radar-dir", str(shared_data / "radar")])
+                      "--members", "4", "--size", "1.0", "--cycles", "2", "--config", str(base), "--radar-dir", str(shared_data / "radar")])
     assert code == 0
     report = json.loads((workdir / "score.json").read_text())
     rows = report["results"]["csgd"]
-    assert [r["lead"] for r in rows] == sorted(r["lead"] for r in rows) and rows[0]["lead"] == 0
+    assert [r["lead"] for r in rows] == sorted(r["lead"] for r in rows)
+    lead0 = [utc(r["valid_time"]) for r in rows if r["lead"] == 0]  # one per cycle: S and S + 30 min
+    assert lead0 == [utc(report["lead0"]), utc(report["lead0"]) + HALF_HOUR]
     west, south, east, north = report["domain"]
     assert 3.0 < west < east < 8.0 and 50.0 < south < north < 54.5 and east - west == pytest.approx(1.0)
 
