@@ -272,7 +272,7 @@ def run_cycle(config_path: Path, cycle_time: datetime, log_path: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(args, base) -> tuple[Case, xr.DataArray, object]:
+def prepare(args, base) -> tuple[Case, xr.DataArray]:
     from nrt.service.demo import twin_span
     from nrt.twin.generate import generate
     from nrt.twin.spec import spec_for_config
@@ -297,7 +297,7 @@ def prepare(args, base) -> tuple[Case, xr.DataArray, object]:
     generate(spec, root)
     written = write_event_imerg(truth, root, spec, args.seed)
     print(f"  twin + {len(written)} IMERG granules from the event in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return Case(args.event, domain, start, cycle_time, len(written), args.cycles), truth, spec
+    return Case(args.event, domain, start, cycle_time, len(written), args.cycles), truth
 
 
 def parse_domain(text: str) -> Domain:
@@ -375,7 +375,7 @@ def run(args) -> int:
     args.workdir = args.workdir.expanduser().resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     base = config.load(args.config)
-    case, truth, _spec = prepare(args, base)
+    case, truth = prepare(args, base)
     port = free_port()
     mirror = start_mirror(args.workdir / "twin", port)
     results, timings = {}, {}
