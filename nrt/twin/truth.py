@@ -37,7 +37,9 @@ def cell_km(grid: LatLonGrid) -> tuple[float, float]:
 
 def rng_for(seed: int, *stream: int | str) -> np.random.Generator:
     """An independent random stream per component, so changing one part of the twin leaves the others alike."""
-    keys = [int.from_bytes(str(s).encode(), "little") % (2**32) if isinstance(s, str) else int(s) for s in stream]
+    # Integers are taken modulo 2**64: SeedSequence wants them non-negative, and DPR granules before the
+    # orbit's epoch (a twin of 2010 radar rain) have negative indices; non-negative keys stay as they were.
+    keys = [int.from_bytes(str(s).encode(), "little") % (2**32) if isinstance(s, str) else int(s) % (2**64) for s in stream]
     return np.random.default_rng(np.random.SeedSequence([int(seed), *keys]))
 
 
