@@ -142,6 +142,8 @@ class ModelConfig(Section):
     checkpoint: str = "builtin:demo"
     csgd_params: str = "builtin:csgd"  # CSGD parameter file (nrt.csgd): the csgd method and the fallback
     fallback: bool = True  # write the CSGD ensemble (flagged degraded) when the diffusion model cannot run
+    ood_max_z: float = Field(4.0, gt=0)  # inputs whose domain mean is further from training (in sigma) are flagged
+    ood_fallback: bool = True  # ... and the cycle writes the CSGD ensemble instead (needs `fallback`)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
     sampler_steps: int = Field(18, ge=1)

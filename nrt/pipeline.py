@@ -229,6 +229,30 @@ def _times(da: xr.DataArray) -> list[datetime]:
 # ---------------------------------------------------------------------------------------------- cycle
 
 
+@dataclass
+class _InputVerdict:
+    reason: str | None
+    max_z: float
+    fallback: bool
+
+
+def _check_inputs(cfg, models, conditions, report: CycleReport) -> _InputVerdict | None:
+    """The diffusion checkpoint's input guard (`nrt.model.guard`): a required channel missing always falls back
+    to CSGD; inputs beyond `model.ood_max_z` are flagged, and fall back when `model.ood_fallback` is on."""
+    if models.method != downscale.DIFFUSION or models.diffusion is None:
+        return None
+    from nrt.model.guard import INPUTS_MISSING, check_inputs
+
+    check = check_inputs(models.diffusion.spec, conditions, cfg.model.ood_max_z)
+    if check.reason is None:
+        return _InputVerdict(None, check.max_z, False)
+    log.warning("cycle %s: %s (%s)", isoformat(report.cycle_time), check.reason, check.detail)
+    fallback = check.reason == INPUTS_MISSING or cfg.model.ood_fallback
+    if not fallback:
+        report.degrade(check.reason)
+    return _InputVerdict(check.reason, check.max_z, fallback)
+
+
 def run_cycle(
     cycle_time: datetime,
     cfg,
@@ -290,7 +314,8 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
                      geosfp=geosfp_fields(cfg, by_hour, valid, grid, report), dem=dem)
         for valid, lead, coarse, random_error in bridge
     ]
-    method, fallback = downscale.choose(models)
+    check = _check_inputs(cfg, models, conditions, report)
+    method, fallback = downscale.choose(models, check.reason if check and check.fallback else None)
     if fallback:
         report.fall_back(fallback)
     report.downscale_method = method
@@ -308,6 +333,8 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
         "nowcast_method": report.nowcast_method or "none",
         "software_version": __version__,
         "degraded": ",".join(report.degraded) or "none",
+        "input_check": (check.reason or "ok") if check else "not_run",
+        "input_max_abs_z": f"{check.max_z:.2f}" if check else "nan",
     }
     for k, (valid, lead, coarse, _random_error) in enumerate(bridge):
         with timed("products"):

@@ -98,3 +98,43 @@ def test_real_rain_examples_pair_truth_tiles_with_degraded_input():
     truth = np.concatenate([s.truth[s.mask] for s in samples])
     given = np.concatenate([s.channels[0][s.mask] for s in samples])
     assert 0.2 < np.corrcoef(truth, np.nan_to_num(given))[0, 1] < 0.99
+
+
+def _spec_for(channels: ChannelSet, conds):
+    from nrt.model.networks import NetworkSpec
+    from nrt.model.spec import ModelSpec
+    from nrt.model.transforms import PrecipTransform
+
+    raws = [raw_channels(c, channels)[0] for c in conds]
+    transform = PrecipTransform("power", 1.0, 0.5)
+    transformed = [np.concatenate([transform.forward(r[:2]), r[2:]]) for r in raws]
+    net = NetworkSpec(in_channels=len(channels.names()), model_channels=8, channel_mult=(1,), num_blocks=1)
+    return ModelSpec(channels, transform, ChannelStats.fit(channels.names(), transformed),
+                     ChannelStats.fit(["precip"], [transform.forward(r[:1]) for r in raws]), net,
+                     NetworkSpec(**{**net.to_dict(), "in_channels": net.in_channels + 2}))
+
+
+def test_input_guard_flags_another_domain_for_position_channels_and_missing_required_inputs():
+    from nrt.model.guard import INPUTS_MISSING, OUT_OF_DISTRIBUTION, channel_z, check_inputs
+
+    rng = np.random.default_rng(3)
+    iowa = [LatLonGrid(0.05, 40.025 + 0.3 * k, -95.975 + 0.4 * k, 8, 12) for k in range(6)]
+
+    def cond(grid, scale=1.0):
+        return Conditioning(rng.gamma(0.5, 2.0 * scale, (4, 6)).astype(np.float32), grid,
+                            random_error=np.ones((4, 6), np.float32), geosfp=_cond().geosfp)
+
+    spec = _spec_for(OLD, [cond(g) for g in iowa])
+    home = check_inputs(spec, [cond(iowa[2])], max_z=4.0)
+    assert home.reason is None and home.max_z < 4.0
+    tropics = check_inputs(spec, [cond(LatLonGrid(0.05, 5.025, 100.025, 8, 12))], max_z=4.0)
+    assert tropics.reason == OUT_OF_DISTRIBUTION and "sin_lat" in tropics.detail and tropics.max_z > 6
+    # z of the latitude channel, computed independently from the stored statistics
+    z = (np.mean(np.sin(np.radians(LatLonGrid(0.05, 5.025, 100.025, 8, 12).lats))) - spec.input_stats.mean[OLD.names().index("sin_lat")]) \
+        / spec.input_stats.std[OLD.names().index("sin_lat")]
+    assert channel_z(spec, cond(LatLonGrid(0.05, 5.025, 100.025, 8, 12)))["sin_lat"] == pytest.approx(z, rel=1e-4)
+    no_geos = Conditioning(np.ones((4, 6), np.float32), iowa[0], random_error=np.ones((4, 6), np.float32))
+    assert check_inputs(spec, [no_geos], max_z=4.0).reason == INPUTS_MISSING
+    # a masked checkpoint takes the same inputs without GEOS-FP: absent groups are not scored
+    masked = _spec_for(NEW, [_cond(), _cond(geosfp=False, dem=False)])
+    assert check_inputs(masked, [_cond(geosfp=False, dem=False)], max_z=4.0).reason is None

@@ -56,9 +56,10 @@ def choose_tiles(truth: np.ndarray, origins, tile: int, per_frame: int, rng: np.
     return wet[: per_frame - take_dry] + dry[:take_dry]
 
 
-def real_rain_samples(frames: xr.DataArray, error_model, channels: ChannelSet, *, tile: int, per_frame: int,
-                      leads: list[int], seed: int) -> list[Sample]:
-    """Examples of one event: truth tiles of `frames` (time, lat, lon) at 0.05° and their degraded inputs."""
+def real_rain_cases(frames: xr.DataArray, error_model, *, tile: int, per_frame: int,
+                    seed: int) -> list[tuple[Conditioning, np.ndarray, datetime]]:
+    """(inputs, truth tile, time) of one event: tiles of `frames` (time, lat, lon) at 0.05° and their inputs
+    degraded by the IMERG error model at 0.1°, with its randomError; no GEOS-FP or DEM (radar has none)."""
     if tile % (2 * COARSE_FACTOR):
         raise ValueError(f"tile {tile} must be a multiple of {2 * COARSE_FACTOR}")
     from nrt.errormodel import degrade
@@ -71,21 +72,28 @@ def real_rain_samples(frames: xr.DataArray, error_model, channels: ChannelSet, *
     lats = float(frames.lat.values[0]) + res * np.arange(nlat)
     lons = float(frames.lon.values[0]) + res * np.arange(nlon)
     minutes = float(frames.attrs.get("averaging_period_minutes", 30.0))
-    degraded = degrade(truth, 0.05, error_model, seed, frame_minutes=minutes, latitude=float(np.mean(lats)))
+    degraded = degrade(truth, res, error_model, seed, frame_minutes=minutes, latitude=float(np.mean(lats)))
     rng = np.random.default_rng(seed)
     origins = tile_origins((nlat, nlon), tile)
     times = frames.time.values
-    samples = []
+    cases = []
     for k in range(truth.shape[0]):
+        when = datetime.fromtimestamp(times[k].astype("datetime64[s]").astype(np.int64), timezone.utc)
         for r, c in choose_tiles(truth[k], origins, tile, per_frame, rng):
-            grid = LatLonGrid(0.05, float(lats[r]), float(lons[c]), tile, tile)
+            grid = LatLonGrid(res, float(lats[r]), float(lons[c]), tile, tile)
             cr, cc, ct = r // COARSE_FACTOR, c // COARSE_FACTOR, tile // COARSE_FACTOR
             cond = Conditioning(precip=degraded.precipitation[k, cr : cr + ct, cc : cc + ct][None], grid=grid, lead=0,
                                 random_error=degraded.random_error[k, cr : cr + ct, cc : cc + ct])
-            part = truth[k, r : r + tile, c : c + tile]
-            when = datetime.fromtimestamp(times[k].astype("datetime64[s]").astype(np.int64), timezone.utc)
-            samples.append(Sample(raw_channels(cond, channels)[0], part, np.isfinite(part), int(rng.choice(leads)), when))
-    return samples
+            cases.append((cond, truth[k, r : r + tile, c : c + tile], when))
+    return cases
+
+
+def real_rain_samples(frames: xr.DataArray, error_model, channels: ChannelSet, *, tile: int, per_frame: int,
+                      leads: list[int], seed: int) -> list[Sample]:
+    """Training examples of one event (`real_rain_cases`), each with a lead drawn from `leads`."""
+    rng = np.random.default_rng([seed, 1])
+    return [Sample(raw_channels(cond, channels)[0], truth, np.isfinite(truth), int(rng.choice(leads)), when)
+            for cond, truth, when in real_rain_cases(frames, error_model, tile=tile, per_frame=per_frame, seed=seed)]
 
 
 def real_rain_examples(cfg, channels: ChannelSet, progress=None) -> tuple[list[Sample], dict]:
@@ -147,9 +155,11 @@ def twin_examples(cfg, catalog, truth_dir: Path, count: int, channels: ChannelSe
         if cond is None:
             continue
         full = raw_channels(cond, channels)[0]
-        field = truth.sel(time=np.datetime64(valid.replace(tzinfo=None), "ns")).values.astype(np.float32)
-        if field.shape != inputs.grid.shape:
-            raise DataError(truth_dir, f"twin truth of shape {field.shape} is not on the domain's grid {inputs.grid.shape}")
+        try:  # the twin's region is wider than the domain
+            field = truth.sel(time=np.datetime64(valid.replace(tzinfo=None), "ns")).sel(
+                lat=inputs.grid.lats, lon=inputs.grid.lons, method="nearest", tolerance=1e-3).values.astype(np.float32)
+        except KeyError:
+            raise DataError(truth_dir, f"twin truth does not cover the domain's grid at {valid.isoformat()}") from None
         for r, c in choose_tiles(field, origins, tile, per_time, rng):
             part = field[r : r + tile, c : c + tile]
             samples.append(Sample(full[:, r : r + tile, c : c + tile], part, np.isfinite(part),
