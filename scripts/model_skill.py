@@ -514,9 +514,12 @@ def realrain_score(args) -> dict:
     started = time.time()
     for index, event in enumerate(catalogue.held_out()):
         frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
-        cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=args.tiles, seed=args.seed + 104729 * (index + 1))
+        cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + 104729 * (index + 1))
         rng = np.random.default_rng(args.seed + index)
         picked = sorted(rng.choice(len(cases), size=min(args.tiles, len(cases)), replace=False)) if cases else []
+        if not picked:
+            log.warning("%s: no tile with enough valid cells", event.name)
+            continue
         target = by_source.setdefault(event.source, (Pooled(ds.spec.normalize_target), Climate()))
         for k, i in enumerate(picked):
             cond, truth, _ = cases[i]

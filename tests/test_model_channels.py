@@ -138,3 +138,32 @@ def test_input_guard_flags_another_domain_for_position_channels_and_missing_requ
     # a masked checkpoint takes the same inputs without GEOS-FP: absent groups are not scored
     masked = _spec_for(NEW, [_cond(), _cond(geosfp=False, dem=False)])
     assert check_inputs(masked, [_cond(geosfp=False, dem=False)], max_z=4.0).reason is None
+
+
+def test_prepared_events_are_read_once_and_a_changed_event_is_prepared_again(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from nrt.realrain import cache
+    from nrt.realrain.events import Event
+
+    (tmp_path / "radar").mkdir()
+    (tmp_path / "radar" / "a.h5").write_bytes(b"x" * 10)
+    calls = []
+    frames = xr.DataArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4), dims=("time", "lat", "lon"), coords={
+        "time": pd.date_range("2020-06-01", periods=2, freq="30min"), "lat": [1.025, 1.075, 1.125],
+        "lon": [2.025, 2.075, 2.125, 2.175]}, attrs={"averaging_period_minutes": 30.0})
+
+    def read(event, radar_dir, progress=None):
+        calls.append(event.name)
+        return frames
+
+    monkeypatch.setattr(cache, "event_frames", read)
+    event = Event("e", "knmi", "*.h5", datetime(2020, 6, 1, tzinfo=timezone.utc), datetime(2020, 6, 2, tzinfo=timezone.utc))
+    first = cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
+    again = cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
+    assert calls == ["e"]
+    np.testing.assert_array_equal(again.values, frames.values)
+    np.testing.assert_array_equal(again.time.values, frames.time.values) and np.testing.assert_allclose(again.lat, frames.lat)
+    (tmp_path / "radar" / "a.h5").write_bytes(b"x" * 11)  # a replaced file is a new cache entry, never a stale hit
+    cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
+    assert calls == ["e", "e"] and len(list((tmp_path / "cache").glob("e-*.npz"))) == 2
