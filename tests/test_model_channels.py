@@ -159,11 +159,12 @@ def test_prepared_events_are_read_once_and_a_changed_event_is_prepared_again(tmp
 
     monkeypatch.setattr(cache, "event_frames", read)
     event = Event("e", "knmi", "*.h5", datetime(2020, 6, 1, tzinfo=timezone.utc), datetime(2020, 6, 2, tzinfo=timezone.utc))
-    first = cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
+    cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
     again = cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
     assert calls == ["e"]
     np.testing.assert_array_equal(again.values, frames.values)
-    np.testing.assert_array_equal(again.time.values, frames.time.values) and np.testing.assert_allclose(again.lat, frames.lat)
+    np.testing.assert_array_equal(again.time.values, frames.time.values)
+    np.testing.assert_allclose(again.lat, frames.lat)
     (tmp_path / "radar" / "a.h5").write_bytes(b"x" * 11)  # a replaced file is a new cache entry, never a stale hit
     cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
     assert calls == ["e", "e"] and len(list((tmp_path / "cache").glob("e-*.npz"))) == 2
