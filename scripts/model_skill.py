@@ -26,6 +26,12 @@ the twin's full 0.05° truth:
     python scripts/model_skill.py twin --tree twin-test --out skill-twin/ --config config/train-demo.toml \
         --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4 --every-hours 6
 
+Held-out real rain of config/realrain.toml and the real IMERG Early / Stage IV pairs, for the shipped
+checkpoint (issue 15; tables in docs/model.md):
+
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6
+
 `score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
 (pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the CRPS of the
 statistical CSGD ensemble (`nrt.csgd`, builtin parameters, 30 members drawn from the same bilinear input:
