@@ -161,6 +161,8 @@ class ModelConfig(Section):
     checkpoint: str = "builtin:demo"
     csgd_params: str = "builtin:csgd"  # CSGD parameter file (nrt.csgd): the csgd method and the fallback
     fallback: bool = True  # write the CSGD ensemble (flagged degraded) when the diffusion model cannot run
+    ood_max_z: float = Field(4.0, gt=0)  # inputs whose domain mean is further from training (in sigma) are flagged
+    ood_fallback: bool = True  # ... and the cycle writes the CSGD ensemble instead (needs `fallback`)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
     sampler_steps: int = Field(18, ge=1)
@@ -212,7 +214,19 @@ class TrainConfig(Section):
     use_random_error: bool = True
     use_geosfp: bool = True
     use_dem: bool = True
-    use_position: bool = True
+    use_position: bool = False  # absolute lat/lon ties a model to its training domain; old checkpoints only
+    use_masks: bool = True  # availability channels: GEOS-FP, DEM and randomError may each be absent
+    drop_probability: float = Field(0.3, ge=0, lt=1)  # chance per example that each optional group is dropped
+    # Where the training set comes from: the catalog's DPR overpasses, or real rain (+ twin examples).
+    build_from: Literal["catalog", "realrain"] = "catalog"
+    realrain_catalogue: Path | None = None  # default: config/realrain.toml of the package
+    realrain_events: list[str] | None = None  # training events to use (default: every event not held out)
+    realrain_dir: Path | None = None  # default: $NRT_SHARED_DATA/radar, else ../shared/data/radar
+    realrain_cache: Path = Path("~/.cache/nrt/realrain")  # prepared 0.05° events (.npz)
+    error_model: str = "builtin:imerg-early"  # degrades real rain into the IMERG-like input
+    twin_fraction: float = Field(0.0, ge=0, lt=1)  # share of twin examples in a real-rain set
+    tile_size: int = Field(64, ge=8)  # real-rain / twin examples are tile x tile cells at 0.05°
+    tiles_per_frame: int = Field(8, ge=1)
     p_mean: float = 0.0
     p_std: float = Field(1.2, gt=0)
     sigma_data: float = Field(0.5, gt=0)

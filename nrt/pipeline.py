@@ -24,7 +24,7 @@ import xarray as xr
 
 from nrt import __version__, downscale, sources
 from nrt.errors import NrtError
-from nrt.grids import IMERG_RES, LatLonGrid, imerg_grid, target_grid
+from nrt.grids import LatLonGrid, target_grid
 from nrt.timeline import HALF_HOUR, bridge_valid_times, geosfp_hours_for, isoformat, newest_imerg_start, utc
 
 log = logging.getLogger("nrt.pipeline")
@@ -178,7 +178,9 @@ def dem_fields(cfg, catalog, client, grid: LatLonGrid, report: CycleReport):
     if not result.files:
         report.degrade("dem_missing")
         return None
-    return sources.module("dem").load_dem(result.files[0], grid, cfg.workdir / "cache")
+    from nrt.model.assemble import dem_cache_dir
+
+    return sources.module("dem").load_dem(result.files[0], grid, dem_cache_dir(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- nowcast
@@ -186,6 +188,7 @@ def dem_fields(cfg, catalog, client, grid: LatLonGrid, report: CycleReport):
 
 def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: CycleReport):
     """Coarse precipitation (member, lat, lon) at 0.1° over the domain, and its lead, for each valid time."""
+    from nrt.model.assemble import assemble, imerg_variables
     from nrt.nowcast import nowcast, nowcast_domain
 
     imerg = sources.module("imerg")
@@ -196,7 +199,7 @@ def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: Cy
     valid_times = bridge_valid_times(nominal, cycle_time)
     steps = len(bridge_valid_times(newest, cycle_time)) - 1
     wide = nowcast_domain(domain, cfg.nowcast, steps=steps)
-    frames = imerg.read_imerg(imerg_files, wide, ["randomError"] if "randomError" in cfg.sources.imerg.extra_variables else [])
+    frames = imerg.read_imerg(imerg_files, wide, imerg_variables(cfg))
     members = cfg.nowcast.members
     seed = cfg.nowcast.seed + int(cycle_time.timestamp()) // 1800
     result = nowcast(frames["precipitation"], cfg.nowcast, steps=max(steps, 1), members=members, seed=seed)
@@ -206,22 +209,16 @@ def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: Cy
     for reason in result.degraded:
         report.degrade(f"nowcast:{reason}")
 
-    window = _crop_index(frames, imerg_grid(domain))
-    latest = frames.sel(time=np.datetime64(newest.replace(tzinfo=None), "ns"))
-    random_error = latest["randomError"].values[window] if "randomError" in latest else None
+    grid = target_grid(domain)
     forecast_times = _times(result.precip)
     bridge = []
     for valid in valid_times:
-        lead = int((valid - newest) / HALF_HOUR)
-        if lead <= 0:
-            # Valid time at (or, when granules are missing, before) the newest granule: IMERG itself, one
-            # field that every diffusion member shares (the model maps member i to input i mod 1).
-            frame = frames["precipitation"].sel(time=np.datetime64(valid.replace(tzinfo=None), "ns"), method="nearest")
-            coarse = frame.values[window][None]
-            lead = 0
-        else:
-            coarse = result.precip.values[:, forecast_times.index(valid)][(slice(None), *window)]
-        bridge.append((valid, lead, coarse.astype(np.float32), random_error))
+        # Valid times at (or, when granules are missing, before) the newest granule are IMERG itself (lead 0),
+        # one field that every diffusion member shares (the model maps member i to input i mod 1).
+        lead = max(0, int((valid - newest) / HALF_HOUR))
+        forecast = result.precip.isel(time=forecast_times.index(valid)) if lead else None
+        cond = assemble(grid, valid, lead, frames, forecast)
+        bridge.append((valid, lead, cond.precip, cond.random_error))
     return bridge
 
 
@@ -229,14 +226,31 @@ def _times(da: xr.DataArray) -> list[datetime]:
     return [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in da["time"].values]
 
 
-def _crop_index(frames: xr.Dataset, grid: LatLonGrid) -> tuple[slice, slice]:
-    """Index window of `grid` inside the (larger, nested) grid of `frames`."""
-    row = int(round((grid.lat0 - float(frames["lat"][0])) / IMERG_RES))
-    col = int(round((grid.lon0 - float(frames["lon"][0])) / IMERG_RES))
-    return slice(row, row + grid.nlat), slice(col, col + grid.nlon)
-
-
 # ---------------------------------------------------------------------------------------------- cycle
+
+
+@dataclass
+class _InputVerdict:
+    reason: str | None
+    max_z: float
+    fallback: bool
+
+
+def _check_inputs(cfg, models, conditions, report: CycleReport) -> _InputVerdict | None:
+    """The diffusion checkpoint's input guard (`nrt.model.guard`): a required channel missing always falls back
+    to CSGD; inputs beyond `model.ood_max_z` are flagged, and fall back when `model.ood_fallback` is on."""
+    if models.method != downscale.DIFFUSION or models.diffusion is None:
+        return None
+    from nrt.model.guard import INPUTS_MISSING, check_inputs
+
+    check = check_inputs(models.diffusion.spec, conditions, cfg.model.ood_max_z)
+    if check.reason is None:
+        return _InputVerdict(None, check.max_z, False)
+    log.warning("cycle %s: %s (%s)", isoformat(report.cycle_time), check.reason, check.detail)
+    fallback = check.reason == INPUTS_MISSING or cfg.model.ood_fallback
+    if not fallback:
+        report.degrade(check.reason)
+    return _InputVerdict(check.reason, check.max_z, fallback)
 
 
 def run_cycle(
@@ -296,16 +310,18 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
     with timed("nowcast"):
         bridge = bridge_inputs(cfg, imerg_files, cycle_time, report)
 
-    method, fallback = downscale.choose(models)
-    if fallback:
-        report.fall_back(fallback)
-    report.downscale_method = method
-    uses_geosfp = method == downscale.DIFFUSION  # CSGD reads the rain alone: no GEOS-FP reads or flags for it
+    # GEOS-FP is read only for a diffusion model that loaded: CSGD reads the rain alone (no GEOS-FP reads or flags).
+    uses_geosfp = models.method == downscale.DIFFUSION and models.diffusion is not None
     conditions = [
         Conditioning(precip=coarse, grid=grid, lead=lead, random_error=random_error, dem=dem,
                      geosfp=geosfp_fields(cfg, by_hour, valid, grid, report) if uses_geosfp else None)
         for valid, lead, coarse, random_error in bridge
     ]
+    check = _check_inputs(cfg, models, conditions, report)
+    method, fallback = downscale.choose(models, check.reason if check and check.fallback else None)
+    if fallback:
+        report.fall_back(fallback)
+    report.downscale_method = method
     tell(f"downscale: {method}, {len(bridge)} valid times")
     with timed("downscale"):
         ensemble = downscale.get_method(method)(
@@ -320,6 +336,8 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
         "nowcast_method": report.nowcast_method or "none",
         "software_version": __version__,
         "degraded": ",".join(report.degraded) or "none",
+        "input_check": (check.reason or "ok") if check else "not_run",
+        "input_max_abs_z": f"{check.max_z:.2f}" if check else "nan",
     }
     for k, (valid, lead, coarse, _random_error) in enumerate(bridge):
         with timed("products"):

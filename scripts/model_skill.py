@@ -26,6 +26,12 @@ the twin's full 0.05° truth:
     python scripts/model_skill.py twin --tree twin-test --out skill-twin/ --config config/train-demo.toml \
         --checkpoint nrt/model/weights/demo --start 2024-05-22T03:00Z --end 2024-05-23T21:00Z --leads 0 4 --every-hours 6
 
+Held-out real rain of config/realrain.toml and the real IMERG Early / Stage IV pairs, for the shipped
+checkpoint (issue 15; tables in docs/model.md):
+
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6
+
 `score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
 (pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the CRPS of the
 statistical CSGD ensemble (`nrt.csgd`, builtin parameters, 30 members drawn from the same bilinear input:
@@ -470,6 +476,138 @@ def twin_score(args) -> dict:
     return result
 
 
+class Climate:
+    """Wet fraction (>= 0.1 mm/h), mean and 99th percentile of truth, bilinear input and ensemble members."""
+
+    def __init__(self):
+        self.values: dict[str, list[np.ndarray]] = {"truth": [], "input": [], "members": []}
+
+    def add(self, truth, bilinear, members):
+        valid = np.isfinite(truth) & np.isfinite(bilinear)
+        self.values["truth"].append(truth[valid])
+        self.values["input"].append(bilinear[valid])
+        self.values["members"].append(members[:, valid].ravel())
+
+    def result(self) -> dict:
+        out = {}
+        for name, parts in self.values.items():
+            v = np.concatenate(parts) if parts else np.empty(0)
+            out[name] = {"wet_fraction": float((v >= 0.1).mean()) if v.size else float("nan"),
+                         "mean_mm_h": float(v.mean()) if v.size else float("nan"),
+                         "p99_mm_h": float(np.percentile(v, 99)) if v.size else float("nan")}
+        return out
+
+
+def realrain_score(args) -> dict:
+    """Held-out events of config/realrain.toml, per source and pooled: tiles of the radar truth at 0.05°,
+    inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or DEM (radar has none)."""
+    import torch
+
+    from nrt.errormodel import load_error_model
+    from nrt.model.inference import Downscaler
+    from nrt.model.realset import real_rain_cases
+    from nrt.realrain.cache import cached_event_frames
+    from nrt.realrain.events import default_radar_dir, load_catalogue
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cfg = config.load(args.config)
+    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
+    catalogue = load_catalogue(cfg.train.realrain_catalogue)
+    error_model = load_error_model(cfg.train.error_model)
+    params = load_params(CSGD_PARAMS)
+    pooled, pooled_climate = Pooled(ds.spec.normalize_target), Climate()
+    by_source: dict[str, tuple[Pooled, Climate]] = {}
+    started = time.time()
+    for index, event in enumerate(catalogue.held_out()):
+        frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
+        cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + 104729 * (index + 1))
+        rng = np.random.default_rng(args.seed + index)
+        picked = sorted(rng.choice(len(cases), size=min(args.tiles, len(cases)), replace=False)) if cases else []
+        if not picked:
+            log.warning("%s: no tile with enough valid cells", event.name)
+            continue
+        target = by_source.setdefault(event.source, (Pooled(ds.spec.normalize_target), Climate()))
+        for k, i in enumerate(picked):
+            cond, truth, _ = cases[i]
+            if args.no_random_error:
+                cond.random_error = None
+            members = ds.sample(cond, members=MEMBERS, seed=args.seed + i, steps=args.steps, solver=args.solver)
+            regression = ds.regression_mean(cond)[0]
+            bilinear = upsample(cond.precip)[0]
+            csgd = csgd_members(params, bilinear[None], cell_km(cond.grid), args.seed + i)
+            for scores, climate in (target, (pooled, pooled_climate)):
+                scores.add(truth, bilinear, regression, members, csgd)
+                climate.add(truth, bilinear, members)
+            log.info("%s tile %d/%d %.0f s", event.name, k + 1, len(picked), time.time() - started)
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": args.steps,
+              "solver": args.solver, "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
+              "random_error": not args.no_random_error, "held_out_events": catalogue.holdout,
+              "seconds": round(time.time() - started, 1),
+              "pooled": {**pooled.result(), "climate": pooled_climate.result()},
+              "by_source": {name: {**p.result(), "climate": c.result()} for name, (p, c) in sorted(by_source.items())}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "realrain_scores.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def pairs_score(args) -> dict:
+    """The real IMERG Early / Stage IV pairs (2017-08-01, 0.1°, hourly): the ensemble from IMERG at 0.05°,
+    averaged back to 0.1°, scored against Stage IV beside CSGD (run at 0.1°, as fit) and IMERG itself, on the
+    hours CSGD was not fit on (12-23 UTC; its parameters hold hours 0-11)."""
+    import torch
+
+    from nrt.errormodel.pairs import read_pair
+    from nrt.model.inference import Downscaler
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    folder = RADAR.parent / "imerg-stageiv" / "20170801"
+    pair = read_pair(folder / "IMERGE.hourly.d1.nc", folder / "StageIV_0.1deg.hourly.d1.nc")
+    import xarray as xr
+
+    with xr.open_dataset(folder / "IMERGE.hourly.d1.nc") as raw:
+        lat0, lon0 = float(raw["lat"].min()), float(raw["lon"].min())
+    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
+    params = load_params(CSGD_PARAMS)
+    _, nlat, nlon = pair.estimate.shape
+    grid = LatLonGrid(0.05, round(lat0 - 0.025, 3), round(lon0 - 0.025, 3), 2 * nlat, 2 * nlon)
+    cell01 = (11.1195, 11.1195 * np.cos(np.radians(pair.latitude)))
+    scores, climate = Pooled(ds.spec.normalize_target), Climate()
+    started = time.time()
+    hours = list(range(12, 24, args.every_hours))
+    for hour in hours:
+        imerg, truth = pair.estimate[hour].astype(np.float32), pair.truth[hour].astype(np.float32)
+        cond = Conditioning(imerg[None], grid, lead=0)  # the pairs hold no randomError: the group is absent
+        fine = ds.sample(cond, members=MEMBERS, seed=args.seed + hour, steps=args.steps, solver=args.solver)
+        members = fine.reshape(MEMBERS, nlat, 2, nlon, 2).mean(axis=(2, 4))
+        regression = ds.regression_mean(cond)[0].reshape(nlat, 2, nlon, 2).mean(axis=(1, 3))
+        csgd = csgd_members(params, imerg[None], cell01, args.seed + hour)
+        scores.add(truth, imerg, regression, members, csgd)
+        climate.add(truth, imerg, members)
+        log.info("hour %02d UTC %.0f s", hour, time.time() - started)
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": args.steps, "solver": args.solver,
+              "members": MEMBERS, "hours_utc": hours, "seconds": round(time.time() - started, 1),
+              "scores": {**scores.result(), "climate": climate.result()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pairs_scores.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def realrain_markdown(named: list[tuple[str, dict]]) -> str:
+    rows = ["| set | cells | CRPS ensemble | CRPS CSGD | MAE bilinear input | MAE regression mean | CRPS / input MAE "
+            "| spread/skill (5-95 %) | bias (mm/h) | mean truth (mm/h) | wet fraction truth / input / members "
+            "| p99 truth / input / members (mm/h) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in named:
+        low, high = r["spread_skill_90pct_interval"]
+        c = r["climate"]
+        ratio = r["crps_ensemble"] / r["mae_bilinear_input"] if r["mae_bilinear_input"] > 0 else float("nan")
+        rows.append(f"| {name} | {r['cells']} | {r['crps_ensemble']:.4f} | {r['crps_csgd']:.4f} | {r['mae_bilinear_input']:.4f} | "
+                    f"{r['mae_regression_mean']:.4f} | {ratio:.2f} | {r['spread_skill']:.2f} ({low:.2f}-{high:.2f}) | "
+                    f"{r['ensemble_mean_bias']:+.4f} | {c['truth']['mean_mm_h']:.3f} | "
+                    f"{c['truth']['wet_fraction']:.3f} / {c['input']['wet_fraction']:.3f} / {c['members']['wet_fraction']:.3f} | "
+                    f"{c['truth']['p99_mm_h']:.2f} / {c['input']['p99_mm_h']:.2f} / {c['members']['p99_mm_h']:.2f} |")
+    return "\n".join(rows)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -518,7 +656,7 @@ def markdown(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["prepare", "train", "score", "regimes", "twin"])
+    parser.add_argument("action", choices=["prepare", "train", "score", "regimes", "twin", "realrain", "pairs"])
     parser.add_argument("--out", type=Path, default=Path("skill"))
     parser.add_argument("--seed", type=int, default=20250101)
     parser.add_argument("--split", choices=["events", "hours"], default="events",
@@ -531,13 +669,16 @@ def main() -> int:
     parser.add_argument("--tiles", type=int, default=8, help="test tiles scored per held-out source")
     parser.add_argument("--steps", type=int, default=18)
     parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
-    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors")
+    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors "
+                        "(realrain, pairs: default the shipped demo)")
+    parser.add_argument("--tile", type=int, default=64, help="realrain: tile size (0.05° cells); pairs: patch size")
+    parser.add_argument("--no-random-error", action="store_true", help="realrain: withhold randomError from the model")
     parser.add_argument("--tree", type=Path, help="twin: the held-out twin tree")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train-demo.toml", help="twin: the training config")
     parser.add_argument("--start", help="twin: first valid time (ISO)")
     parser.add_argument("--end", help="twin: last valid time (ISO)")
     parser.add_argument("--leads", type=int, nargs="+", default=[0, 4])
-    parser.add_argument("--every-hours", type=float, default=3.0, help="twin: spacing of the scored valid times, aligned to multiples of it from 00 UTC")
+    parser.add_argument("--every-hours", type=int, default=3, help="twin: spacing of the scored valid times, aligned to multiples of it from 00 UTC")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "prepare":
@@ -550,6 +691,14 @@ def main() -> int:
         print(markdown(result))
     elif args.action == "regimes":
         print(regimes(args.out))
+    elif args.action == "realrain":
+        args.checkpoint = args.checkpoint or REPO / "nrt" / "model" / "weights" / "demo"
+        result = realrain_score(args)
+        print(realrain_markdown([("pooled", result["pooled"]), *result["by_source"].items()]))
+    elif args.action == "pairs":
+        args.checkpoint = args.checkpoint or REPO / "nrt" / "model" / "weights" / "demo"
+        result = pairs_score(args)
+        print(realrain_markdown([("IMERG Early -> Stage IV, 0.1° hourly", result["scores"])]))
     else:
         print(markdown(twin_score(args)))
     return 0

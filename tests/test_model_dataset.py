@@ -69,8 +69,10 @@ def test_build_from_catalog_collocates_a_twin_overpass_with_imerg_and_nowcast_in
         assert {g.source for g in catalog.granules()} == {"imerg", "dpr", "geosfp", "dem"}
     data = read_training_set(out)
     assert data.lead.tolist() == [0, 3] and data.times == ["2024-06-01T12:00:00+00:00"] * 2
-    assert data.channel_set.names()[:3] == ["precip", "precip_random_error", "geosfp_TQV"] and len(data.channel_set.names()) == 16
-    assert np.isfinite(data.channels).all()
+    names = data.channel_set.names()
+    assert names[:3] == ["precip", "precip_random_error", "geosfp_TQV"] and len(names) == 15
+    assert names[-3:] == ["has_random_error", "has_geosfp", "has_dem"] and "sin_lat" not in names
+    assert np.isfinite(data.channels).all() and np.all(data.channels[:, -3:] == 1.0)
     assert data.mask[0].sum() >= 200 and np.array_equal(data.mask[0], data.mask[1])
 
     # lead 0's precipitation channel is the 12:00 IMERG granule, read here straight from the HDF5 file
@@ -82,7 +84,39 @@ def test_build_from_catalog_collocates_a_twin_overpass_with_imerg_and_nowcast_in
     np.testing.assert_allclose(data.channels[0, 0], _bilinear_2x(raw), rtol=1e-5, atol=1e-6)
     # lead 3 is a nowcast from 10:30, not the 12:00 granule
     assert not np.allclose(data.channels[1, 0], data.channels[0, 0])
-    # position channels follow the target grid (latitude ascending)
-    names = data.channel_set.names()
-    sin_lat = data.channels[0, names.index("sin_lat")]
-    assert np.all(np.diff(sin_lat[:, 0]) > 0) and sin_lat[0, 0] == pytest.approx(np.sin(np.radians(40.325)), abs=1e-6)
+
+    # One assembly: the same valid time assembled by the pipeline's path (bridge, GEOS-FP, DEM helpers) gives
+    # the very arrays of the training-set builder's path.
+    _assert_pipeline_assembles_as_the_builder(cfg, tmp_path / "twin", data.channels[0])
+
+
+def _assert_pipeline_assembles_as_the_builder(cfg, tree, built):
+    from nrt import pipeline
+    from nrt.model.assemble import dem_cache_dir, geosfp_forecast_init
+    from nrt.model.conditioning import Conditioning, raw_channels
+    from nrt.model.dataset import channel_set_for
+    from nrt.sources import geosfp, imerg
+    from nrt.sources.dem import load_dem
+
+    valid = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
+    cfg = config.from_dict({**cfg.model_dump(mode="json", exclude={"general"}), "general": {"workdir": str(cfg.workdir)},
+                            "nowcast": {"members": 1}})
+    cycle = valid + pipeline.timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+    files = sorted((p for p in tree.rglob("3B-HHR-E.*") if p.suffix == ".RT-H5"), key=lambda p: imerg.parse_name(p.name).start)
+    files = [p for p in files if imerg.parse_name(p.name).start <= valid]
+    report = pipeline.CycleReport(cycle)
+    [(when, lead, coarse, random_error), *_] = pipeline.bridge_inputs(cfg, files, cycle, report)
+    assert (when, lead) == (valid, 0)
+    init = geosfp_forecast_init(cfg, valid)
+    by_hour = {}
+    for path in tree.rglob("GEOS.fp.fcst.*.nc4"):
+        match = geosfp.FILE_PATTERN.fullmatch(path.name)
+        if datetime.strptime(match["init"], "%Y%m%d_%H").replace(tzinfo=timezone.utc) == init:
+            rf = geosfp.parse_name(path.name)
+            by_hour.setdefault(rf.start + (rf.end - rf.start) / 2, []).append(path)
+    grid = pipeline.target_grid(cfg.domain.box())
+    dem = load_dem(next(tree.rglob("*dem*.nc")), grid, dem_cache_dir(cfg))
+    cond = Conditioning(coarse, grid, lead, random_error, pipeline.geosfp_fields(cfg, by_hour, valid, grid, report), dem)
+    served = raw_channels(cond, channel_set_for(cfg))[0]
+    assert not [flag for flag in report.degraded if not flag.startswith("nowcast:")]  # the nowcast's wider window is partly off the twin
+    np.testing.assert_array_equal(served, built)

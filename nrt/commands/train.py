@@ -38,6 +38,28 @@ def paths(cfg, args) -> tuple[Path, Path, Path]:
     return Path(dataset).expanduser(), Path(output).expanduser(), Path(run_dir).expanduser()
 
 
+def build_realrain(cfg, args, dataset: Path) -> None:
+    """Real-rain examples (prepared events cached under train.realrain_cache), plus twin examples from the tree
+    given by --register-tree when train.twin_fraction > 0."""
+    from nrt.model.realset import build_mixed
+
+    def tell(message: str) -> None:
+        if not args.no_progress:
+            print(message, flush=True)
+
+    if cfg.train.twin_fraction > 0:
+        from nrt.catalog import Catalog
+        from nrt.model import dataset as dataset_mod
+
+        if not args.register_tree:
+            raise ConfigError("train.twin_fraction", f"{cfg.train.twin_fraction} needs a twin tree: give --register-tree DIR")
+        with Catalog.from_config(cfg, migrate=True) as catalog:
+            dataset_mod.register_tree(cfg, catalog, args.register_tree)
+            build_mixed(cfg, dataset, catalog, Path(args.register_tree) / "truth", progress=tell)
+    else:
+        build_mixed(cfg, dataset, progress=tell)
+
+
 def run_train(args, cfg) -> int:
     from nrt.model import dataset as dataset_mod
     from nrt.model.train import train
@@ -47,9 +69,11 @@ def run_train(args, cfg) -> int:
     if args.diffusion_steps is not None:
         cfg.train.diffusion_steps = args.diffusion_steps
     dataset, output, run_dir = paths(cfg, args)
-    if args.rebuild or not dataset.is_file():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(str(dataset), "no training set; build it first with a single process (nrt train --build-only)")
+    if (args.rebuild or not dataset.is_file()) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(str(dataset), "no training set; build it first with a single process (nrt train --build-only)")
+    if (args.rebuild or not dataset.is_file()) and cfg.train.build_from == "realrain":
+        build_realrain(cfg, args, dataset)
+    elif args.rebuild or not dataset.is_file():
         start, end = args.start or cfg.train.start, args.end or cfg.train.end
         if not start or not end:
             raise ConfigError("train.start", f"no training set at {dataset}; give --start/--end (or train.start/train.end) to build one")

@@ -2,8 +2,11 @@
 
 Channels, in order: the coarse IMERG/nowcast rate upsampled bilinearly to 0.05° (`precip`), IMERG's
 `randomError` likewise (`precip_random_error`, when the model uses it), the GEOS-FP variables (`geosfp_<NAME>`),
-DEM mean and standard deviation, and sin/cos of latitude and longitude. Values stay in physical units here;
-the model applies the precipitation transform to the two precipitation channels and z-scores every channel.
+DEM mean and standard deviation, sin/cos of latitude and longitude (old checkpoints only: absolute position ties
+a model to its training domain), and, for models trained with optional inputs (`ChannelSet.masks`), one
+availability channel per optional group (`has_random_error`, `has_geosfp`, `has_dem`: 1 given, 0 absent).
+Values stay in physical units here; the model applies the precipitation transform to the two precipitation
+channels and z-scores every channel.
 The lead time (0 = IMERG itself, 1..8 = nowcast half-hours) enters through the network's embedding instead.
 """
 
@@ -43,6 +46,24 @@ class ChannelSet:
     random_error: bool = False
     dem: bool = False
     position: bool = True
+    masks: bool = False  # one availability channel per optional group: the group may be absent (issue 15)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Optional input group -> its channel names (precipitation is never optional)."""
+        out = {}
+        if self.random_error:
+            out["random_error"] = ["precip_random_error"]
+        if self.geosfp_variables:
+            out["geosfp"] = [f"geosfp_{v}" for v in self.geosfp_variables]
+        if self.dem:
+            out["dem"] = ["dem_mean", "dem_std"]
+        return out
+
+    def required(self) -> list[str]:
+        """Channels a run must supply: precipitation, and every optional group of a model without masks."""
+        if self.masks:
+            return ["precip"]
+        return [n for n in self.names() if n not in ("sin_lat", "cos_lat", "sin_lon", "cos_lon")]
 
     def names(self) -> list[str]:
         names = ["precip"]
@@ -53,6 +74,8 @@ class ChannelSet:
             names += ["dem_mean", "dem_std"]
         if self.position:
             names += ["sin_lat", "cos_lat", "sin_lon", "cos_lon"]
+        if self.masks:
+            names += [f"has_{group}" for group in self.groups()]
         return names
 
     def to_dict(self) -> dict:
@@ -62,6 +85,10 @@ class ChannelSet:
     @classmethod
     def from_dict(cls, data: dict) -> ChannelSet:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def describe(self) -> dict:
+        """For the checkpoint JSON: the channels the model can use and those it requires."""
+        return {"usable": self.names(), "required": self.required()}
 
 
 def upsample(coarse: np.ndarray, factor: int = COARSE_FACTOR) -> np.ndarray:
@@ -91,12 +118,38 @@ def _on_grid(field_: xr.DataArray | np.ndarray, grid: LatLonGrid, where: str) ->
     return values
 
 
-def raw_channels(cond: Conditioning, channels: ChannelSet) -> np.ndarray:
-    """(member, C, lat, lon) float32 in physical units, NaN where an input is missing.
+def given_groups(cond: Conditioning) -> set[str]:
+    """The optional input groups `cond` carries."""
+    given = set()
+    if cond.random_error is not None:
+        given.add("random_error")
+    if cond.geosfp is not None:
+        given.add("geosfp")
+    if cond.dem is not None:
+        given.add("dem")
+    return given
 
-    A GEOS-FP variable, DEM or random error the model expects but `cond` lacks is left NaN, which z-scoring
-    turns into the training mean: the run degrades instead of failing.
+
+def missing_required(cond: Conditioning, channels: ChannelSet) -> list[str]:
+    """Channels `channels` requires that `cond` does not supply."""
+    required = set(channels.required())
+    missing = [n for group, names in channels.groups().items() if group not in given_groups(cond) for n in names]
+    if cond.geosfp is not None:
+        missing += [f"geosfp_{v}" for v in channels.geosfp_variables if v not in cond.geosfp]
+    return [n for n in dict.fromkeys(missing) if n in required]
+
+
+def raw_channels(cond: Conditioning, channels: ChannelSet) -> np.ndarray:
+    """(member, C, lat, lon) float32 in physical units, NaN where an optional input is absent.
+
+    An absent optional group is NaN (z-scoring turns it into the training mean) and, for models trained with
+    masks, its availability channel is 0. A channel the model requires (`ChannelSet.required`) but `cond`
+    lacks is one DataError naming it.
     """
+    lacking = missing_required(cond, channels)
+    if lacking:
+        raise DataError("conditioning", f"the model requires {', '.join(lacking)} but the inputs lack it "
+                        "(enable the source in the config, or use a checkpoint trained with availability masks)")
     precip = np.asarray(cond.precip, dtype=np.float32)
     if precip.ndim == 2:
         precip = precip[None]
@@ -124,6 +177,9 @@ def raw_channels(cond: Conditioning, channels: ChannelSet) -> np.ndarray:
             shared.append(_on_grid(cond.dem[var], cond.grid, f"DEM {var}") if has else missing)
     if channels.position:
         shared.extend(position_channels(cond.grid))
+    if channels.masks:
+        given = given_groups(cond)
+        shared.extend(np.full(cond.grid.shape, float(group in given), dtype=np.float32) for group in channels.groups())
     out = np.empty((members, len(names), *cond.grid.shape), dtype=np.float32)
     out[:, 0] = upsample(precip)
     if shared:

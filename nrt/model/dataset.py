@@ -116,6 +116,7 @@ def channel_set_for(cfg) -> ChannelSet:
         random_error=tcfg.use_random_error,
         dem=tcfg.use_dem,
         position=tcfg.use_position,
+        masks=tcfg.use_masks,
     )
 
 
@@ -156,35 +157,33 @@ def _paths_by_start(catalog, source: str, start: datetime, end: datetime) -> dic
     return {g.start_time: Path(g.path) for g in catalog.granules(source, start, end, state="downloaded") if g.path}
 
 
-def _geosfp_files(catalog, start: datetime, end: datetime) -> dict[datetime, list[Path]]:
-    """Hourly stamp (HH:30) -> the files holding it: assimilation if held, else the newest forecast initialisation."""
+def _geosfp_files(catalog, start: datetime, end: datetime) -> dict[datetime, dict[str, list[Path]]]:
+    """Forecast initialisation -> hourly stamp (HH:30) -> its files (one per collection). Assimilation files
+    are left out: the service never has them in time (see `nrt.model.assemble.geosfp_forecast_init`)."""
     from nrt.sources import geosfp
 
-    chosen: dict[tuple[datetime, str], tuple[str, Path]] = {}
+    runs: dict[datetime, dict[datetime, list[Path]]] = {}
     for g in catalog.granules(geosfp.NAME, start, end, state="downloaded"):
         match = geosfp.FILE_PATTERN.fullmatch(g.name)
-        if not match or not g.path:
+        if not match or not g.path or match["stream"] == "asm":
             continue
-        rank = "~asm" if match["stream"] == "asm" else match["init"]  # "~" sorts after every digit
-        key = (g.start_time + timedelta(minutes=30), match["collection"])
-        if key not in chosen or rank > chosen[key][0]:
-            chosen[key] = (rank, Path(g.path))
-    files: dict[datetime, list[Path]] = {}
-    for (hour, _), (_, path) in sorted(chosen.items()):
-        files.setdefault(hour, []).append(path)
-    return files
+        init = datetime.strptime(match["init"], "%Y%m%d_%H").replace(tzinfo=timezone.utc)
+        runs.setdefault(init, {}).setdefault(g.start_time + timedelta(minutes=30), []).append(Path(g.path))
+    return runs
 
 
 class CatalogInputs:
     """The model's inputs at any valid time and lead, read from the catalog's granules as the service reads them.
 
     Lead 0 is the IMERG granule at the valid time; lead L is a hindcast nowcast from the granule L half-hours
-    earlier, run as the service runs it (same motion granules, method and settings; one member). GEOS-FP is
-    interpolated to the valid time; the DEM is read once. Missing GEOS-FP or DEM leave their channels NaN.
+    earlier, run as the service runs it (same motion granules, method and settings; one member). GEOS-FP is the
+    forecast the service would hold (`geosfp_forecast_init`), interpolated to the valid time; the DEM is read
+    once. Every input goes through `nrt.model.assemble.assemble`, as in the pipeline.
     """
 
     def __init__(self, cfg, catalog, start: datetime, end: datetime, max_lead: int = 8):
         from nrt.grids import target_grid
+        from nrt.model.assemble import dem_cache_dir
         from nrt.sources.dem import load_dem
 
         self.cfg, self.channels = cfg, channel_set_for(cfg)
@@ -192,23 +191,25 @@ class CatalogInputs:
         reach = (max_lead + cfg.timeline.motion_granules) * HALF_HOUR
         self.imerg_paths = _paths_by_start(catalog, "imerg", start - reach, end)
         two_hours = timedelta(hours=2)
-        self.geos_files = _geosfp_files(catalog, start - two_hours, end + two_hours) if self.channels.geosfp_variables else {}
+        self.geos_runs = _geosfp_files(catalog, start - two_hours, end + two_hours) if self.channels.geosfp_variables else {}
         self.dem = None
         dems = catalog.granules("dem", state="downloaded") if self.channels.dem else []
         if dems:
-            self.dem = load_dem(dems[-1].path, self.grid, cache_dir=cfg.data_dir / "dem-cache")
+            self.dem = load_dem(dems[-1].path, self.grid, cache_dir=dem_cache_dir(cfg))
 
     def geosfp(self, valid: datetime):
+        from nrt.model.assemble import geosfp_forecast_init
         from nrt.sources.geosfp import read_geosfp
         from nrt.timeline import geosfp_hours_for
 
-        if not self.channels.geosfp_variables or not all(h in self.geos_files for h in geosfp_hours_for(valid)):
+        by_hour = self.geos_runs.get(geosfp_forecast_init(self.cfg, valid), {}) if self.channels.geosfp_variables else {}
+        if not by_hour or not all(h in by_hour for h in geosfp_hours_for(valid)):
             return None
-        return read_geosfp(self.geos_files, valid, self.grid, self.channels.geosfp_variables)
+        return read_geosfp(by_hour, valid, self.grid, self.channels.geosfp_variables)
 
     def conditioning(self, valid: datetime, lead: int, geosfp=None) -> Conditioning | None:
         """None when the IMERG granule the lead starts from is not in the catalog."""
-        from nrt.grids import imerg_grid
+        from nrt.model.assemble import assemble, imerg_variables
         from nrt.nowcast import nowcast, nowcast_domain
         from nrt.sources.imerg import read_imerg
         from nrt.timeline import motion_starts
@@ -217,19 +218,16 @@ class CatalogInputs:
         newest = valid - lead * HALF_HOUR
         if newest not in self.imerg_paths:
             return None
-        latest = read_imerg([self.imerg_paths[newest]], domain, ("precipitation", *cfg.sources.imerg.extra_variables))
-        error = latest["randomError"].values[0] if "randomError" in latest else None
-        precip = latest["precipitation"].values
+        latest = read_imerg([self.imerg_paths[newest]], domain, imerg_variables(cfg))
+        forecast = None
         if lead > 0:
             starts = [t for t in motion_starts(newest, cfg.timeline.motion_granules) if t in self.imerg_paths]
             frames = read_imerg([self.imerg_paths[t] for t in starts], nowcast_domain(domain, cfg.nowcast, steps=lead))
             seed = zlib.crc32(f"{valid.isoformat()}/{lead}".encode())  # reproducible, different per sample
             result = nowcast(frames["precipitation"], cfg.nowcast, steps=lead, members=1, seed=seed)
-            coarse = imerg_grid(domain)
-            last = result.precip.isel(member=0, time=-1)
-            precip = last.sel(lat=coarse.lats, lon=coarse.lons, method="nearest", tolerance=1e-3).values[None]
+            forecast = result.precip.isel(member=0, time=-1)
         geosfp = self.geosfp(valid) if geosfp is None else geosfp
-        return Conditioning(precip, self.grid, lead=lead, random_error=error, geosfp=geosfp, dem=self.dem)
+        return assemble(self.grid, valid, lead, latest, forecast, geosfp, self.dem)
 
 
 def build_from_catalog(cfg, catalog, start: datetime, end: datetime, path: str | Path) -> Path:

@@ -157,6 +157,25 @@ def _step_streams(seed: int, phase: int, step: int) -> tuple[np.random.Generator
     return rng, torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
 
 
+def drop_groups(x: torch.Tensor, spec: ModelSpec, probability: float, rng: np.random.Generator) -> torch.Tensor:
+    """Hide each optional input group of each example with `probability`, in place, exactly as an absent input
+    looks after normalisation: its channels at 0 (the training mean) and its availability channel at the
+    z-score of 0. So no single auxiliary channel can carry the answer (issue 15)."""
+    if probability <= 0 or not spec.channels.masks:
+        return x
+    names = list(spec.input_stats.names)
+    for group, members in spec.channels.groups().items():
+        hide = torch.from_numpy(rng.random(x.shape[0]) < probability).to(x.device)
+        if not bool(hide.any()):
+            continue
+        flag = names.index(f"has_{group}")
+        absent = float((0.0 - spec.input_stats.mean[flag]) / spec.input_stats.std[flag])
+        first, last = names.index(members[0]), names.index(members[-1])  # a group's channels are contiguous
+        x[hide, first : last + 1] = 0.0
+        x[hide, flag] = absent
+    return x
+
+
 def _batch(inputs, target, mask, leads, origins, patch):
     idx = [(s, slice(r, r + patch), slice(c, c + patch)) for s, r, c in origins]
     x = torch.stack([inputs[s, :, rows, cols] for s, rows, cols in idx])
@@ -247,6 +266,7 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
             rng, gen = _step_streams(tcfg.seed, phase_index, phase.step)
             origins = sampler.draw(rng, tcfg.batch_size)[mine]
             x, y, m, lead = _batch(inputs, target, mask, leads, origins, tcfg.patch_size)
+            x = drop_groups(x, spec, tcfg.drop_probability, rng)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 if name == "regression":
                     loss = regression_loss(phase.net(x, lead), y, m)
@@ -287,6 +307,10 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
         meta = {
             "name": output.name.removesuffix(".safetensors"),
             "model": spec.to_dict(),
+            "channels": spec.channels.describe(),
+            "training_data": {k: dataset_provenance[k] for k in ("built_from", "sources", "events", "hours", "held_out",
+                                                                  "twin_examples", "twin_hours", "twin_fraction")
+                              if k in dataset_provenance},
             "training": {
                 "patch_size": tcfg.patch_size,
                 "batch_size": tcfg.batch_size,
