@@ -339,8 +339,9 @@ def audit(catalog, cfg, cycles: int, product_dir: Path) -> dict:
         registered.add(path)
         if path.is_file() and sha256_file(path) != row.sha256:
             partial += 1
+    stac = product_dir / "stac"  # the STAC index, like latest.json, is not a product
     for path in product_dir.rglob("*"):
-        if path.is_file() and not path.name.startswith(".") and path.name != "latest.json":
+        if path.is_file() and not path.name.startswith(".") and path.name != "latest.json" and not path.is_relative_to(stac):
             if path not in registered:
                 duplicated += 1
             else:
@@ -360,7 +361,8 @@ def audit(catalog, cfg, cycles: int, product_dir: Path) -> dict:
         if Path(current[0].path).is_file():
             with xr.open_dataset(current[0].path) as ds:
                 try:
-                    check_plausible(ds["precipitation"].values, cfg.products, valid, current[0].cycle_time)
+                    members = ds["precipitation"].transpose("realization", ...).values  # files are (time, realization, …)
+                    check_plausible(members, cfg.products, valid, current[0].cycle_time)
                 except ImplausibleProduct:
                     worse += 1
     run_states = collections.Counter(run.state for run in runs)

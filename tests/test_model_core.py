@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -377,7 +378,7 @@ def faults():
     with torch.no_grad():
         net(x)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(*[faults() for _ in range(4)])
+print(*[faults() for _ in range(8)])
 """
 
 
@@ -391,7 +392,8 @@ def test_freed_activations_are_reused_instead_of_paged_in_again():
 
     retained, default = faults("retain"), faults("default")
     assert retained[0] > 5000  # the first call pages its activations in: the measurement can see faults
-    # Once the heap has reached its high-water mark (one or two calls), later calls reuse the freed blocks,
-    assert max(retained[2:]) < 1000
+    # Once the heap has reached its high-water mark (one or two calls), later calls reuse the freed blocks (the
+    # median: a call now and then still maps a block of a thread's arena afresh),
+    assert statistics.median(retained[2:]) < 1000
     # where glibc's default unmaps them on free and pages them in again at every call.
-    assert min(default[2:]) > 5000
+    assert statistics.median(default[2:]) > 5000

@@ -308,17 +308,16 @@ def test_cycle_command_runs_the_cycle_of_a_time_and_prints_a_json_report(serve, 
     assert "\n" not in str(bad.value)
 
 
-def test_an_interrupted_cycle_closes_its_run_as_abandoned(serve, downscaler):
+def test_an_interrupted_cycle_closes_its_run_as_abandoned(serve, models, monkeypatch):
     """Ctrl-C (or SIGTERM in `nrt cycle`) used to leave the run `running` for ever."""
+    from nrt import downscale
 
-    class Interrupted:
-        sha256 = downscaler.sha256
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
 
-        def sample(self, *args, **kwargs):
-            raise KeyboardInterrupt
-
+    monkeypatch.setitem(downscale.METHODS, models.method, interrupted)
     served = serve()
     with pytest.raises(KeyboardInterrupt):
-        served.cycle(T2, Interrupted())
+        served.cycle(T2, models)
     (run,) = served.catalog.runs()
     assert run.state == "abandoned" and run.finished_at is not None and "KeyboardInterrupt" in run.error

@@ -43,9 +43,6 @@ def demo(args, cfg) -> int:
 
         raise ConfigError("--steps", f"must be at least 1 (got {args.steps})")
     cfg.model.sampler_steps, cfg.model.solver = args.steps, args.solver
-    # The demo shows the configured model's own output: inputs outside its training range are flagged on the
-    # products and cycles (input guard, docs/model.md), not replaced by the CSGD fallback.
-    cfg.model.ood_fallback = False
     if args.method is not None:
         cfg.model.method = args.method
     try:

@@ -29,10 +29,11 @@ from nrt.timeline import HALF_HOUR, floor_to, geosfp_hours_for, isoformat
 
 log = logging.getLogger("nrt.demo")
 
-#: A late-May night over Iowa: the season of the demo checkpoint's training twin, on days it was not
-#: trained on. The twin's DPR granule 23:32:58-00:02:57 UTC crosses the domain (about 2100 footprints), so
-#: the cycles from 00:00 on verify against it.
-FIRST_CYCLE = datetime(2024, 5, 22, 23, 30, tzinfo=timezone.utc)
+#: A mid-April night over Iowa: the season of the demo checkpoint's training twin (2024-04-01..10), on days it
+#: was not trained on, so its input guard finds the twin's GEOS-FP within the training range. The twin's DPR
+#: granule 00:32:58-01:02:57 UTC crosses the domain (about 4200 footprints), so the cycles from 01:00 on
+#: verify against it.
+FIRST_CYCLE = datetime(2024, 4, 19, 0, 30, tzinfo=timezone.utc)
 DEMO_EMAIL = "demo@example.org"  # the twin's PPS mirror wants an e-mail as user and password, like the real one
 CLOCK_SPEED = 180.0  # simulated seconds per real second: a new cycle every 10 s of real time
 
