@@ -102,6 +102,7 @@ def test_bad_values_name_the_key_and_the_file(tmp_path, no_secrets, toml, key, r
         ("[nowcast]\nmembers = 0\n", "nowcast.members"),
         ("[timeline]\nimerg_latency_minutes = -1\n", "timeline.imerg_latency_minutes"),
         ("[catalog]\nulr = 'sqlite://'\n", "catalog.ulr: unknown key"),
+        ("[[products.basins]]\nname = 'x'\npolygon = [[0, 0], [1, 1]]\n", "products.basins.0: basin 'x': an outline needs at least 3"),
         ("[domain\n", "not valid TOML"),
     ],
 )
