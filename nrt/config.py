@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from nrt.errors import ConfigError
 from nrt.grids import Domain
@@ -244,7 +244,68 @@ class TrainConfig(Section):
         return self
 
 
+class Basin(Section):
+    """A basin outline drawn on the maps: `polygon` [[lon, lat], ...] or a `geojson` file of (Multi)Polygons."""
+
+    name: str
+    polygon: list[tuple[float, float]] | None = None
+    geojson: Path | None = None  # relative paths are read from the config file's folder
+    _rings: list[list[tuple[float, float]]] = PrivateAttr(default_factory=list)
+
+    @field_validator("geojson")
+    @classmethod
+    def _beside_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = Path(os.path.expandvars(str(value))).expanduser()
+        base = (info.context or {}).get("config_dir")
+        return value if value.is_absolute() or base is None else Path(base) / value
+
+    @model_validator(mode="after")
+    def _outline(self):
+        if (self.polygon is None) == (self.geojson is None):
+            raise ValueError(f"basin {self.name!r} needs exactly one of polygon or geojson")
+        rings = [self.polygon] if self.polygon is not None else geojson_rings(self.geojson)
+        for ring in rings:
+            if len(ring) < 3:
+                raise ValueError(f"basin {self.name!r}: an outline needs at least 3 [lon, lat] points")
+            if not all(-180 <= lon <= 180 and -90 <= lat <= 90 for lon, lat in ring):
+                raise ValueError(f"basin {self.name!r}: every point needs -180 <= lon <= 180 and -90 <= lat <= 90")
+        self._rings = [[(float(lon), float(lat)) for lon, lat in ring] for ring in rings]
+        return self
+
+    @property
+    def rings(self) -> list[list[tuple[float, float]]]:
+        """The outline as closed-or-open [lon, lat] rings (a GeoJSON MultiPolygon gives several)."""
+        return self._rings
+
+
+def geojson_rings(path: Path) -> list[list[tuple[float, float]]]:
+    """Every outer and inner ring of the Polygon and MultiPolygon geometries in a GeoJSON file."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable GeoJSON ({exc})") from None
+    geometries = {"FeatureCollection": lambda d: [f.get("geometry") or {} for f in d.get("features", [])],
+                  "Feature": lambda d: [d.get("geometry") or {}]}.get(data.get("type") if isinstance(data, dict) else None, lambda d: [d])(data)
+    rings = []
+    for geometry in geometries:
+        kind, coords = geometry.get("type"), geometry.get("coordinates")
+        polygons = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
+        if polygons is None:
+            raise ValueError(f"{path}: holds a {kind or 'geometry-less'} geometry; basins need Polygon or MultiPolygon")
+        rings.extend([tuple(point[:2]) for point in ring] for polygon in polygons for ring in polygon)
+    if not rings:
+        raise ValueError(f"{path}: holds no polygon")
+    return rings
+
+
 class ProductsConfig(Section):
+    may_be_empty = frozenset({"basins"})
     directory: Path | None = None  # default: <workdir>/products
     thresholds_mmh: list[float] = [1.0, 5.0, 10.0, 25.0]
     accumulation_hours: list[int] = [1, 3, 6]
@@ -263,6 +324,7 @@ class ProductsConfig(Section):
     orphan_grace_minutes: float = Field(60, gt=0)  # unregistered or temp files younger than this are left alone
     min_valid_fraction: float = Field(0.5, gt=0, le=1)  # an ensemble with less non-NaN is not published
     max_rate_mmh: float = Field(500, gt=0)  # nor one with a member above this rate
+    basins: list[Basin] = []  # outlines drawn on the maps, as [[products.basins]] tables with name and polygon or geojson
 
     @field_validator("accumulation_hours")
     @classmethod
@@ -445,9 +507,9 @@ def check_service(service: ServiceConfig, source: str = "<config>") -> None:
         )
 
 
-def from_dict(data: dict, source: str = "<config>") -> Config:
+def from_dict(data: dict, source: str = "<config>", config_dir: Path | None = None) -> Config:
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context={"config_dir": config_dir})
     except ValidationError as exc:
         raise ConfigError(source, _format_error(source, exc).split(": ", 1)[1]) from None
     check_service(cfg.service, source)
@@ -469,4 +531,4 @@ def load(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(str(path), exc.strerror or str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    return from_dict(data, str(path))
+    return from_dict(data, str(path), path.parent)

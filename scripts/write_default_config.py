@@ -30,6 +30,11 @@ HEADER = """\
 """
 # Values the code expands at load time; the file keeps the portable spelling.
 RAW = {("general", "workdir"): "~/.local/share/nrt"}
+# Lists of tables empty by default, with a commented example (`key = []` clashes with a later [[table]] of that key).
+EXAMPLES = {("products",): {"basins": [
+    "[[products.basins]]", 'name = "raccoon"', "polygon = [[-94.9, 41.6], [-93.6, 41.5], [-93.5, 42.2], [-94.6, 42.4]]",
+    "[[products.basins]]", 'name = "cedar"', 'geojson = "basins/cedar.geojson"  # relative to this file',
+]}}
 
 
 def field_comments(model: type[BaseModel]) -> dict[str, str]:
@@ -66,6 +71,9 @@ def table(model: BaseModel, path: tuple[str, ...], lines: list[str], header: str
             raw = RAW.get((*path, name))
             dumped = raw if raw is not None else model.model_dump(mode="json", include={name})[name]
             own.append(f"{name} = {scalar(dumped)}" + (f"  # {comments[name]}" if name in comments else ""))
+            if name in EXAMPLES.get(path, {}):
+                own.append(f"# replace `{name} = []` by tables such as:")
+                own.extend(f"# {line}" for line in EXAMPLES[path][name])
     if own:  # a table holding only sub-tables needs no header of its own
         lines.extend(["", header, *own])
     for name, value in nested:

@@ -102,6 +102,7 @@ def test_bad_values_name_the_key_and_the_file(tmp_path, no_secrets, toml, key, r
         ("[nowcast]\nmembers = 0\n", "nowcast.members"),
         ("[timeline]\nimerg_latency_minutes = -1\n", "timeline.imerg_latency_minutes"),
         ("[catalog]\nulr = 'sqlite://'\n", "catalog.ulr: unknown key"),
+        ("[[products.basins]]\nname = 'x'\npolygon = [[0, 0], [1, 1]]\n", "products.basins.0: basin 'x': an outline needs at least 3"),
         ("[domain\n", "not valid TOML"),
     ],
 )
@@ -197,3 +198,48 @@ def test_lists_that_may_be_empty_still_may():
 
     cfg = config.from_dict({"sources": {"imerg": {"extra_variables": []}, "geosfp": {"slv_variables": []}}, "alerts": {"areas": []}})
     assert cfg.alerts.areas == [] and cfg.sources.imerg.extra_variables == []
+
+
+BASIN = "[[products.basins]]\nname = 'raccoon'\n"
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        (BASIN, "products.basins.0: basin 'raccoon' needs exactly one of polygon or geojson"),
+        (BASIN + "polygon = [[-94, 41], [-93, 41]]\n", "products.basins.0: basin 'raccoon': an outline needs at least 3"),
+        (BASIN + "polygon = [[-94, 41], [-93, 41], [-93, 95]]\n", "products.basins.0: basin 'raccoon': every point needs"),
+        (BASIN + "polygon = [[-94, 41, 0, 1], [-93, 41], [-93, 42]]\n", "products.basins.0.polygon.0: Tuple should have at most 2 items"),
+        (BASIN + "geojson = 'absent.geojson'\n", "products.basins.0: {dir}/absent.geojson: no such file"),
+        (BASIN + "geojson = 'line.geojson'\n", "products.basins.0: {dir}/line.geojson: holds a LineString geometry"),
+        (BASIN + "geojson = 'broken.geojson'\n", "products.basins.0: {dir}/broken.geojson: not readable GeoJSON"),
+        (BASIN + "bbox = [1, 2]\npolygon = [[-94, 41], [-93, 41], [-93, 42]]\n", "products.basins.0.bbox: unknown key"),
+    ],
+)
+def test_bad_basins_are_one_line_naming_the_key_or_file(tmp_path, no_secrets, toml, message):
+    (tmp_path / "line.geojson").write_text('{"type": "LineString", "coordinates": [[-94, 41], [-93, 42]]}')
+    (tmp_path / "broken.geojson").write_text('{"type": "Polygon", ')
+    path = tmp_path / "nrt.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value).startswith(f"{path}: {message.format(dir=tmp_path)}"), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_basins_from_a_polygon_or_a_geojson_file_beside_the_config(tmp_path, no_secrets):
+    import json
+
+    (tmp_path / "basins").mkdir()
+    square = [[-93.0, 41.0], [-92.0, 41.0], [-92.0, 42.0], [-93.0, 42.0], [-93.0, 41.0]]
+    islands = {"type": "MultiPolygon", "coordinates": [[square], [[[-91.5, 41.0], [-91.0, 41.0], [-91.0, 41.5]]]]}
+    (tmp_path / "basins" / "cedar.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": islands}]}))
+    path = tmp_path / "nrt.toml"
+    path.write_text(BASIN + "polygon = [[-94.9, 41.6], [-93.6, 41.5], [-93.5, 42.2]]\n"
+                    "[[products.basins]]\nname = 'cedar'\ngeojson = 'basins/cedar.geojson'\n")
+    raccoon, cedar = config.load(path).products.basins
+    assert raccoon.rings == [[(-94.9, 41.6), (-93.6, 41.5), (-93.5, 42.2)]]
+    assert cedar.geojson == tmp_path / "basins" / "cedar.geojson"  # read beside the config file, not the working directory
+    assert cedar.rings == [[tuple(p) for p in square], [(-91.5, 41.0), (-91.0, 41.0), (-91.0, 41.5)]]
+    assert config.load(None).products.basins == []

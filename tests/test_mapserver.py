@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from nrt.catalog import Catalog
-from nrt.config import AlertArea
+from nrt.config import AlertArea, Basin
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
 from nrt.products import write_ensemble
@@ -25,6 +25,7 @@ GRID = LatLonGrid(0.05, 40.525, -96.475, 66, 132)
 V = dt.datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "map_page.png"
 AREA = AlertArea(name="des_moines", west=-94.0, south=41.3, east=-93.3, north=41.9, threshold_mmh=10.0, probability=0.5)
+BASIN = Basin(name="raccoon", polygon=[(-95.2, 42.0), (-94.7, 42.55), (-94.2, 42.45), (-93.65, 41.6), (-94.1, 41.45)])
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def server(cfg):
             catalog.register_product("ensemble", valid, V + dt.timedelta(hours=3), 2 + k, 5, str(path), path.stat().st_size, sha256_file(path))
         run = catalog.start_run(V + dt.timedelta(hours=3))
         catalog.finish_run(run, "degraded", {}, degraded=["geosfp_missing"])
-        httpd = make_server(MapData(catalog, [AREA], 10.0), port=0)
+        httpd = make_server(MapData(catalog, [AREA], 10.0, basins=[BASIN]), port=0)
         thread = threading.Thread(target=httpd.serve_forever, daemon=True)
         thread.start()
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -82,6 +83,18 @@ def chrome():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
+def test_borders_carry_rivers_and_the_configured_basins(server):
+    import json
+
+    with urllib.request.urlopen(f"{server}/api/borders.geojson", timeout=30) as response:
+        features = {f["properties"]["layer"]: f for f in json.load(response)["features"]}
+    rivers = [point for line in features["rivers"]["geometry"]["coordinates"] for point in line]
+    assert any(abs(lon + 90.66) < 0.1 and abs(lat - 42.5) < 0.1 for lon, lat in rivers)  # the Mississippi at Dubuque
+    assert features["basin"]["properties"]["name"] == "raccoon"
+    (ring,) = features["basin"]["geometry"]["coordinates"]
+    assert ring[0] == ring[-1] == [-95.2, 42.0] and len(ring) == 6  # closed outline
+
+
 def test_browser_moves_the_slider_and_the_overlay_follows(server):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -95,6 +108,7 @@ def test_browser_moves_the_slider_and_the_overlay_follows(server):
         assert first.endswith("/api/overlay/mean/2024-06-01T13:30:00Z.png")  # the newest valid time first
         assert "degraded (geosfp_missing)" in driver.find_element("id", "status").text
         assert "des_moines" in driver.find_element("id", "alerts").text
+        assert driver.execute_script("return [...document.querySelectorAll('.leaflet-tooltip.basin')].map(t => t.textContent)") == ["raccoon"]
         assert driver.execute_script("return document.querySelectorAll('path.leaflet-interactive, svg path').length") > 3  # borders, box
         driver.execute_script("const s = document.getElementById('slider'); s.value = 0; s.dispatchEvent(new Event('input'))")
         wait.until(lambda d: d.execute_script("return document.querySelector('img.leaflet-image-layer').src") != first)

@@ -503,3 +503,54 @@ def test_plot_command_draws_any_valid_time_and_the_accumulations(tmp_path, cfg, 
         assert code == 0 and out.read_bytes()[:4] == b"\x89PNG", kind
     assert main(["--config", str(config_file), "products", "plot", "--valid", "2024-06-01T18:00Z", "--out", str(tmp_path / "x.png")]) == 1
     assert "no ensemble product for 2024-06-01T18:00:00Z" in capsys.readouterr().err
+
+
+def colour_near(pixels, transform, lon, lat, colour, radius=3, tolerance=0.12) -> int:
+    """How many pixels within `radius` of (lon, lat) are within `tolerance` of `colour` (RGB, 0-1) in every channel."""
+    x, y = transform.transform((lon, lat))
+    row, col = int(round(pixels.shape[0] - y)), int(round(x))
+    window = pixels[row - radius:row + radius + 1, col - radius:col + radius + 1]
+    return int(np.all(np.abs(window - np.asarray(colour)) < tolerance, axis=-1).sum())
+
+
+def test_maps_draw_rivers_from_the_shipped_data():
+    from matplotlib.colors import to_rgb
+
+    from nrt.products.quicklook import RIVER_BLUE, border_lines, draw_borders
+
+    blue = to_rgb(RIVER_BLUE)
+    pixels, transform = rendered(lambda ax: draw_borders(ax, (-96.7, 40.3, -90.1, 43.6)))
+    # The Mississippi at Dubuque (90.66 W, 42.50 N) and the Missouri at Sioux City (96.40 W, 42.50 N), Iowa's
+    # east and west edges, drawn over the state line that follows them.
+    assert colour_near(pixels, transform, -90.66, 42.50, blue, radius=4) > 1
+    assert colour_near(pixels, transform, -96.40, 42.50, blue, radius=4) > 1
+    assert colour_near(pixels, transform, -93.57, 41.68, blue, radius=30) == 0  # central Iowa: no river at 1:50m
+    rivers = border_lines()["rivers"]
+    near_dubuque = np.hypot(rivers[:, 0] + 90.66, rivers[:, 1] - 42.50) < 0.1
+    assert near_dubuque.any() and not np.isnan(rivers).all(axis=1).all()
+
+
+def test_maps_draw_configured_basins_with_their_names(tmp_path):
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from nrt.config import Basin
+    from nrt.products.quicklook import BASIN_GREEN, draw_basins, draw_borders, plot_map
+
+    green = to_rgb(BASIN_GREEN)
+    basin = Basin(name="raccoon", polygon=[(-94.3, 41.2), (-93.8, 41.2), (-93.8, 41.7), (-94.3, 41.7)])
+    extent = (-96.7, 40.3, -90.1, 43.6)
+    pixels, transform = rendered(lambda ax: (draw_borders(ax, extent), draw_basins(ax, [basin])))
+    assert colour_near(pixels, transform, -94.05, 41.2, green) > 0  # the south edge's midpoint
+    assert colour_near(pixels, transform, -94.3, 41.45, green) > 0  # the west edge, closed back to the first point
+    assert colour_near(pixels, transform, -94.05, 41.45, green, radius=5) == 0  # hollow inside
+    plain, _ = rendered(lambda ax: draw_borders(ax, extent))
+    assert colour_near(plain, transform, -94.05, 41.2, green) == 0  # green comes from the basin, not the borders
+    values = np.zeros((3, *GRID.shape), np.float32)
+    ensemble = xr.DataArray(values, dims=("member", "lat", "lon"), coords={"lat": GRID.lats, "lon": GRID.lons})
+
+    def greens(**kw) -> int:
+        image = imread(plot_map("mean", tmp_path / "m.png", ensemble=ensemble, **kw))[..., :3]
+        return int(np.all(np.abs(image - np.asarray(green)) < 0.12, axis=-1).sum())
+
+    assert greens(basins=[basin]) > greens() + 200  # the maps carry it too (the colour bar has a few greens of its own)

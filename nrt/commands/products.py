@@ -147,7 +147,7 @@ def plot_product(args, cfg) -> int:
             grid = grid_of(next(iter(amounts.values())))
             title = f"nrt ensemble-mean accumulations ending {isoformat(valid)} + 30 min"
             plot_map("accum", out, accumulations={h: ds[ACCUMULATION_VAR].values[0] for h, ds in amounts.items()}, grid=grid,
-                     title=title, areas=areas)
+                     title=title, areas=areas, basins=cfg.products.basins)
         else:
             row = best_available(catalog, valid, ENSEMBLE)
             if row is None:
@@ -158,9 +158,9 @@ def plot_product(args, cfg) -> int:
                 raise ConfigError("--member", f"{args.member} is not a member of {row.path} (0 .. {ensemble.sizes['member'] - 1})")
             title = f"nrt {ensemble.sizes['member']}-member ensemble, valid {isoformat(valid)}, cycle {isoformat(row.cycle_time)}, lead {row.lead * 30} min"
             if args.kind == "quicklook":
-                quicklook(ensemble, out, threshold=threshold, member=args.member, title=title, areas=areas)
+                quicklook(ensemble, out, threshold=threshold, member=args.member, title=title, areas=areas, basins=cfg.products.basins)
             else:
-                plot_map(args.kind, out, ensemble=ensemble, threshold=threshold, member=args.member, title=title, areas=areas)
+                plot_map(args.kind, out, ensemble=ensemble, threshold=threshold, member=args.member, title=title, areas=areas, basins=cfg.products.basins)
     print(out)
     return 0
 

@@ -16,7 +16,7 @@ def serve(args, cfg) -> int:
     from nrt.service import open_catalog
 
     with open_catalog(cfg) as catalog:
-        data = MapData(catalog, cfg.alerts.areas, cfg.products.quicklook_threshold_mmh, args.hours)
+        data = MapData(catalog, cfg.alerts.areas, cfg.products.quicklook_threshold_mmh, args.hours, cfg.products.basins)
         server = make_server(data, args.host, args.port)
         print(f"nrt map on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
         try:

@@ -2,13 +2,13 @@
 
 `nrt serve` (loopback by default) serves one page: a Leaflet map (vendored in `web/vendor/`, never
 fetched from a CDN) of the recent valid times, with PNG overlays of the ensemble mean, P(rate > threshold)
-and spread made from the products, a time slider, state/county borders (the quicklooks' shipped data as
-GeoJSON), the alert areas with their current probabilities, and the newest cycle's state and degraded
-flags. Routes (GET only; anything else is 404, other methods 405):
+and spread made from the products, a time slider, state/county borders and rivers (the quicklooks' shipped
+data as GeoJSON), the configured basins, the alert areas with their current probabilities, and the newest
+cycle's state and degraded flags. Routes (GET only; anything else is 404, other methods 405):
 
     /                              the page            /static/<leaflet.js|leaflet.css|app.js>
     /api/state.json                valid times, bounds, cycle status, alert areas and probabilities
-    /api/borders.geojson           border lines around the domain
+    /api/borders.geojson           border and river lines around the domain, and the basin outlines
     /api/overlay/<kind>/<ISO>.png  kind mean|prob|spread; ISO a valid time with a product (else 404)
 """
 
@@ -44,8 +44,9 @@ OVERLAY = re.compile(r"^/api/overlay/(mean|prob|spread)/(\d{4}-\d{2}-\d{2}T\d{2}
 class MapData:
     """What the page shows, read from the catalog per request (products change under a running server)."""
 
-    def __init__(self, catalog, areas, threshold: float = 10.0, hours: float = 6.0):
+    def __init__(self, catalog, areas, threshold: float = 10.0, hours: float = 6.0, basins=()):
         self.catalog, self.areas, self.threshold, self.hours = catalog, list(areas), threshold, hours
+        self.basins = list(basins)
         self.lock = threading.Lock()  # one catalog session at a time
 
     def best_rows(self) -> list:
@@ -89,7 +90,7 @@ class MapData:
             return {"type": "FeatureCollection", "features": []}
         w, s, e, n = grid_of(read_ensemble(rows[-1].path)).extent
         features = []
-        for layer in ("counties", "states", "coast", "countries"):
+        for layer in ("counties", "states", "rivers", "coast", "countries"):
             lines = border_lines()[layer]
             inside = (lines[:, 0] >= w - 1) & (lines[:, 0] <= e + 1) & (lines[:, 1] >= s - 1) & (lines[:, 1] <= n + 1)
             shown = np.where(inside[:, None], lines, np.nan)
@@ -98,6 +99,11 @@ class MapData:
             coords = [np.round(p[np.isfinite(p[:, 0])], 4).tolist() for p in parts]
             features.append({"type": "Feature", "properties": {"layer": layer},
                              "geometry": {"type": "MultiLineString", "coordinates": coords}})
+        for basin in self.basins:
+            rings = [[*map(list, ring), list(ring[0])] for ring in basin.rings]
+            top = max((point for ring in basin.rings for point in ring), key=lambda point: point[1])
+            features.append({"type": "Feature", "properties": {"layer": "basin", "name": basin.name, "label_at": list(top)},
+                             "geometry": {"type": "MultiLineString", "coordinates": rings}})
         return {"type": "FeatureCollection", "features": features}
 
 

