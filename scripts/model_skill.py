@@ -1,8 +1,8 @@
 """Skill of the residual-diffusion downscaler on real rain texture (an observing-system experiment).
 
-Truth is radar rain averaged to 5 km; the input is the truth averaged to 10 km with IMERG-like errors:
-a spatially correlated multiplicative log-normal error (σ = 0.6 in log, ~30 km correlation), a random
-displacement of up to one 10-km cell, a per-field bias (median 0.9) and light rain (< 0.3 mm/h) missed.
+Truth is radar rain averaged to 5 km; the input is the truth averaged to 10 km with IMERG Early's errors from
+the error model fitted to real IMERG / Stage IV pairs (`nrt.errormodel`, docs/twin.md; the figures in
+docs/model.md's radar OSSE section predate this and used a hand-set log-normal error).
 Fields are cut into 48 x 48 tiles (240 km). Training tiles keep truth only inside a DPR-like swath (a
 245 km = 49-cell wide strip at a random angle and offset over the whole radar field); test tiles keep the
 full truth. Two held-out designs (`prepare --split`), both also scoring the last quarter of every training
@@ -63,7 +63,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -164,17 +163,11 @@ def load_frames(name: str, part: str = "all") -> list[np.ndarray]:
 
 
 def imerg_like(fine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The 10-km input: 2x2 means of the 5-km truth with IMERG-like errors (see the module docstring)."""
-    coarse = fine.reshape(fine.shape[0] // 2, 2, fine.shape[1] // 2, 2).mean(axis=(1, 3))
-    noise = ndimage.gaussian_filter(rng.normal(size=coarse.shape), 3.0, mode="wrap")
-    noise /= noise.std()
-    sigma = 0.6
-    bias = 0.9 * np.exp(0.2 * rng.normal())
-    out = coarse * bias * np.exp(sigma * noise - sigma**2 / 2)
-    shift = rng.integers(-1, 2, size=2)
-    out = ndimage.shift(np.nan_to_num(out, nan=0.0), shift, order=0, mode="nearest")
-    out = np.where(np.isnan(coarse), np.nan, out)
-    return np.where(out < 0.3, 0.0, out).astype(np.float32)
+    """The 10-km input: the fitted IMERG Early error model (`nrt.errormodel.degrade`) applied to the 5-km truth,
+    the one degradation the twin and the real-rain training sets use too."""
+    from nrt.errormodel import degrade, load_error_model
+
+    return degrade(fine[None], 0.05, load_error_model(), seed=int(rng.integers(2**63))).precipitation[0]
 
 
 def swath_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
