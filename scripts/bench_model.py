@@ -60,7 +60,7 @@ PRODUCTION = {"model_channels": 128, "channel_mult": (1, 2, 2, 2, 2), "num_block
 def random_downscaler(cfg, sizes: dict, device, **options) -> Downscaler:
     channels = ChannelSet(
         geosfp_variables=tuple(cfg.sources.geosfp.slv_variables + cfg.sources.geosfp.flx_variables),
-        random_error=True, dem=True, position=True,
+        random_error=True, dem=True, position=False, masks=True,  # as the shipped checkpoint: any input may be absent
     )
     n = len(channels.names())
     spec = ModelSpec(

@@ -158,7 +158,7 @@ def test_prepared_events_are_read_once_and_a_changed_event_is_prepared_again(tmp
         return frames
 
     monkeypatch.setattr(cache, "event_frames", read)
-    event = Event("e", "knmi", "*.h5", datetime(2020, 6, 1, tzinfo=timezone.utc), datetime(2020, 6, 2, tzinfo=timezone.utc))
+    event = Event("e", "knmi", ("*.h5",), datetime(2020, 6, 1, tzinfo=timezone.utc), datetime(2020, 6, 2, tzinfo=timezone.utc))
     cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
     again = cache.cached_event_frames(event, tmp_path / "radar", tmp_path / "cache")
     assert calls == ["e"]

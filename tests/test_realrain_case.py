@@ -110,7 +110,7 @@ def test_held_out_knmi_event_through_the_cli(case, shared_data, tmp_path):
 
     product = next((workdir / "csgd" / "products").rglob(f"nrt_ensemble_{report['lead0'][:4]}*T{report['lead0'][11:13]}{report['lead0'][14:16]}Z_*.nc"))
     with xr.open_dataset(product) as ds:
-        members, baseline = ds["precipitation"].values[:, 0], ds["input_precipitation"].values[0]
+        members, baseline = ds["precipitation"].values[0], ds["input_precipitation"].values[0]  # file: (time, realization, …)
         lat, lon = ds.lat.values, ds.lon.values
     frames = xr.open_dataarray(workdir / "truth-knmi-20100826-morning.nc")
     obs = frames.sel(time=np.datetime64(report["lead0"][:19])).sel(lat=lat, lon=lon, method="nearest").values

@@ -33,7 +33,7 @@ def check(result: dict) -> None:
     assert (result["lost"], result["duplicated"], result["partial"], result["worse_superseding"]) == (0, 0, 0, 0)
     assert sum(result["outcomes"].values()) == 24 and result["outcomes"].get("failed", 0) == 0
     assert result["outcomes"].get("ok after retry", 0) >= 1  # refused NaN outputs really happened, and were redone
-    assert result["products"] == 24 * 3 * 2
+    assert result["products"] == 24 * 3 * 3  # 3 valid times a cycle: ensemble, summary, 1 h accumulation
     assert result["faults"]["kill"] >= 1
 
 
