@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from nrt.errors import DataError
 
 
 def temp_name(final: Path) -> Path:
@@ -48,3 +51,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_file(path: str | os.PathLike, what: str, where: str | None = None) -> dict:
+    """The JSON document in `path`, or one DataError line naming `where` (default: the path) and the reason.
+
+    `what` names the kind of file in the message ("CSGD parameter file", "error model file").
+    """
+    where = where or str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise DataError(where, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(where, f"cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(where, f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None

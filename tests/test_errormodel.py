@@ -43,7 +43,7 @@ def test_builtin_model_loads_and_a_written_model_round_trips(tmp_path):
 
 @pytest.mark.parametrize("content, reason", [
     (None, "error model file not found"),
-    ("{not json", "error model is not valid JSON"),
+    ("{not json", "error model file is not valid JSON"),
     (json.dumps({"format": "nrt-imerg-error-model/0", "parameters": OFF.as_dict()}), "error model format"),
     (json.dumps({"format": FORMAT, "parameters": {"bias": 1.0}}), "parameters missing"),
     (json.dumps({"format": FORMAT, "parameters": {**OFF.as_dict(), "log_sigma": "big"}}), "must be finite numbers"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nrt.csgd.regression import Climatology, CsgdParams, NoiseSettings, Regression
 from nrt.errors import DataError
-from nrt.io import atomic_path
+from nrt.io import atomic_path, read_json_file
 
 FORMAT, VERSION = "nrt-csgd", 1
 BUILTIN = {"builtin:csgd": "imerg_early_stageiv.json"}
@@ -41,20 +41,10 @@ def load_params(source: str | Path = "builtin:csgd") -> CsgdParams:
     if source.startswith("builtin:"):
         if source not in BUILTIN:
             raise DataError(source, f"no such built-in CSGD parameter set (known: {', '.join(sorted(BUILTIN))})")
-        where, text = source, builtin_path(source).read_text()
+        where, path = source, builtin_path(source)
     else:
-        path = Path(source)
-        where = str(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise DataError(where, "CSGD parameter file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(where, f"cannot read CSGD parameter file ({exc.__class__.__name__}: {exc})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(where, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        where = path = str(Path(source))
+    doc = read_json_file(path, "CSGD parameter file", where)
     return params_from_dict(doc, where)
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from nrt.errors import DataError
-from nrt.io import atomic_path
+from nrt.io import atomic_path, read_json_file
 
 FORMAT = "nrt-imerg-error-model/1"
 BUILTIN_PREFIX = "builtin:"
@@ -89,16 +89,7 @@ def load_error_model(source: str | os.PathLike = "builtin:imerg-early") -> Error
         path = resources.files("nrt.errormodel") / BUILTIN[name]
     else:
         path = Path(source)
-    try:
-        raw = path.read_text()
-    except FileNotFoundError:
-        raise DataError(source, "error model file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(source, f"cannot read error model: {exc}") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DataError(source, f"error model is not valid JSON: {exc}") from None
+    data = read_json_file(path, "error model file", str(source))
     return _parse(data, str(source))
 
 
