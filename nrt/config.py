@@ -154,6 +154,7 @@ class NowcastConfig(Section):
     cascade_levels: int = Field(6, ge=1)
     min_wet_fraction: float = Field(0.005, ge=0, lt=1)  # STEPS/S-PROG need this much rain in each input, else extrapolation
     min_speed_kmh: float = Field(0.5, ge=0)  # motion slower than this everywhere counts as zero: persistence
+    num_workers: int = Field(0, ge=0)  # threads over STEPS members (pysteps + dask); 0 = one per usable core, at most 8
 
 
 class ModelConfig(Section):

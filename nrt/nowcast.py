@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,19 @@ REASONS = (
 )
 
 MOTION_METHODS = {"lucaskanade": "LK", "vet": "VET", "darts": "DARTS"}
+# `nowcast.num_workers = 0` takes one thread per usable core up to this many: every running member holds its
+# own cascade (~25 MiB per member on CONUS 0.1°), and members run in threads that share the GIL between FFTs.
+AUTO_WORKERS_MAX = 8
+
+
+def worker_count(setting: int) -> int:
+    """Threads for the ensemble: `setting`, or for 0 the cores this process may run on, capped at AUTO_WORKERS_MAX."""
+    if setting < 0:
+        raise ValueError(f"nowcast.num_workers must be >= 0, got {setting}")
+    if setting:
+        return setting
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(usable, AUTO_WORKERS_MAX))
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class MethodInputs:
     km_per_pixel: float
     threshold: float  # mm/h; the dB transform's threshold and STEPS' rain/no-rain threshold
     cascade_levels: int
+    workers: int = 1  # threads over STEPS' members (pysteps runs them through dask)
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,7 @@ def steps_method(inp: MethodInputs) -> np.ndarray:
         # numpy FFT: pyfftw gave wrong fields and crashes with parallel members (pysteps issues #30, #337).
         fft_method="numpy",
         seed=inp.seed,
+        num_workers=inp.workers,
         callback=store,
         return_output=False,
     )
@@ -434,6 +450,7 @@ def nowcast(
         km_per_pixel=grid.km_per_pixel(),
         threshold=threshold,
         cascade_levels=settings.cascade_levels,
+        workers=worker_count(settings.num_workers),
     )
     forecast, chosen = _run(chosen, inputs, record)
     log.info("%s: %s, %d member(s), %d step(s), degraded=%s", record.where, chosen, members, steps, record.reasons or "no")

@@ -125,6 +125,39 @@ def test_steps_ensemble_reproduces_with_its_seed_and_spreads(settings):
     assert not np.allclose(last[0], last[1])  # members differ
 
 
+def test_parallel_workers_give_the_serial_ensemble_bit_for_bit(settings, monkeypatch):
+    import dask
+
+    seen = []
+    compute = dask.compute
+
+    def spy(*args, **kwargs):  # pysteps' STEPS runs its members through dask.compute
+        seen.append(kwargs.get("num_workers"))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", spy)
+    frames = as_frames(moving(rain_field(), 3, u=2, v=1))
+    settings.num_workers = 1
+    serial = nc.nowcast(frames, settings, members=4, seed=5)
+    assert set(seen) == {1}
+    seen.clear()
+    settings.num_workers = 3
+    parallel = nc.nowcast(frames, settings, members=4, seed=5)
+    assert parallel.method_used == "steps" and max(seen) == 3
+    # every member keeps its own seeded generator whichever thread runs it
+    np.testing.assert_array_equal(serial.precip.values, parallel.precip.values)
+
+
+def test_worker_count_defaults_to_the_usable_cores_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(nc.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert nc.worker_count(0) == 2
+    monkeypatch.setattr(nc.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert nc.worker_count(0) == nc.AUTO_WORKERS_MAX
+    assert nc.worker_count(12) == 12  # an explicit setting is taken as given
+    with pytest.raises(ValueError, match="num_workers"):
+        nc.worker_count(-1)
+
+
 def test_sprog_is_deterministic_and_follows_a_perfectly_advected_field(settings):
     frames = as_frames(moving(rain_field(), 3, u=2, v=1))
     result = nc.nowcast(frames, settings, members=2, method="sprog", seed=1)
