@@ -14,12 +14,22 @@ Cases:
 on the sampler's batch, the sample's FLOPs (FlopCounterMode), and the achieved GFLOP/s with its ratio to each
 peak; `--bf16` adds the same sample under CPU bf16 autocast, with its largest difference from fp32.
 
+`--scaling` (demo networks) times one sample against the grid (66 x 132, 132 x 264, 264 x 528 at
+`--scaling-members`) and against the members (10, 30, 60 on 66 x 132). Each case runs in a fresh subprocess
+(its own peak RSS) with a fixed thread count (`--threads`): a cold sample (first use of that shape: the
+workspace and the network's activations are allocated), then `--repeat` warm ones, the fastest of which is
+reported, with the process CPU time of its parts (prepare = the condition tensor, tile extraction, the
+diffusion and regression networks, blending, and the rest: the sampler update and the output) and the load.
+Ratios are against the first case of each sweep: time against cells x members, and against the cells the
+network actually sees (tiles x tile cells x members, overlap included).
+
 Weights are freshly initialised (timing does not depend on them) unless `--checkpoint` names one.
 
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case demo
     OMP_NUM_THREADS=2 python scripts/bench_model.py --checkpoint builtin:demo --steps 4 --solver euler --efficiency --bf16
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case production --tiles 4
     python scripts/bench_model.py --case production --device cuda --variants        # on a GPU host
+    nice -n 5 python scripts/bench_model.py --scaling --threads 1 --steps 2 --solver euler --repeat 3
 """
 
 from __future__ import annotations
@@ -28,12 +38,15 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -54,6 +67,9 @@ from nrt.model.spec import ModelSpec  # noqa: E402
 from nrt.model.transforms import PrecipTransform  # noqa: E402
 
 CONUS_SHAPE = (520, 1160)
+SCALING_GRIDS = ((66, 132), (132, 264), (264, 528))
+SCALING_MEMBERS = (10, 30, 60)
+PARTS = ("prepare", "extract", "diffusion", "regression", "blend")
 PRODUCTION = {"model_channels": 128, "channel_mult": (1, 2, 2, 2, 2), "num_blocks": 4}
 
 
@@ -174,6 +190,93 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def part_timers(ds: Downscaler):
+    """Process CPU seconds spent in each of PARTS while the block runs (none of them calls another)."""
+    seconds = dict.fromkeys(PARTS, 0.0)
+
+    def timed(original, name_of):
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[name_of(args)] += time.process_time() - start
+        return wrapper
+
+    network = {id(ds.diffusion_call): "diffusion", id(ds.regression_call): "regression"}
+    with mock.patch.object(PatchGrid, "extract", timed(PatchGrid.extract, lambda a: "extract")), \
+            mock.patch.object(PatchGrid, "blend", timed(PatchGrid.blend, lambda a: "blend")), \
+            mock.patch.object(ds, "_prepare", timed(ds._prepare, lambda a: "prepare")), \
+            mock.patch.object(ds, "run_batched", timed(ds.run_batched, lambda a: network[id(a[0])])):
+        yield seconds
+
+
+def scaling_case(cfg, args, device, shape: tuple[int, int], members: int) -> dict:
+    """One scaling case in this process: a cold sample, then the fastest of `--repeat` warm ones, by part."""
+    ds = demo_downscaler(cfg, args, device)
+    grid = LatLonGrid(0.05, 40.325, -96.675, *shape)
+    cond = conditioning(grid)
+    layout = PatchGrid(*shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
+    runs = []
+    for _ in range(1 + args.repeat):
+        load = os.getloadavg()[0]
+        usage, wall0, cpu0 = cpu_usage(), time.perf_counter(), time.process_time()
+        with part_timers(ds) as parts:
+            ds.sample(cond, members=members, seed=1, steps=args.steps, solver=args.solver)
+        cpu = time.process_time() - cpu0
+        parts["other"] = cpu - sum(parts.values())
+        runs.append({"wall_s": time.perf_counter() - wall0, "cpu_s": cpu, "load_1min": round(load, 2),
+                     "parts_cpu_s": {k: round(v, 3) for k, v in parts.items()}, **usage_since(usage)})
+    best = min(runs[1:], key=lambda r: r["cpu_s"])
+    tiles = members * len(layout)
+    return {
+        "measure": "scaling", "grid": list(shape), "members": members, "steps": args.steps, "solver": args.solver,
+        "threads": torch.get_num_threads(), "cells": shape[0] * shape[1], "patches": len(layout), "tile": list(layout.tile),
+        "tile_cells_per_member": len(layout) * layout.tile[0] * layout.tile[1],
+        "network_chunks": math.ceil(tiles / ds.max_batch), "batch": min(tiles, ds.max_batch),
+        "cold_wall_s": round(runs[0]["wall_s"], 2), "cold_cpu_s": round(runs[0]["cpu_s"], 2),
+        "cold_minor_faults": runs[0]["minor_faults"],
+        "wall_s": round(best["wall_s"], 2), "cpu_s": round(best["cpu_s"], 2),
+        "cpu_s_all": [round(r["cpu_s"], 2) for r in runs[1:]], "wall_s_all": [round(r["wall_s"], 2) for r in runs[1:]],
+        "load_1min_all": [r["load_1min"] for r in runs], "system_share": best["system_share"],
+        "minor_faults": best["minor_faults"], "parts_cpu_s": best["parts_cpu_s"],
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "workspace_mib": round(ds.workspace.nbytes() / 2**20, 1),
+    }
+
+
+def bench_scaling(args) -> list[dict]:
+    """Every scaling case in its own subprocess; JSON lines, then a table of ratios against each sweep's first case."""
+    cases = [(shape, args.scaling_members) for shape in SCALING_GRIDS]
+    cases += [(SCALING_GRIDS[0], m) for m in SCALING_MEMBERS if (SCALING_GRIDS[0], m) not in cases]
+    rows = []
+    for (h, w), members in cases:
+        command = [sys.executable, __file__, "--scaling-case", str(h), str(w), str(members), "--threads", str(args.threads),
+                   "--steps", str(args.steps), "--solver", args.solver, "--repeat", str(args.repeat)]
+        command += ["--channels-last"] if args.channels_last else []
+        command += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        rows.append(json.loads(done.stdout.splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| sweep | grid | members | cells x members | tiles x tile cells x members | CPU s (best) | ratio: cells x members / network cells / CPU s "
+          "| CPU s per Mcell-member | prepare / extract / diffusion / regression / blend / other (CPU s) | cold CPU s | minor faults warm (cold) | peak RSS MiB | wall s | load |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|---:|---|")
+    sweeps = {"grid": [r for r in rows if r["members"] == args.scaling_members],
+              "members": [r for r in rows if r["grid"] == list(SCALING_GRIDS[0])]}
+    for sweep, group in sweeps.items():
+        base = group[0]
+        for r in group:
+            work, network = r["cells"] * r["members"], r["tile_cells_per_member"] * r["members"]
+            ratios = (f"{work / (base['cells'] * base['members']):.2f} / {network / (base['tile_cells_per_member'] * base['members']):.2f} / "
+                      f"{r['cpu_s'] / base['cpu_s']:.2f}")
+            parts = " / ".join(f"{r['parts_cpu_s'][k]:.2f}" for k in (*PARTS, "other"))
+            print(f"| {sweep} | {r['grid'][0]} x {r['grid'][1]} | {r['members']} | {work / 1e6:.3f} M | {network / 1e6:.3f} M | {r['cpu_s']} | {ratios} | "
+                  f"{r['cpu_s'] / (work / 1e6):.2f} | {parts} | {r['cold_cpu_s']} | {r['minor_faults']} ({r['cold_minor_faults']}) | "
+                  f"{r['peak_rss_mib']} | {r['wall_s']} | {r['load_1min_all']} |")
+    return rows
+
+
 def bench_production(cfg, args, device) -> list[dict]:
     grid = LatLonGrid(0.05, 24.025, -124.975, *CONUS_SHAPE)
     evals = 2 * args.steps - 1 if args.solver == "heun" else args.steps
@@ -235,14 +338,27 @@ def main() -> int:
     parser.add_argument("--channels-last", action="store_true", help="demo: channels_last memory format")
     parser.add_argument("--efficiency", action="store_true", help="demo: peaks of this machine and the sample's share of them")
     parser.add_argument("--bf16", action="store_true", help="efficiency: also time the sample under CPU bf16 autocast")
+    parser.add_argument("--scaling", action="store_true", help="demo networks: time per sample against grid size and members")
+    parser.add_argument("--scaling-members", type=int, default=10, help="scaling: members of the grid sweep")
+    parser.add_argument("--scaling-case", type=int, nargs=3, metavar=("H", "W", "M"), help=argparse.SUPPRESS)  # one case, in this process
+    parser.add_argument("--repeat", type=int, default=3, help="scaling: warm samples per case (the fastest is reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     cfg = config.load(None)
+    if args.scaling_case:
+        h, w, members = args.scaling_case
+        print(json.dumps(scaling_case(cfg, args, device, (h, w), members)), flush=True)
+        return 0
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     print(json.dumps(info), flush=True)
-    if args.efficiency:
+    if args.scaling:
+        bench_scaling(args)
+    elif args.efficiency:
         bench_efficiency(cfg, args, device)
     elif args.case == "demo":
         print(json.dumps(bench_demo(cfg, args, device)), flush=True)
