@@ -58,8 +58,8 @@ REASONS = (
 )
 
 MOTION_METHODS = {"lucaskanade": "LK", "vet": "VET", "darts": "DARTS"}
-# `nowcast.num_workers = 0` takes one thread per usable core up to this many: every running member holds its
-# own cascade (~25 MiB per member on CONUS 0.1°), and members run in threads that share the GIL between FFTs.
+# `nowcast.num_workers = 0` takes one thread per usable core up to this many: each worker adds to the peak
+# memory (a second one added 187 MiB on CONUS 0.1°, docs/benchmarks.md), and the threads share the GIL.
 AUTO_WORKERS_MAX = 8
 
 

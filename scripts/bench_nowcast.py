@@ -7,7 +7,10 @@ half hour, on the IMERG 0.1° grid of the domain.
 
 `--workers 1 2 4` runs every case with each `nowcast.num_workers` (STEPS' members in that many threads);
 `--repeat N` runs each N times and reports the fastest (the machine may be shared), with the 1-minute load
-average before each run and the speed-up against the first worker count.
+average before each run and the speed-up against the first worker count. The CPU seconds spent inside
+pysteps' parallel regions (its `dask.compute` calls) give Amdahl's bound on k free cores: serial CPU +
+parallel CPU / k, printed for k = 2, 4, 8 (a projection, not a measurement) from a run with 2 or more workers
+(with one, pysteps loops over STEPS' members outside dask).
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_nowcast.py            # all cases, 30 members, 8 steps
     python scripts/bench_nowcast.py --case demo --method extrapolation --members 30
@@ -63,16 +66,31 @@ def frames_for(case: str):
 
 
 def run_case(case: str, method: str, members: int, steps: int, workers: int, trace: bool) -> dict:
+    import dask
+
     from nrt.nowcast import nowcast
 
     frames, cfg = frames_for(case)
     cfg.nowcast.num_workers = workers
+    parallel = {"wall": 0.0, "cpu": 0.0}
+    compute = dask.compute
+
+    def timed_compute(*args, **kwargs):  # pysteps' parallel regions: what more workers can shorten
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            parallel["wall"] += time.perf_counter() - start_wall
+            parallel["cpu"] += time.process_time() - start_cpu
+
+    dask.compute = timed_compute
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if trace:
         tracemalloc.start()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = nowcast(frames, cfg.nowcast, steps=steps, members=members, method=method)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    dask.compute = compute
     out = {
         "case": case,
         "shape": list(frames.shape[1:]),
@@ -83,6 +101,8 @@ def run_case(case: str, method: str, members: int, steps: int, workers: int, tra
         "workers": workers,
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
+        "parallel_wall_s": round(parallel["wall"], 2),
+        "parallel_cpu_s": round(parallel["cpu"], 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_mib": round(rss_before / 1024, 1),
         "output_mib": round(result.precip.nbytes / 2**20, 1),
@@ -137,14 +157,20 @@ def main() -> int:
             timed["speedup"] = round(first["wall_s"] / timed["wall_s"], 2) if first else 1.0
             rows.append(timed)
             print(json.dumps(timed), flush=True)
-    print("\n| domain | grid | method | members x steps | workers | wall s (best of runs) | all runs | load (1 min) | CPU s | speed-up | peak RSS MiB | tracemalloc peak MiB | output MiB |")
-    print("|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    print("\n| domain | grid | method | members x steps | workers | wall s (best of runs) | all runs | load (1 min) | CPU s | CPU s in parallel regions | speed-up | peak RSS MiB | tracemalloc peak MiB | output MiB |")
+    print("|---|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['case']} | {r['shape'][0]} x {r['shape'][1]} | {r['method_used']} | {r['members']} x {r['steps']} | {r['workers']} | "
-            f"{r['wall_s']} | {r['wall_s_all']} | {r['load_1min_all']} | {r['cpu_s']} | {r['speedup']} | {r['peak_rss_mib']} | "
-            f"{r['tracemalloc_peak_mib']} | {r['output_mib']} |"
+            f"{r['wall_s']} | {r['wall_s_all']} | {r['load_1min_all']} | {r['cpu_s']} | {r['parallel_cpu_s']} | {r['speedup']} | "
+            f"{r['peak_rss_mib']} | {r['tracemalloc_peak_mib']} | {r['output_mib']} |"
         )
+    for r in rows:
+        if r["workers"] >= 2:
+            serial = r["cpu_s"] - r["parallel_cpu_s"]
+            bounds = ", ".join(f"{k} cores {serial + r['parallel_cpu_s'] / k:.1f} s" for k in (2, 4, 8))
+            print(f"# {r['case']}: Amdahl bound from the {r['workers']}-worker run's CPU split "
+                  f"({serial:.1f} s serial + {r['parallel_cpu_s']} s parallel): {bounds}")
     return 0
 
 
