@@ -59,7 +59,7 @@ REASONS = (
 
 MOTION_METHODS = {"lucaskanade": "LK", "vet": "VET", "darts": "DARTS"}
 # `nowcast.num_workers = 0` takes one thread per usable core up to this many: each worker adds to the peak
-# memory (a second one added 187 MiB on CONUS 0.1°, docs/benchmarks.md), and the threads share the GIL.
+# memory (a second one added 180-187 MiB on CONUS 0.1°, docs/benchmarks.md), and the threads share the GIL.
 AUTO_WORKERS_MAX = 8
 
 
