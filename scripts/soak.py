@@ -606,7 +606,7 @@ def table(result: dict) -> str:
         f"soak on {result['database']}: {result['cycles_finished']} of {result['cycles']} cycles "
         f"({result['days']:g} simulated days), {state}, seed {result['seed']}, {result['wall_s']} s wall "
         f"({result['seconds_per_cycle']} s a cycle; a run takes {result['run_seconds_median']} s, median)",
-        f"  faults fired: {json.dumps(result['faults'])} (disk-full episodes {'on' if result['disk_faults'] else 'off: no tmpfs'}; "
+        f"  faults fired: {json.dumps(result['faults'])} (disk-full episodes {'on' if result['disk_faults'] else 'off'}; "
         f"outage {result['outage_s']} s)",
         f"  mirror faults: {json.dumps(result['http_faults'])}, {result['withheld_requests']} requests for unpublished files",
         "  cycles: " + ", ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())),

@@ -29,7 +29,7 @@ def soak(tmp_path: Path, twin_dir: Path, *args: str) -> dict:
     out = tmp_path / "soak.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "2", "--cycle-seconds", "1", "--seed", "3",
+        [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "2", "--cycle-seconds", "1.2", "--warmup-s", "10", "--seed", "3",
          "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
          "--workdir", str(tmp_path / "soak"), "--twin-dir", str(twin_dir), "--json", str(out),
          "--timeout-s", "600", *args],

@@ -147,7 +147,8 @@ class FaultHandler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------- faults
 
     def status_5xx(self) -> None:
-        status = random.choice((HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE))
+        statuses = (HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE)
+        status = statuses[self.server.plan.counts["status_5xx"] % len(statuses)]  # in turn, so a run is reproducible
         self.reply(status, b"server error\n", {"Content-Type": "text/plain"})
 
     def stall(self) -> None:
