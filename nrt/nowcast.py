@@ -46,6 +46,7 @@ NEARLY_DRY = "nearly_dry"  # too little rain for STEPS/S-PROG's cascade statisti
 ZERO_MOTION = "zero_motion"  # no motion found (or too few granules to find any): persistence
 MOTION_FAILED = "motion_failed"  # the optical flow raised or returned non-finite vectors: persistence
 METHOD_FAILED = "method_failed"  # the method raised or returned nothing finite: next simpler method
+MOTION_CLIPPED = "motion_clipped"  # flow faster than max_speed_kmh (what the upwind buffer is sized for): slowed to it
 REASONS = (
     MISSING_PIXELS,
     MISSING_GRANULE,
@@ -55,6 +56,7 @@ REASONS = (
     ZERO_MOTION,
     MOTION_FAILED,
     METHOD_FAILED,
+    MOTION_CLIPPED,
 )
 
 MOTION_METHODS = {"lucaskanade": "LK", "vet": "VET", "darts": "DARTS"}
@@ -359,9 +361,16 @@ def _motion(seq: _Sequence, settings, grid: LatLonGrid, record: _Recorder) -> np
     if not np.isfinite(flow).all():
         record.add(MOTION_FAILED, "%s optical flow returned non-finite vectors", settings.motion)
         return zero
-    if _speed_kmh(flow, grid).max() < settings.min_speed_kmh:
+    speed = _speed_kmh(flow, grid)
+    if speed.max() < settings.min_speed_kmh:
         record.add(ZERO_MOTION, "motion below %g km/h everywhere", settings.min_speed_kmh)
         return zero
+    if speed.max() > settings.max_speed_kmh:
+        # Faster flow (optical flow on a small or noisy field; the soak met 190 km/h) would carry the NaN from
+        # outside the buffer onto the domain, and the publisher would then refuse the cycle's later leads.
+        record.add(MOTION_CLIPPED, "%s motion up to %.0f km/h slowed to %g km/h (nowcast.max_speed_kmh)",
+                   settings.motion, speed.max(), settings.max_speed_kmh)
+        flow = flow * np.minimum(1.0, settings.max_speed_kmh / np.maximum(speed, 1e-9))
     return flow
 
 

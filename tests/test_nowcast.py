@@ -97,6 +97,22 @@ def test_extrapolation_moves_and_conserves_rain_away_from_edges(settings):
         assert centre == pytest.approx((32 + v * lead, 29 + u * lead), abs=0.3)
 
 
+def test_motion_faster_than_the_buffer_allows_is_slowed_to_max_speed(settings):
+    # 8 cells (about 67 km) per half-hour is ~135 km/h; the buffer of a 60 km/h setting holds half that distance,
+    # so unclipped motion would carry the NaN from beyond the frames' edge deep inside them (the soak saw it).
+    settings.max_speed_kmh = 60.0
+    frames = as_frames(moving(rain_field(), 3, u=8, v=0))
+    result = nc.nowcast(frames, settings, steps=2, method="extrapolation")
+    assert nc.MOTION_CLIPPED in result.degraded
+    east = result.velocity.sel(component="eastward").values
+    north = result.velocity.sel(component="northward").values
+    assert float(np.hypot(east, north).max()) * 3.6 <= 60.0 + 1e-3
+    assert float(np.median(east[frames.values[-1] > 1.0])) * 3.6 > 55  # still eastward, at the limit
+    buffer_cells = math.ceil(nc.buffer_degrees_for(60.0, 1.0, LAT0 + RES * NY) / RES)
+    inner = result.precip.values[:, :, buffer_cells:-buffer_cells, buffer_cells:-buffer_cells]
+    assert np.isfinite(inner).all()
+
+
 def test_result_is_a_cf_dataarray_with_valid_times(settings):
     frames = as_frames(moving(rain_field(), 3, u=1, v=1))
     result = nc.nowcast(frames, settings, steps=8, members=3)

@@ -321,6 +321,19 @@ def test_a_full_product_disk_is_one_line_naming_the_file(cfg, catalog):
     assert catalog.products() == []  # nothing registered
 
 
+def test_a_full_disk_under_the_stac_index_is_one_line_naming_it(cfg, catalog):
+    from full_disk import full_disk
+
+    from nrt.errors import StorageError
+
+    stac = cfg.product_dir / "stac"
+    with full_disk(stac):  # the product files fit; the index written after them does not
+        with pytest.raises(StorageError) as caught:
+            publish(cfg, catalog, V, V, field(1.0, seed=3))
+        message = str(caught.value)
+    assert message.startswith(str(stac)) and "No space left on device" in message and "\n" not in message
+
+
 def test_export_ef5_into_an_unwritable_place_is_one_line(cfg, catalog, config_file, capsys, tmp_path):
     publish(cfg, catalog, V, V, field(1.0))
     blocker = tmp_path / "file"

@@ -39,7 +39,7 @@ from nrt.products.netcdf import (
     ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
 )
 from nrt.products.quicklook import quicklook as draw_quicklook, quicklook_title
-from nrt.products.stac import update_stac
+from nrt.products.stac import STAC_DIR, update_stac
 from nrt.products.summary import (
     ProductStats,
     best_mean_fields,
@@ -304,8 +304,10 @@ def publish_valid_time(
     if pc.ef5_export and is_best:
         # As `nrt export ef5` does (nodata filled from older cycles, the rest logged), so both give identical GeoTIFFs.
         ef5 = export_range(catalog, valid, valid, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata, gaps_file=False).written
-    update_latest(catalog, cfg.product_dir, pc.latest_hours)
-    update_stac(catalog, cfg.product_dir, pc.latest_hours)
+    with writing(cfg.product_dir / "latest.json"):
+        update_latest(catalog, cfg.product_dir, pc.latest_hours)
+    with writing(cfg.product_dir / STAC_DIR):  # a disk filling up here once gave a bare "[Errno 28]" (the soak)
+        update_stac(catalog, cfg.product_dir, pc.latest_hours)
     result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
     log.info(
         "published %s cycle %s lead %d: %d files, mean %.3f mm/h%s",
