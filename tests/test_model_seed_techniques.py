@@ -252,3 +252,42 @@ def test_the_shipped_checkpoint_records_its_training_input_quantiles_and_runs_wi
     ds = Downscaler.load(cfg.model.checkpoint, "cpu", cfg.model.model_copy(update={"input_qdm": True, "patch_size": 32}))
     out = ds.sample(_cond(), members=2, seed=0, steps=2, solver="euler")
     assert out.shape == (2, *GRID.shape) and np.all(np.isfinite(out))
+
+
+@pytest.fixture(scope="module")
+def skill():
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("model_skill", REPO / "scripts" / "model_skill.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_skill_report_band_power_ratios_and_rank_summary(skill):
+    """Members twice the truth have 4x its power in every band; an input of half has 1/4. The rank summary of
+    members that all lie below the truth puts everything in the highest bin."""
+    rng = np.random.default_rng(8)
+    pooled = skill.Pooled(lambda rate: rate)
+    for _ in range(3):
+        truth = rain_field(rng, (64, 64)) + 0.2
+        truth[:4, :6] = np.nan  # no-data cells are left out of every field alike
+        members = np.stack([2 * np.nan_to_num(truth)] * skill.MEMBERS) * rng.uniform(0.99, 1.01, (skill.MEMBERS, 1, 1))
+        members[:, :4, :6] = np.nan
+        pooled.add(truth, 0.5 * truth, truth, members.astype(np.float32))
+    result = pooled.result()
+    bands = result["psd_ratio_to_truth"]
+    assert list(bands) == ["10-20 km", "20-40 km", "40-80 km"]
+    for ratio in bands.values():
+        assert ratio["members"] == pytest.approx(4.0, rel=0.03) and ratio["input"] == pytest.approx(0.25, rel=1e-6)
+    low = skill.Pooled(lambda rate: rate)
+    low.add(truth, truth, truth, (members / 4).astype(np.float32))
+    summary = low.result()["rank_histogram_summary"]
+    assert summary["highest_bin_x_uniform"] == pytest.approx(skill.MEMBERS + 1) and summary["lowest_bin_x_uniform"] == 0
