@@ -20,6 +20,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -28,6 +30,7 @@ from nrt.io import atomic_path, sha256_file  # noqa: E402
 from nrt.model import checkpoint  # noqa: E402
 from nrt.model.dataset import read_training_set  # noqa: E402
 from nrt.model.qdm import training_input_quantiles  # noqa: E402
+from nrt.model.spec import ModelSpec  # noqa: E402
 
 
 def same_recipe(recorded: dict, rebuilt: dict) -> list[str]:
@@ -59,11 +62,16 @@ def main() -> int:
         return 2
     quantiles = training_input_quantiles(data.channels[:, 0], args.dataset.name, sha256_file(args.dataset))
     config_file = ckpt.meta.get("provenance", {}).get("config_file", "?")
+    spec = ModelSpec.from_dict(ckpt.meta["model"])
+    precip = spec.transform.forward(data.channels[:, 0].astype(np.float64))
+    precip = precip[np.isfinite(precip)]
+    recorded = spec.input_stats
     quantiles["source"] = (
         f"rebuilt {datetime.now(timezone.utc):%Y-%m-%d} with the recipe of {config_file} (nrt train --build-only; "
         f"every event's example count and the twin's equal training_data): {len(data.channels)} examples, every finite "
-        f"cell of channel precip; the set the weights were trained on had sha256 "
-        f"{ckpt.meta.get('provenance', {}).get('dataset_sha256', '?')} (its header names other paths)")
+        f"cell of channel precip. Transformed precip mean/std: rebuilt {precip.mean():.5f}/{precip.std():.4f}, recorded "
+        f"in training {recorded.mean[0]:.5f}/{recorded.std[0]:.4f}. The set the weights were trained on had sha256 "
+        f"{ckpt.meta.get('provenance', {}).get('dataset_sha256', '?')}")
     sidecar = checkpoint.paths_for(args.checkpoint)[1]
     described = json.loads(sidecar.read_text())
     described["input_quantiles"] = quantiles
