@@ -291,3 +291,19 @@ def test_skill_report_band_power_ratios_and_rank_summary(skill):
     low.add(truth, truth, truth, (members / 4).astype(np.float32))
     summary = low.result()["rank_histogram_summary"]
     assert summary["highest_bin_x_uniform"] == pytest.approx(skill.MEMBERS + 1) and summary["lowest_bin_x_uniform"] == 0
+
+
+def test_a_training_set_without_rain_is_one_line_naming_it(tmp_path):
+    from nrt.model.conditioning import ChannelSet
+    from nrt.model.dataset import Sample, write_training_set
+
+    channels = ChannelSet(position=True)
+    dry = np.zeros(GRID.shape, np.float32)
+    samples = [Sample(raw_channels(Conditioning(coarsen(dry)[None], GRID), channels)[0], dry, np.ones(GRID.shape, bool), 0)
+               for _ in range(4)]
+    dataset = write_training_set(tmp_path / "dry.safetensors", samples, channels, {"kind": "dry"})
+    conf = tmp_path / "train.toml"
+    conf.write_text(tiny_config_text(tmp_path / "work", dataset, steps=(2, 2)))
+    with pytest.raises(DataError) as caught:
+        train(config.load(conf), dataset, tmp_path / "m.safetensors", tmp_path / "run", progress=False)
+    assert _one_line(caught).startswith(str(dataset)) and "no value reaches 0.1 mm/h" in str(caught.value)

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from nrt import __version__
-from nrt.errors import ConfigError
+from nrt.errors import ConfigError, DataError
 from nrt.io import sha256_file
 from nrt.model import checkpoint
 from nrt.model.conditioning import PRECIP_CHANNELS
@@ -209,7 +209,10 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
     mask = torch.from_numpy(data.mask)[:, None].to(device)
     leads = torch.from_numpy(data.lead).to(device)
     dataset_provenance = data.provenance
-    input_quantiles = training_input_quantiles(data.channels[:, 0], dataset.name, dataset_sha)
+    try:
+        input_quantiles = training_input_quantiles(data.channels[:, 0], dataset.name, dataset_sha)
+    except ValueError as exc:  # a set without rain: nothing to learn, say so before training
+        raise DataError(dataset, f"precipitation input: {exc}") from None
     del data
 
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
