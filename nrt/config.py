@@ -176,6 +176,9 @@ class ModelConfig(Section):
     seed: int = 20250101
     max_batch: int = Field(256, ge=1)  # patches per network call; all members x patches run in chunks of this
     churn: float = Field(0.0, ge=0)  # EDM S_churn; 0 = deterministic ODE sampler
+    input_qdm: bool = False  # quantile delta mapping of the precip input onto the training input's (nrt.model.qdm)
+    input_qdm_reference: str = Field("field", min_length=1)  # "field" (plain quantile mapping) or a climatology JSON
+    condition_noise_sigma: float = Field(0.0, ge=0)  # noise on the normalised precip condition per member; 0 = off
 
 
 class NetworkConfig(Section):

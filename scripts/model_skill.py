@@ -32,6 +32,13 @@ checkpoint (issue 15; tables in docs/model.md):
     OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler
     OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6
 
+The seed techniques of issue 15 item 5 are scored beside the baseline on the same tiles and seeds, each alone:
+`--input-qdm field climatology` (model.input_qdm, reference the field itself or the input's climatology) and
+`--condition-noise S [S ...]` (model.condition_noise_sigma). `--events training` scores the training events
+instead (with other input errors than training): the validation set on which settings are chosen. realrain also
+reports, pooled and per source, the rank histogram's end bins and the members' and the input's power over the
+truth's in three wavelength bands, and draws realrain_rank_psd.png.
+
 `score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
 (pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the CRPS of the
 statistical CSGD ensemble (`nrt.csgd`, builtin parameters, 30 members drawn from the same bilinear input:
@@ -85,6 +92,7 @@ TILE = 48  # 5-km cells (240 km)
 SWATH_CELLS = 49  # DPR's 245 km swath at 5 km
 MEMBERS = 30
 RADAR_KM = 5.0  # the radar tiles' cell size
+PSD_BANDS_CELLS = ((2, 4), (4, 8), (8, 16))  # wavelength bands (in cells) of the members' / truth's power ratio
 CSGD_PARAMS = "builtin:csgd"  # the statistical baseline: CSGD fit on real IMERG Early / Stage IV pairs
 CHANNELS = ChannelSet(position=False)  # radar grids carry no geography worth learning: precipitation only
 
@@ -261,8 +269,9 @@ def run_training(out: Path, regression_steps: int, diffusion_steps: int, transfo
 class Pooled:
     """Scores pooled over test tiles."""
 
-    def __init__(self, to_model_space):
+    def __init__(self, to_model_space, cell_size_km: float = RADAR_KM):
         self.to_model_space = to_model_space  # mm/h -> the model's transformed, z-scored units
+        self.cell_km = cell_size_km  # nominal cell size of the scored fields, for the spectra's wavelengths
         self.cells: dict[str, list[np.ndarray]] = {"var": [], "sq_err": [], "var_z": [], "sq_err_z": [], "bias": []}
         self.crps = probscores.CRPS_init()
         self.crps_csgd = probscores.CRPS_init()
@@ -294,11 +303,12 @@ class Pooled:
         for key, value in (("var", m.var(axis=0, ddof=1)), ("sq_err", (ens_mean - t) ** 2), ("bias", ens_mean - t),
                            ("var_z", z_m.var(axis=0, ddof=1)), ("sq_err_z", (z_m.mean(axis=0) - z_t) ** 2)):
             self.cells[key].append(value)
-        if valid.all():
+        if valid.mean() >= 0.5:  # no-data cells are 0 in every field alike, so the fields' spectra compare like with like
             for key, field in (("truth", truth), ("input (bilinear)", bilinear), ("regression mean", regression)):
-                psd, self.freq = spectral.rapsd(field, fft_method=np.fft, return_freq=True)
+                psd, self.freq = spectral.rapsd(np.where(valid, field, 0.0), fft_method=np.fft, return_freq=True)
                 self.spectra[key].append(psd)
-            self.spectra["ensemble members"].append(np.mean([spectral.rapsd(x, fft_method=np.fft) for x in members], axis=0))
+            self.spectra["ensemble members"].append(
+                np.mean([spectral.rapsd(np.where(valid, x, 0.0), fft_method=np.fft) for x in members], axis=0))
 
     def calibration(self) -> dict:
         """Spread/skill in the model's own space, and in mm/h by fifths of ensemble variance (where it goes wrong)."""
@@ -326,6 +336,29 @@ class Pooled:
         ratio = np.sqrt((MEMBERS + 1) / MEMBERS * var[pick].sum(axis=1) / sq[pick].sum(axis=1))
         return [float(v) for v in np.quantile(ratio, [0.05, 0.95])]
 
+    def rank_summary(self, ranks: np.ndarray) -> dict:
+        """The rank histogram's lowest and highest bins and its mean absolute departure, each x uniform (1/(M+1))."""
+        if not np.all(np.isfinite(ranks)):
+            return {}
+        uniform = 1 / ranks.size
+        return {"lowest_bin_x_uniform": float(ranks[0] / uniform), "highest_bin_x_uniform": float(ranks[-1] / uniform),
+                "mean_abs_departure_x_uniform": float(np.abs(ranks / uniform - 1).mean())}
+
+    def psd_ratios(self) -> dict:
+        """Power of the members and of the bilinear input over the truth's, summed in PSD_BANDS_CELLS wavelength bands."""
+        if self.freq is None or not self.spectra["truth"]:
+            return {}
+        wavelength = 1 / np.where(self.freq > 0, self.freq, np.nan)  # cells
+        mean = {k: np.mean(v, axis=0) for k, v in self.spectra.items() if v}
+        out = {}
+        for low, high in PSD_BANDS_CELLS:
+            band = (wavelength >= low) & (wavelength < high)
+            truth = mean["truth"][band].sum()
+            out[f"{low * self.cell_km:g}-{high * self.cell_km:g} km"] = {
+                "members": float(mean["ensemble members"][band].sum() / truth) if truth > 0 else float("nan"),
+                "input": float(mean["input (bilinear)"][band].sum() / truth) if truth > 0 else float("nan")}
+        return out
+
     def result(self) -> dict:
         s = self.sums
         n = max(s["n"], 1)
@@ -333,6 +366,7 @@ class Pooled:
         crps = float(probscores.CRPS_compute(self.crps))
         crps_csgd = float(probscores.CRPS_compute(self.crps_csgd)) if self.crps_csgd["n"] else float("nan")
         mae_bilinear = float(s["abs_bilinear"] / n)
+        ranks = ensscores.rankhist_compute(self.rank)
         return {
             "cells": int(s["n"]),
             "crps_ensemble": crps,
@@ -347,9 +381,11 @@ class Pooled:
             "spread_skill_90pct_interval": self.spread_skill_interval(),
             "ensemble_mean_bias": float(np.concatenate(self.cells["bias"]).mean()) if self.cells["bias"] else float("nan"),
             **self.calibration(),
-            "rank_histogram": [float(v) for v in ensscores.rankhist_compute(self.rank)],
+            "rank_histogram": [float(v) for v in ranks],
+            "rank_histogram_summary": self.rank_summary(ranks),
             "spectra": {k: np.mean(v, axis=0).tolist() for k, v in self.spectra.items() if v},
-            "spectra_wavelength_km": (5.0 / self.freq[1:]).tolist() if self.freq is not None else [],
+            "spectra_wavelength_km": (self.cell_km / self.freq[1:]).tolist() if self.freq is not None else [],
+            "psd_ratio_to_truth": self.psd_ratios(),
         }
 
 
@@ -491,66 +527,130 @@ class Climate:
         return out
 
 
+OFF = "off"
+
+
+def variants(args) -> list[tuple[str, str, float]]:
+    """(name, input QDM mode, condition noise sigma): the baseline, then each technique alone, all on the same tiles."""
+    out = [("baseline", OFF, 0.0)]
+    out += [(f"qdm {mode}", mode, 0.0) for mode in args.input_qdm if mode != OFF]
+    out += [(f"noise {sigma:g}", OFF, sigma) for sigma in args.condition_noise if sigma > 0]
+    return out
+
+
+def variant_downscaler(checkpoint, tile: int, mode: str, sigma: float, reference: Path | None):
+    """The checkpoint loaded as the service loads it, with the techniques switched by config keys."""
+    from nrt.model.inference import Downscaler
+
+    qdm_keys = {"input_qdm": mode != OFF, "input_qdm_reference": str(reference) if mode == "climatology" else "field"}
+    return Downscaler.load(checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=tile, patch_overlap=8,
+                                                                 condition_noise_sigma=sigma, **qdm_keys))
+
+
+def write_climatology(values: list[np.ndarray], path: Path, note: str) -> Path:
+    """Wet quantiles of the model's precipitation channel (0.05°, bilinear) over `values`, as a QDM reference file."""
+    from nrt.model.qdm import wet_quantiles
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**wet_quantiles(np.concatenate([v.ravel() for v in values])).to_dict(), "note": note}, indent=1))
+    return path
+
+
+def source_climatologies(cfg, catalogue, error_model, sources: set[str], tile: int, folder: Path) -> dict[str, Path]:
+    """QDM reference per source: its input's climatology, from the inputs of its TRAINING events, degraded with
+    the training recipe's seeds (what the service would have archived from a region before the scored event)."""
+    from nrt.model.realset import real_rain_cases
+    from nrt.realrain.cache import cached_event_frames
+    from nrt.realrain.events import default_radar_dir
+
+    fields: dict[str, list[np.ndarray]] = {}
+    for index, event in enumerate(catalogue.training()):
+        if event.source not in sources:
+            continue
+        frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
+        cases = real_rain_cases(frames, error_model, tile=tile, per_frame=cfg.train.tiles_per_frame,
+                                seed=cfg.train.seed + 7919 * index)
+        fields.setdefault(event.source, []).extend(upsample(cond.precip) for cond, _, _ in cases)
+    return {source: write_climatology(parts, folder / f"{source}.json", f"inputs of the training events of {source}")
+            for source, parts in fields.items()}
+
+
 def realrain_score(args) -> dict:
-    """Held-out events of config/realrain.toml, per source and pooled: tiles of the radar truth at 0.05°,
-    inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or DEM (radar has none)."""
+    """Held-out (or, `--events training`, training) events of config/realrain.toml, per source and pooled: tiles of
+    the radar truth at 0.05°, inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or
+    DEM (radar has none). Each variant (`variants`) scores the same tiles with the same seeds."""
     import torch
 
     from nrt.errormodel import load_error_model
-    from nrt.model.inference import Downscaler
     from nrt.model.realset import real_rain_cases
     from nrt.realrain.cache import cached_event_frames
     from nrt.realrain.events import default_radar_dir, load_catalogue
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = config.load(args.config)
-    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
     catalogue = load_catalogue(cfg.train.realrain_catalogue)
+    events = catalogue.held_out() if args.events == "held-out" else catalogue.training()
     error_model = load_error_model(cfg.train.error_model)
     params = load_params(CSGD_PARAMS)
-    pooled, pooled_climate = Pooled(ds.spec.normalize_target), Climate()
-    by_source: dict[str, tuple[Pooled, Climate]] = {}
-    started = time.time()
-    for index, event in enumerate(catalogue.held_out()):
+    runs = variants(args)
+    references = {}
+    if any(mode == "climatology" for _, mode, _ in runs):
+        references = source_climatologies(cfg, catalogue, error_model, {e.source for e in events}, args.tile, args.out / "qdm-reference")
+    models: dict[tuple[str, str], object] = {}
+    spec = variant_downscaler(args.checkpoint, args.tile, OFF, 0.0, None).spec
+    scores = {name: {"pooled": (Pooled(spec.normalize_target), Climate()), "by_source": {}} for name, _, _ in runs}
+    started, sha = time.time(), None
+    offset = 0 if args.events == "held-out" else 1_000_003  # validation tiles: other input errors than any held-out run
+    for index, event in enumerate(events):
         frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
-        cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + 104729 * (index + 1))
-        rng = np.random.default_rng(args.seed + index)
+        cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + offset + 104729 * (index + 1))
+        rng = np.random.default_rng(args.seed + offset + index)
         picked = sorted(rng.choice(len(cases), size=min(args.tiles, len(cases)), replace=False)) if cases else []
         if not picked:
             log.warning("%s: no tile with enough valid cells", event.name)
             continue
-        target = by_source.setdefault(event.source, (Pooled(ds.spec.normalize_target), Climate()))
         for k, i in enumerate(picked):
             cond, truth, _ = cases[i]
             if args.no_random_error:
                 cond.random_error = None
-            members = ds.sample(cond, members=MEMBERS, seed=args.seed + i, steps=args.steps, solver=args.solver)
-            regression = ds.regression_mean(cond)[0]
             bilinear = upsample(cond.precip)[0]
             csgd = csgd_members(params, bilinear[None], cell_km(cond.grid), args.seed + i)
-            for scores, climate in (target, (pooled, pooled_climate)):
-                scores.add(truth, bilinear, regression, members, csgd)
-                climate.add(truth, bilinear, members)
+            for name, mode, sigma in runs:
+                key = (name, event.source)
+                if key not in models:
+                    models[key] = variant_downscaler(args.checkpoint, args.tile, mode, sigma, references.get(event.source))
+                ds = models[key]
+                sha = ds.sha256
+                members = ds.sample(cond, members=MEMBERS, seed=args.seed + i, steps=args.steps, solver=args.solver)
+                regression = ds.regression_mean(cond)[0]
+                by_source = scores[name]["by_source"].setdefault(event.source, (Pooled(spec.normalize_target), Climate()))
+                for target, climate in (by_source, scores[name]["pooled"]):
+                    target.add(truth, bilinear, regression, members, csgd)
+                    climate.add(truth, bilinear, members)
             log.info("%s tile %d/%d %.0f s", event.name, k + 1, len(picked), time.time() - started)
-    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": args.steps,
+    out = {name: {"pooled": {**v["pooled"][0].result(), "climate": v["pooled"][1].result()},
+                  "by_source": {src: {**p.result(), "climate": c.result()} for src, (p, c) in sorted(v["by_source"].items())}}
+           for name, v in scores.items()}
+    result = {"checkpoint": str(args.checkpoint), "sha256": sha, "csgd_params": CSGD_PARAMS, "steps": args.steps,
               "solver": args.solver, "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
-              "random_error": not args.no_random_error, "held_out_events": catalogue.holdout,
-              "seconds": round(time.time() - started, 1),
-              "pooled": {**pooled.result(), "climate": pooled_climate.result()},
-              "by_source": {name: {**p.result(), "climate": c.result()} for name, (p, c) in sorted(by_source.items())}}
+              "random_error": not args.no_random_error, "events": args.events, "scored_events": [e.name for e in events],
+              "held_out_events": catalogue.holdout, "qdm_references": {k: str(v) for k, v in references.items()},
+              "variants": [{"name": n, "input_qdm": m, "condition_noise_sigma": sg} for n, m, sg in runs],
+              "seconds": round(time.time() - started, 1), **out["baseline"], "by_variant": out}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realrain_scores.json").write_text(json.dumps(result, indent=1))
+    plot_rank_psd(result, args.out / "realrain_rank_psd.png")
     return result
 
 
 def pairs_score(args) -> dict:
     """The real IMERG Early / Stage IV pairs (2017-08-01, 0.1°, hourly): the ensemble from IMERG at 0.05°,
     averaged back to 0.1°, scored against Stage IV beside CSGD (run at 0.1°, as fit) and IMERG itself, on the
-    hours CSGD was not fit on (12-23 UTC; its parameters hold hours 0-11)."""
+    hours CSGD was not fit on (12-23 UTC; its parameters hold hours 0-11). The QDM climatology of IMERG is that
+    of hours 0-11 too (an input archive before the scored hours)."""
     import torch
 
     from nrt.errormodel.pairs import read_pair
-    from nrt.model.inference import Downscaler
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     folder = RADAR.parent / "imerg-stageiv" / "20170801"
@@ -559,27 +659,36 @@ def pairs_score(args) -> dict:
 
     with xr.open_dataset(folder / "IMERGE.hourly.d1.nc") as raw:
         lat0, lon0 = float(raw["lat"].min()), float(raw["lon"].min())
-    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
+    runs = variants(args)
+    reference = None
+    if any(mode == "climatology" for _, mode, _ in runs):
+        reference = write_climatology([upsample(pair.estimate[h].astype(np.float32)) for h in range(12)],
+                                      args.out / "qdm-reference" / "imerg-early-20170801-00-11.json",
+                                      "IMERG Early 2017-08-01 00-11 UTC, bilinear to 0.05°")
+    models = {name: variant_downscaler(args.checkpoint, args.tile, mode, sigma, reference) for name, mode, sigma in runs}
     params = load_params(CSGD_PARAMS)
     _, nlat, nlon = pair.estimate.shape
     grid = LatLonGrid(0.05, round(lat0 - 0.025, 3), round(lon0 - 0.025, 3), 2 * nlat, 2 * nlon)
     cell01 = (11.1195, 11.1195 * np.cos(np.radians(pair.latitude)))
-    scores, climate = Pooled(ds.spec.normalize_target), Climate()
+    scores = {name: (Pooled(ds.spec.normalize_target, cell_size_km=2 * RADAR_KM), Climate()) for name, ds in models.items()}
     started = time.time()
     hours = list(range(12, 24, args.every_hours))
     for hour in hours:
         imerg, truth = pair.estimate[hour].astype(np.float32), pair.truth[hour].astype(np.float32)
         cond = Conditioning(imerg[None], grid, lead=0)  # the pairs hold no randomError: the group is absent
-        fine = ds.sample(cond, members=MEMBERS, seed=args.seed + hour, steps=args.steps, solver=args.solver)
-        members = fine.reshape(MEMBERS, nlat, 2, nlon, 2).mean(axis=(2, 4))
-        regression = ds.regression_mean(cond)[0].reshape(nlat, 2, nlon, 2).mean(axis=(1, 3))
         csgd = csgd_members(params, imerg[None], cell01, args.seed + hour)
-        scores.add(truth, imerg, regression, members, csgd)
-        climate.add(truth, imerg, members)
-        log.info("hour %02d UTC %.0f s", hour, time.time() - started)
-    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": args.steps, "solver": args.solver,
-              "members": MEMBERS, "hours_utc": hours, "seconds": round(time.time() - started, 1),
-              "scores": {**scores.result(), "climate": climate.result()}}
+        for name, ds in models.items():
+            fine = ds.sample(cond, members=MEMBERS, seed=args.seed + hour, steps=args.steps, solver=args.solver)
+            members = fine.reshape(MEMBERS, nlat, 2, nlon, 2).mean(axis=(2, 4))
+            regression = ds.regression_mean(cond)[0].reshape(nlat, 2, nlon, 2).mean(axis=(1, 3))
+            scores[name][0].add(truth, imerg, regression, members, csgd)
+            scores[name][1].add(truth, imerg, members)
+            log.info("hour %02d UTC %s %.0f s", hour, name, time.time() - started)
+    by_variant = {name: {**p.result(), "climate": c.result()} for name, (p, c) in scores.items()}
+    result = {"checkpoint": str(args.checkpoint), "sha256": models["baseline"].sha256, "steps": args.steps, "solver": args.solver,
+              "members": MEMBERS, "hours_utc": hours, "qdm_reference": str(reference) if reference else None,
+              "variants": [{"name": n, "input_qdm": m, "condition_noise_sigma": sg} for n, m, sg in runs],
+              "seconds": round(time.time() - started, 1), "scores": by_variant["baseline"], "by_variant": by_variant}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pairs_scores.json").write_text(json.dumps(result, indent=1))
     return result
@@ -599,6 +708,77 @@ def realrain_markdown(named: list[tuple[str, dict]]) -> str:
                     f"{c['truth']['wet_fraction']:.3f} / {c['input']['wet_fraction']:.3f} / {c['members']['wet_fraction']:.3f} | "
                     f"{c['truth']['p99_mm_h']:.2f} / {c['input']['p99_mm_h']:.2f} / {c['members']['p99_mm_h']:.2f} |")
     return "\n".join(rows)
+
+
+def techniques_markdown(result: dict, sets: str = "by_source") -> str:
+    """Per set (pooled, then each source): CRPS (/ bilinear input MAE), spread/skill and bias of every variant."""
+    names = [v["name"] for v in result["variants"]]
+    rows = ["| set | " + " | ".join(f"{n}: CRPS (/ input MAE) · spread/skill · bias" for n in names) + " |",
+            "|---|" + "---|" * len(names)]
+    by_variant = result["by_variant"]
+    if sets == "by_source":
+        labels = ["pooled", *by_variant["baseline"]["by_source"]]
+        pick = {n: {"pooled": v["pooled"], **v["by_source"]} for n, v in by_variant.items()}
+    else:
+        labels, pick = ["pairs"], {n: {"pairs": v} for n, v in by_variant.items()}
+    for label in labels:
+        cells = []
+        for n in names:
+            r = pick[n][label]
+            ratio = r["crps_ensemble"] / r["mae_bilinear_input"] if r["mae_bilinear_input"] > 0 else float("nan")
+            cells.append(f"{r['crps_ensemble']:.4f} ({ratio:.2f}) · {r['spread_skill']:.2f} · {r['ensemble_mean_bias']:+.4f}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def rank_psd_markdown(named: list[tuple[str, dict]]) -> str:
+    """Rank histogram (lowest, highest bin, mean departure, all x uniform) and band power ratios to the truth."""
+    bands = next((list(r["psd_ratio_to_truth"]) for _, r in named if r.get("psd_ratio_to_truth")), [])
+    rows = ["| set | rank: lowest bin | highest bin | mean departure | " + " | ".join(f"PSD members / truth {b}" for b in bands)
+            + " | " + " | ".join(f"PSD input / truth {b}" for b in bands) + " |", "|---|---|---|---|" + "---|" * (2 * len(bands))]
+    for name, r in named:
+        rank = r.get("rank_histogram_summary") or {}
+        psd = r.get("psd_ratio_to_truth") or {}
+        cells = [f"{rank[k]:.2f}" if k in rank else "-" for k in
+                 ("lowest_bin_x_uniform", "highest_bin_x_uniform", "mean_abs_departure_x_uniform")]
+        cells += [f"{psd[b]['members']:.2f}" if b in psd else "-" for b in bands]
+        cells += [f"{psd[b]['input']:.2f}" if b in psd else "-" for b in bands]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_rank_psd(result: dict, path: Path) -> None:
+    """Rank histogram and spectra (members, input, regression mean against truth), pooled and per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    named = [(name, r) for name, r in [("pooled", result["pooled"]), *result["by_source"].items()] if r["cells"]]
+    cols = 5
+    rows = -(-len(named) // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(4 * cols, 3.2 * 2 * rows), squeeze=False)
+    for k, (name, r) in enumerate(named):
+        ranks_ax, spectra_ax = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
+        ranks = r["rank_histogram"]
+        ranks_ax.bar(range(len(ranks)), ranks, color="0.4")
+        ranks_ax.axhline(1 / len(ranks), color="k", ls="--", lw=1)
+        ranks_ax.set_title(f"{name}: rank of truth", fontsize=9)
+        for label, psd in r["spectra"].items():
+            spectra_ax.loglog(r["spectra_wavelength_km"], psd[1:], label=label)
+        spectra_ax.invert_xaxis()
+        spectra_ax.set_title(f"{name}: power spectrum", fontsize=9)
+        spectra_ax.set_xlabel("wavelength (km)", fontsize=8)
+        if k == 0:
+            spectra_ax.legend(fontsize=7)
+    for ax in axes.ravel()[2 * len(named):]:
+        ax.axis("off")
+    for k in range(len(named), rows * cols):
+        axes[2 * (k // cols), k % cols].axis("off")
+        axes[2 * (k // cols) + 1, k % cols].axis("off")
+    fig.suptitle(f"real rain, {result['events']} events, {MEMBERS} members; truth or a member >= 0.1 mm/h", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def plot(result: dict, path: Path) -> None:
@@ -666,6 +846,13 @@ def main() -> int:
                         "(realrain, pairs: default the shipped demo)")
     parser.add_argument("--tile", type=int, default=64, help="realrain: tile size (0.05° cells); pairs: patch size")
     parser.add_argument("--no-random-error", action="store_true", help="realrain: withhold randomError from the model")
+    parser.add_argument("--events", choices=["held-out", "training"], default="held-out",
+                        help="realrain: score the held-out events, or (validation: choosing settings) the training events")
+    parser.add_argument("--input-qdm", nargs="+", choices=[OFF, "field", "climatology"], default=[OFF],
+                        help="realrain, pairs: also score with model.input_qdm on, reference the field itself or the "
+                        "input's climatology (realrain: the source's training events; pairs: IMERG 00-11 UTC)")
+    parser.add_argument("--condition-noise", nargs="+", type=float, default=[0.0], metavar="SIGMA",
+                        help="realrain, pairs: also score with model.condition_noise_sigma = SIGMA (each level alone)")
     parser.add_argument("--tree", type=Path, help="twin: the held-out twin tree")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train-demo.toml", help="twin: the training config")
     parser.add_argument("--start", help="twin: first valid time (ISO)")
@@ -688,10 +875,16 @@ def main() -> int:
         args.checkpoint = args.checkpoint or REPO / "nrt" / "model" / "weights" / "demo"
         result = realrain_score(args)
         print(realrain_markdown([("pooled", result["pooled"]), *result["by_source"].items()]))
+        print("\n" + rank_psd_markdown([("pooled", result["pooled"]), *result["by_source"].items()]))
+        if len(result["variants"]) > 1:
+            print("\n" + techniques_markdown(result))
     elif args.action == "pairs":
         args.checkpoint = args.checkpoint or REPO / "nrt" / "model" / "weights" / "demo"
         result = pairs_score(args)
         print(realrain_markdown([("IMERG Early -> Stage IV, 0.1° hourly", result["scores"])]))
+        print("\n" + rank_psd_markdown([("IMERG Early -> Stage IV, 0.1° hourly", result["scores"])]))
+        if len(result["variants"]) > 1:
+            print("\n" + techniques_markdown(result, sets="pairs"))
     else:
         print(markdown(twin_score(args)))
     return 0

@@ -22,6 +22,9 @@ from nrt.io import atomic_path, sha256_file
 FORMAT = "nrt-checkpoint/1"
 _META_KEY = "nrt"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+# Keys a sidecar may hold that its header lacks: statistics of the training set added to a checkpoint trained
+# before they were recorded (the header would change the weights file's hash). Present in both, they must agree.
+SIDECAR_ANNOTATIONS = frozenset({"input_quantiles"})
 
 
 @dataclass
@@ -94,6 +97,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     if digest != described["sha256"]:
         raise DataError(weights, f"sha256 {digest[:12]}… differs from {described['sha256'][:12]}… in {sidecar.name}: altered or mismatched file")
     tensors, meta = read_weights(weights, device)
-    if {k: v for k, v in described.items() if k not in ("weights", "sha256")} != meta:
+    annotations = {k: v for k, v in described.items() if k in SIDECAR_ANNOTATIONS and k not in meta}
+    if {k: v for k, v in described.items() if k not in ("weights", "sha256", *annotations)} != meta:
         raise DataError(sidecar, f"describes a different model than the header of {weights.name}")
-    return Checkpoint(weights, tensors, meta, digest)
+    return Checkpoint(weights, tensors, {**meta, **annotations}, digest)

@@ -5,6 +5,10 @@ to whole tiles, cut into overlapping tiles, and every network call runs all patc
 as one batch (split into chunks of `max_batch` for memory), blended back before each sampler update.
 Member i's noise comes from its own generator (`StackedRandomGenerator`), so it does not depend on the
 ensemble size, and the sampler integrates over the checkpoint's own noise range (sigma_min, sigma_max).
+Two optional input techniques act in `_prepare`, the one way inputs reach the networks (Hess et al. 2025):
+quantile delta mapping of the precipitation channel onto the training input's quantiles stored in the
+checkpoint (`model.input_qdm`, `nrt.model.qdm`), and noise injected into the normalised precipitation
+condition of each member (`model.condition_noise_sigma`, `nrt.model.condition_noise`).
 The tiles, network outputs, blended field and sampler state live in a `Workspace` reused across steps and
 calls, so the sampler allocates nothing per step outside the network itself.
 """
@@ -12,6 +16,7 @@ calls, so the sampler allocates nothing per step outside the network itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from pathlib import Path
@@ -21,9 +26,11 @@ import torch
 
 from nrt.errors import ConfigError, DataError
 from nrt.model import allocator, checkpoint
+from nrt.model.condition_noise import inject
 from nrt.model.conditioning import Conditioning, raw_channels
 from nrt.model.member_noise import StackedRandomGenerator
 from nrt.model.patching import PatchGrid
+from nrt.model.qdm import WetQuantiles, qdm
 from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, edm_sample
 from nrt.model.spec import ModelSpec, records_noise_range
 from nrt.model.workspace import Workspace
@@ -41,6 +48,28 @@ def resolve(path_or_builtin: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def input_qdm_for(meta: dict, name: str, reference: str) -> tuple[WetQuantiles, WetQuantiles | None]:
+    """(training input quantiles of checkpoint `name`, reference climatology or None for "field") for
+    `model.input_qdm`; each problem is one ConfigError naming the key."""
+    try:
+        target = WetQuantiles.from_dict(meta["input_quantiles"]["precip"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError("model.input_qdm", f"{name} records no training input quantiles (input_quantiles.precip)") from None
+    if reference == "field":
+        return target, None
+    path = Path(reference).expanduser()
+    try:
+        climatology = WetQuantiles.from_dict(json.loads(path.read_text()))
+    except OSError as exc:
+        raise ConfigError("model.input_qdm_reference", f"{path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError("model.input_qdm_reference", f"{path}: not a quantile climatology ({exc})") from None
+    if climatology.threshold != target.threshold:
+        raise ConfigError("model.input_qdm_reference", f"{path}: wet threshold {climatology.threshold} differs from "
+                          f"the checkpoint's {target.threshold} mm/h")
+    return target, climatology
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,8 +81,12 @@ def pick_device(name: str = "auto") -> torch.device:
 class Downscaler:
     def __init__(self, spec: ModelSpec, tensors: dict[str, torch.Tensor], *, meta: dict, sha256: str, name: str,
                  device: torch.device, patch_size: int = 64, patch_overlap: int = 8, max_batch: int = 256,
-                 bf16: bool = True, channels_last: bool = False, compile: bool = False, churn: float = 0.0):
+                 bf16: bool = True, channels_last: bool = False, compile: bool = False, churn: float = 0.0,
+                 input_qdm: tuple[WetQuantiles, WetQuantiles | None] | None = None, condition_noise: float = 0.0):
         self.spec, self.config, self.sha256, self.name, self.device = spec, meta, sha256, name, device
+        if condition_noise < 0:
+            raise ConfigError("model.condition_noise_sigma", f"{condition_noise} must not be negative")
+        self.input_qdm, self.condition_noise = input_qdm, condition_noise
         down = max(spec.regression.downsampling, spec.diffusion.downsampling)
         if patch_size % down:
             raise ConfigError("model.patch_size", f"{patch_size} is not a multiple of the network's downsampling {down}")
@@ -98,7 +131,10 @@ class Downscaler:
                 "patch_size": model_cfg.patch_size, "patch_overlap": model_cfg.patch_overlap,
                 "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "churn": model_cfg.churn,
                 "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
+                "condition_noise": model_cfg.condition_noise_sigma,
             }
+            if model_cfg.input_qdm:
+                options["input_qdm"] = input_qdm_for(ckpt.meta, str(ckpt.path), model_cfg.input_qdm_reference)
         downscaler = cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
         log.info("loaded %s (sha256 %s) on %s", ckpt.path, ckpt.sha256[:12], device)
         return downscaler
@@ -121,10 +157,24 @@ class Downscaler:
             out[start : start + self.max_batch].copy_(result)
         return out
 
-    def _prepare(self, cond: Conditioning):
+    def model_inputs(self, cond: Conditioning) -> np.ndarray:
+        """(member of `cond.precip`, C, lat, lon) physical channels, the precipitation quantile-delta-mapped
+        when `model.input_qdm` is on."""
         raw = raw_channels(cond, self.spec.channels)
+        if self.input_qdm is not None:
+            raw[:, 0] = qdm(raw[:, 0], *self.input_qdm)
+        return raw
+
+    def _prepare(self, cond: Conditioning, members: int | None = None, seed: int = 0):
+        """Padded normalised inputs, their PatchGrid and the missing cells. With `members` and condition noise
+        configured, one row per ensemble member, each with its own noise on the precipitation channel."""
+        raw = self.model_inputs(cond)
         missing = np.isnan(raw[:, 0])
         z = self.spec.normalize_inputs(torch.from_numpy(raw)).to(self.device)
+        if members is not None and self.condition_noise > 0:
+            rows = np.arange(members) % z.shape[0]
+            z = inject(z[torch.from_numpy(rows).to(self.device)], self.condition_noise, seed)
+            missing = missing[rows]
         grid = PatchGrid(*z.shape[-2:], self.patch_size, self.patch_overlap, self.tile_multiple)
         return grid.pad(z), grid, missing
 
@@ -148,7 +198,7 @@ class Downscaler:
         10 members of a 10-member one (to float tolerance: the network batches differ).
         """
         with self._sampling:
-            z, grid, missing = self._prepare(cond)
+            z, grid, missing = self._prepare(cond, members, seed)
             mean = self._mean(z, grid, cond.lead)
             source = torch.arange(members, device=self.device) % z.shape[0]
             ws, tile_count = self.workspace, members * len(grid)

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from nrt import __version__
-from nrt.errors import ConfigError
+from nrt.errors import ConfigError, DataError
 from nrt.io import sha256_file
 from nrt.model import checkpoint
 from nrt.model.conditioning import PRECIP_CHANNELS
@@ -38,6 +38,7 @@ from nrt.model.loss import EDMLoss, regression_loss
 from nrt.model.networks import NetworkSpec
 from nrt.model.normalize import ChannelStats
 from nrt.model.patching import PatchSampler
+from nrt.model.qdm import training_input_quantiles
 from nrt.model.spec import ModelSpec
 from nrt.model.transforms import PrecipTransform
 
@@ -208,6 +209,10 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
     mask = torch.from_numpy(data.mask)[:, None].to(device)
     leads = torch.from_numpy(data.lead).to(device)
     dataset_provenance = data.provenance
+    try:
+        input_quantiles = training_input_quantiles(data.channels[:, 0], dataset.name, dataset_sha)
+    except ValueError as exc:  # a set without rain: nothing to learn, say so before training
+        raise DataError(dataset, f"precipitation input: {exc}") from None
     del data
 
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
@@ -308,6 +313,7 @@ def train(cfg, dataset: str | Path, output: str | Path, run_dir: str | Path, *, 
             "name": output.name.removesuffix(".safetensors"),
             "model": spec.to_dict(),
             "channels": spec.channels.describe(),
+            "input_quantiles": input_quantiles,
             "training_data": {k: dataset_provenance[k] for k in ("built_from", "sources", "events", "hours", "held_out",
                                                                   "twin_examples", "twin_hours", "twin_fraction")
                               if k in dataset_provenance},
