@@ -121,6 +121,7 @@ class Granule(Base):
     path: Mapped[str | None] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)  # the file's modification time when its sha256 was taken
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -218,6 +219,7 @@ class GranuleRow:
     path: str | None
     size: int | None
     sha256: str | None
+    mtime_ns: int | None
     state: str
     reason: str | None
     attempts: int
@@ -561,12 +563,16 @@ class Catalog:
 
     def register_granule(
         self, source: str, name: str, version: str | None, start: datetime, end: datetime,
-        path: str | Path, size: int, sha256: str,
+        path: str | Path, size: int, sha256: str, mtime_ns: int | None = None,
     ) -> int:
-        """Record a downloaded, validated file (state `downloaded`); returns the granule id."""
+        """Record a downloaded, validated file (state `downloaded`); returns the granule id.
+
+        `mtime_ns` is the file's modification time when `sha256` was taken: while it stays so, the file is
+        taken as unchanged without hashing it again.
+        """
         now = _now()
         values = dict(version=version, start_time=utc(start), end_time=utc(end), path=str(path), size=int(size),
-                      sha256=sha256, state="downloaded", reason=None, updated_at=now)
+                      sha256=sha256, mtime_ns=mtime_ns, state="downloaded", reason=None, updated_at=now)
         stmt = self._insert(Granule).values(source=source, name=name, created_at=now, **values)
         stmt = stmt.on_conflict_do_update(index_elements=["source", "name"], set_=values).returning(Granule.id)
         with self._write() as session:
@@ -604,7 +610,7 @@ class Catalog:
                                   end_time=utc(end), attempts=0, created_at=_now())
                 session.add(granule)
             granule.state, granule.reason = "bad", reason
-            granule.path = granule.size = granule.sha256 = None
+            granule.path = granule.size = granule.sha256 = granule.mtime_ns = None
             granule.attempts += 1
             granule.retry_after = utc(retry_after) if retry_after is not None else None
             granule.remote_tag = remote_tag

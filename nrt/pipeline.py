@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from nrt import __version__, downscale, sources
+from nrt.degradation import Degradation, Fallback, NowcastReason, flag
 from nrt.errors import NrtError
 from nrt.grids import LatLonGrid, target_grid
-from nrt.timeline import HALF_HOUR, bridge_valid_times, geosfp_hours_for, isoformat, newest_imerg_start, utc
+from nrt.timeline import HALF_HOUR, bridge_valid_times, geosfp_hours_for, isoformat, newest_imerg_start, utc, utc_times
 
 log = logging.getLogger("nrt.pipeline")
 
@@ -37,49 +38,35 @@ class CycleReport:
     cycle_time: datetime
     imerg_start: datetime | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    degraded: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)  # Degradation flags (nrt.degradation)
     nowcast_method: str | None = None
-    nowcast_degraded: list[str] = field(default_factory=list)
+    nowcast_degraded: list[NowcastReason] = field(default_factory=list)
     downscale_method: str | None = None
-    downscale_fallbacks: list[str] = field(default_factory=list)  # why CSGD replaced the configured method
+    downscale_fallbacks: list[Fallback] = field(default_factory=list)  # why CSGD replaced the configured method
     products: list = field(default_factory=list)
     sources: dict[str, datetime | None] = field(default_factory=dict)
     summary: object | None = None
     alerts: list = field(default_factory=list)
     scores: list = field(default_factory=list)
 
-    def degrade(self, flag: str) -> None:
-        if flag not in self.degraded:
-            self.degraded.append(flag)
-            log.warning("cycle %s degraded: %s", isoformat(self.cycle_time), flag)
+    def degrade(self, why: str) -> None:
+        if why not in self.degraded:
+            self.degraded.append(why)
+            log.warning("cycle %s degraded: %s", isoformat(self.cycle_time), why)
 
-    def fall_back(self, reason: str) -> None:
+    def fall_back(self, reason: Fallback) -> None:
         """The cycle writes the CSGD ensemble instead of the configured model's, because of `reason`."""
         if reason not in self.downscale_fallbacks:
             self.downscale_fallbacks.append(reason)
-        self.degrade(f"downscale_fallback:{reason}")
+        self.degrade(flag(Degradation.DOWNSCALE_FALLBACK, reason))
 
 
-class Stopwatch:
-    """Times the stages of one cycle into `report.timings`."""
-
-    def __init__(self, report: CycleReport):
-        self.report = report
-
-    def __call__(self, stage: str):
-        return _Timed(self.report.timings, stage)
-
-
-class _Timed:
-    def __init__(self, timings: dict, stage: str):
-        self.timings, self.stage = timings, stage
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start
+@contextmanager
+def stopwatch(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the seconds the block took to `timings[stage]` when it completes (a failed stage is not timed)."""
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 class CycleFailed(NrtError):
@@ -124,10 +111,10 @@ def imerg_inputs(cfg, catalog, cycle_time: datetime, client, report: CycleReport
         files = sorted(set(result.files), key=_imerg_start)
         if files and _imerg_start(files[-1]) == newest_imerg_start(t, latency):
             if back:
-                report.degrade(f"imerg_missing:{isoformat(nominal)}")
+                report.degrade(flag(Degradation.IMERG_MISSING, isoformat(nominal)))
             return files
         if files and back == cfg.timeline.motion_granules - 1:
-            report.degrade(f"imerg_missing:{isoformat(nominal)}")
+            report.degrade(flag(Degradation.IMERG_MISSING, isoformat(nominal)))
             return files
     raise CycleFailed("ingest", f"no IMERG Early granule within {cfg.timeline.motion_granules} half-hours before {isoformat(nominal)}")
 
@@ -147,7 +134,7 @@ def geosfp_files(cfg, catalog, cycle_time: datetime, client, report: CycleReport
         older.timeline.geosfp_latency_hours += 6
         older.secrets = cfg.secrets
         fallback = sources.ingest("geosfp", older, catalog, cycle_time, client)
-        report.degrade("geosfp_previous_forecast" if not fallback.missing else "geosfp_missing")
+        report.degrade(Degradation.GEOSFP_PREVIOUS_FORECAST if not fallback.missing else Degradation.GEOSFP_MISSING)
         result.files.extend(fallback.files)
     geosfp = sources.module("geosfp")
     by_hour: dict[datetime, list[Path]] = {}
@@ -163,20 +150,20 @@ def geosfp_fields(cfg, by_hour: dict[datetime, list[Path]], valid: datetime, gri
     variables = [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables]
     if not variables or not all(by_hour.get(h) for h in geosfp_hours_for(valid)):
         if cfg.sources.geosfp.enabled:
-            report.degrade("geosfp_missing")
+            report.degrade(Degradation.GEOSFP_MISSING)
         return None
     try:
         return sources.module("geosfp").read_geosfp(by_hour, valid, grid, variables)
     except NrtError as exc:
         log.warning("GEOS-FP unusable for %s: %s", isoformat(valid), exc)
-        report.degrade("geosfp_unreadable")
+        report.degrade(Degradation.GEOSFP_UNREADABLE)
         return None
 
 
 def dem_fields(cfg, catalog, client, grid: LatLonGrid, report: CycleReport):
     result = sources.ingest("dem", cfg, catalog, datetime(2000, 1, 1, tzinfo=timezone.utc), client)
     if not result.files:
-        report.degrade("dem_missing")
+        report.degrade(Degradation.DEM_MISSING)
         return None
     from nrt.model.assemble import dem_cache_dir
 
@@ -207,10 +194,10 @@ def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: Cy
     report.nowcast_method = result.method_used
     report.nowcast_degraded = list(result.degraded)
     for reason in result.degraded:
-        report.degrade(f"nowcast:{reason}")
+        report.degrade(flag(Degradation.NOWCAST, reason))
 
     grid = target_grid(domain)
-    forecast_times = _times(result.precip)
+    forecast_times = utc_times(result.precip["time"].values)
     bridge = []
     for valid in valid_times:
         # Valid times at (or, when granules are missing, before) the newest granule are IMERG itself (lead 0),
@@ -220,10 +207,6 @@ def bridge_inputs(cfg, imerg_files: list[Path], cycle_time: datetime, report: Cy
         cond = assemble(grid, valid, lead, frames, forecast)
         bridge.append((valid, lead, cond.precip, cond.random_error))
     return bridge
-
-
-def _times(da: xr.DataArray) -> list[datetime]:
-    return [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in da["time"].values]
 
 
 # ---------------------------------------------------------------------------------------------- cycle
@@ -241,13 +224,13 @@ def _check_inputs(cfg, models, conditions, report: CycleReport) -> _InputVerdict
     to CSGD; inputs beyond `model.ood_max_z` are flagged, and fall back when `model.ood_fallback` is on."""
     if models.method != downscale.DIFFUSION or models.diffusion is None:
         return None
-    from nrt.model.guard import INPUTS_MISSING, check_inputs
+    from nrt.model.guard import check_inputs
 
     check = check_inputs(models.diffusion.spec, conditions, cfg.model.ood_max_z)
     if check.reason is None:
         return _InputVerdict(None, check.max_z, False)
     log.warning("cycle %s: %s (%s)", isoformat(report.cycle_time), check.reason, check.detail)
-    fallback = check.reason == INPUTS_MISSING or cfg.model.ood_fallback
+    fallback = check.reason == Fallback.INPUTS_MISSING or cfg.model.ood_fallback
     if not fallback:
         report.degrade(check.reason)
     return _InputVerdict(check.reason, check.max_z, fallback)
@@ -289,25 +272,25 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
     from nrt.products import alert_states, check_areas, publish_valid_time
 
     cycle_time = report.cycle_time
-    timed = Stopwatch(report)
     grid = target_grid(cfg.domain.box())
     check_areas(cfg.alerts.areas, grid)  # a misplaced alert area fails the cycle before any work, not after it
 
     tell("ingest")
-    with timed("ingest"):
+    with stopwatch(report.timings, "ingest"):
         imerg_files = imerg_inputs(cfg, catalog, cycle_time, client, report, now, sleep)
         report.sources["imerg"] = _imerg_start(imerg_files[-1])
         by_hour = geosfp_files(cfg, catalog, cycle_time, client, report, now, sleep)
         if by_hour:  # the newest file's averaging hour starts half an hour before its stamp
             report.sources["geosfp"] = max(by_hour) - sources.module("geosfp").AVERAGING / 2
         dem = dem_fields(cfg, catalog, client, grid, report)
-        report.sources["dem"] = None
+        if dem is not None:
+            report.sources["dem"] = None  # static: ingested, with no granule time
         dpr_files = sources.ingest("dpr", cfg, catalog, cycle_time, client).files if cfg.sources.dpr.enabled else []
         if dpr_files:
             report.sources["dpr"] = max(sources.module("dpr").parse_name(p.name).start for p in dpr_files)
 
     tell("nowcast")
-    with timed("nowcast"):
+    with stopwatch(report.timings, "nowcast"):
         bridge = bridge_inputs(cfg, imerg_files, cycle_time, report)
 
     # GEOS-FP is read only for a diffusion model that loaded: CSGD reads the rain alone (no GEOS-FP reads or flags).
@@ -323,7 +306,7 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
         report.fall_back(fallback)
     report.downscale_method = method
     tell(f"downscale: {method}, {len(bridge)} valid times")
-    with timed("downscale"):
+    with stopwatch(report.timings, "downscale"):
         ensemble = downscale.get_method(method)(
             conditions, models, members=cfg.model.members, seed=cfg.model.seed + int(cycle_time.timestamp()) // 1800 * 97,
             options=cfg.model, callback=lambda k: tell(f"valid time {isoformat(bridge[k][0])} (lead {bridge[k][1]}) done"),
@@ -340,7 +323,7 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
         "input_max_abs_z": f"{check.max_z:.2f}" if check else "nan",
     }
     for k, (valid, lead, coarse, _random_error) in enumerate(bridge):
-        with timed("products"):
+        with stopwatch(report.timings, "products"):
             members = xr.DataArray(ensemble[:, k : k + 1], dims=("member", "time", "lat", "lon"))
             published = publish_valid_time(
                 members, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
@@ -363,7 +346,7 @@ def _run_stages(report: CycleReport, cfg, catalog, client, models, now, sleep, t
         from nrt.verify import verify_granules
 
         tell("verify")
-        with timed("verify"):
+        with stopwatch(report.timings, "verify"):
             report.scores = verify_granules(cfg, catalog, dpr_files)
     log.info(
         "cycle %s done: %d products, nowcast %s, downscale %s, degraded %s, %s",

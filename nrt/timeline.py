@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
 HALF_HOUR = timedelta(minutes=30)
 GEOSFP_INIT_HOURS = (0, 6, 12, 18)
 
@@ -25,6 +27,11 @@ def utc(t: datetime | str) -> datetime:
     if t.tzinfo is None:
         raise ValueError(f"naive datetime {t!r}: nrt works in timezone-aware UTC only")
     return t.astimezone(timezone.utc)
+
+
+def utc_times(values) -> list[datetime]:
+    """numpy datetime64 values (an xarray `time` coordinate holds naive UTC) as aware UTC datetimes."""
+    return [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in np.asarray(values)]
 
 
 def floor_to(t: datetime, period: timedelta) -> datetime:

@@ -110,14 +110,14 @@ def test_migration_from_empty_creates_every_table_at_head(db_url):
     try:
         with pytest.raises(CatalogError, match="nrt catalog init"):
             fresh.check()
-        assert fresh.upgrade() == fresh.head() == "0003"
-        assert fresh.check() == "0003"
+        assert fresh.upgrade() == fresh.head() == "0004"
+        assert fresh.check() == "0004"
         with fresh.engine.connect() as connection:
             assert TABLES <= set(inspect(connection).get_table_names())
             # The migrations alone built the schema, and it is exactly what the models describe.
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         job_id = fresh.enqueue("cycle", {"t": "x"}, key="k")
-        assert fresh.upgrade() == "0003"  # again: a no-op that keeps the data
+        assert fresh.upgrade() == "0004"  # again: a no-op that keeps the data
         assert fresh.job(job_id).key == "k"
     finally:
         fresh.close()
@@ -136,7 +136,7 @@ def test_a_catalog_of_the_first_revision_upgrades_and_keeps_its_jobs(db_url):
         job_id = old.enqueue("cycle", {"t": "x"}, key="k")  # inserts only columns the first revision has
         with pytest.raises(CatalogError, match="0001.*nrt catalog init"):
             old.check()
-        assert old.upgrade() == "0003"
+        assert old.upgrade() == "0004"
         claimed = old.claim("w")
         assert (claimed.id, claimed.key, claimed.payload, claimed.not_before) == (job_id, "k", {"t": "x"}, None)
     finally:
@@ -489,7 +489,7 @@ def test_cli_init_then_status_counts_rows(db_url):
     assert_one_line_error(status, "nrt catalog init")
     init = run_nrt("catalog", "init", env=env)
     assert init.returncode == 0, init.stderr
-    assert "revision 0003" in init.stdout
+    assert "revision 0004" in init.stdout
     with Catalog.open(db_url) as catalog:
         catalog.enqueue("cycle", {})
         catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
@@ -553,7 +553,7 @@ def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
             with pytest.raises(CatalogError, match="read-only"):
                 Catalog.open(read_only_url)
             assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": read_only_url}), "read-only")
-            assert catalog.check() == "0003"
+            assert catalog.check() == "0004"
 
 
 def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
@@ -603,7 +603,7 @@ def test_a_catalog_of_revision_0002_upgrades_keeping_runs_granules_and_jobs(db_u
                 "'2024-06-01 12:05:00', '2024-06-01 12:05:00')"
             ))
         job_id = old.enqueue("cycle", {"t": "x"}, key="k")
-        assert old.upgrade() == "0003"
+        assert old.upgrade() == "0004"
         (run,) = old.runs()
         assert (run.state, run.lease_token) == ("running", None)
         granule = old.get_granule("imerg", "g")

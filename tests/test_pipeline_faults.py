@@ -144,8 +144,17 @@ def test_without_dpr_there_is_no_verification_and_no_failure(serve, models):
     report = served.cycle(T2, models)
     assert report.degraded == [] and report.scores == []
     assert "verify" not in report.timings and "dpr" not in report.sources
+    assert set(report.sources) == {"imerg", "geosfp", "dem"} and report.sources["dem"] is None  # static: no granule time
     assert len(report.products) == 46  # 9 valid times x (ensemble, summary, 3 accumulations) + 1 quicklook
     assert served.catalog.scores() == []
+
+
+def test_without_the_dem_the_cycle_is_flagged_and_no_dem_success_is_reported(serve, models):
+    served = serve(lambda root: (root / "dem" / "nrt_twin_dem.nc").unlink())
+    report = served.cycle(T2, models)
+    assert "dem_missing" in report.degraded
+    assert set(report.sources) == {"imerg", "geosfp", "dpr"}  # nrt_source_last_success_timestamp_seconds{source="dem"} stays
+    assert len([p for p in report.products if p.kind == "ensemble"]) == 9
 
 
 def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):

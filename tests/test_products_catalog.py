@@ -17,7 +17,8 @@ from nrt.catalog import Catalog
 from nrt.cli import main
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
-from nrt.products import best_available, prune_from_config, publish_valid_time
+from nrt.products import best_available, prune, publish_valid_time
+from nrt.sources.retention import prune_granules
 from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
 
 UTC = dt.timezone.utc
@@ -180,6 +181,11 @@ def register_granule(catalog, path: Path, start: dt.datetime) -> int:
     return catalog.register_granule("imerg", path.name, "V07B", start, start + HALF_HOUR, str(path), path.stat().st_size, sha256_file(path))
 
 
+def prune_products(cfg, catalog, now):
+    return prune(catalog, cfg.product_dir, dt.timedelta(days=30), now, ef5_dir=cfg.product_dir / "ef5",
+                 grace=dt.timedelta(hours=1), latest_hours=24)
+
+
 def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     now = floor_halfhour(dt.datetime.now(UTC))
     cfg.products.ef5_export = True
@@ -206,9 +212,11 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     granule_orphan = make_file(imerg_dir / imerg_name(hours_ago(5)), b"unregistered download", hours_ago(4))
     dangling = catalog.register_product("ensemble", new_v - HALF_HOUR, new_v, 8, 4, str(day / "gone.nc"), 1, "0" * 64)
 
-    report = prune_from_config(cfg, catalog, now=now)
+    report = prune_products(cfg, catalog, now)
+    granules = prune_granules(catalog, cfg.data_dir, dt.timedelta(days=7), now, grace=dt.timedelta(hours=1))
 
-    assert report.products == 6 and report.granules == 2 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
+    assert report.products == 6 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
+    assert granules.granules == 2 and granules.dangling == 0 and granules.files == 2  # the old one and the orphan
     assert {r.valid_time for r in catalog.products()} == {new_v}
     assert catalog.product(dangling) is None
     for row in catalog.products():
@@ -229,10 +237,12 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     index = json.loads((cfg.product_dir / "latest.json").read_text())
     assert list(index["valid_times"]) == [isoformat(new_v)]
 
-    again = prune_from_config(cfg, catalog, now=now)  # idempotent
-    assert (again.products, again.granules, again.dangling, again.files) == (0, 0, 0, 0)
+    again = prune_products(cfg, catalog, now)  # idempotent
+    assert (again.products, again.dangling, again.files) == (0, 0, 0)
+    again = prune_granules(catalog, cfg.data_dir, dt.timedelta(days=7), now)
+    assert (again.granules, again.dangling, again.files) == (0, 0, 0)
 
-    later = prune_from_config(cfg, catalog, now=now + dt.timedelta(hours=2))  # past the grace period
+    later = prune_products(cfg, catalog, now + dt.timedelta(hours=2))  # past the grace period
     assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
     assert not old_day.exists()
     assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from nrt.catalog import Catalog
 from nrt.cli import main
 from nrt.grids import imerg_window, target_grid
 from nrt.io import sha256_file
+from nrt import sources
 from nrt.sources import dem, dpr, geosfp, imerg, ingest, local_path
 from nrt.sources.http import Client
 
@@ -98,7 +100,7 @@ def publish_imerg(mirror: Mirror, cfg, start: datetime, version="V07B", corrupt=
     return path
 
 
-def test_imerg_ingest_downloads_registers_and_skips(setup, mirror):
+def test_imerg_ingest_downloads_registers_and_skips(setup, mirror, monkeypatch):
     cfg, catalog, client = setup
     starts = [T.replace(hour=7, minute=0), T.replace(hour=7, minute=30), T.replace(hour=8, minute=0)]
     publish_imerg(mirror, cfg, starts[0])
@@ -115,10 +117,22 @@ def test_imerg_ingest_downloads_registers_and_skips(setup, mirror):
     ds = imerg.read_imerg(result.files, cfg.domain.box())
     assert ds.precipitation.shape[0] == 2 and float(ds.precipitation.mean()) == pytest.approx(1.5)
 
-    # Nothing is downloaded again while the catalog holds the files with matching checksums...
+    # Nothing is downloaded again while the catalog holds the files with matching checksums, and files
+    # untouched since they were registered are not even hashed...
+    hashed = []
+    monkeypatch.setattr(sources, "sha256_file", lambda path: hashed.append(Path(path).name) or sha256_file(path))
     before = mirror.downloads("/imerg/early/")
     again = ingest("imerg", cfg, catalog, T, client)
     assert sorted(again.files) == sorted(result.files) and mirror.downloads("/imerg/early/") == before
+    assert hashed == []
+    # ...a file touched since is hashed once, kept as it still matches, and its new time recorded...
+    stat = Path(rows[1].path).stat()
+    os.utime(rows[1].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert sorted(ingest("imerg", cfg, catalog, T, client).files) == sorted(result.files)
+    assert hashed == [rows[1].name] and mirror.downloads("/imerg/early/") == before
+    assert catalog.get_granule("imerg", rows[1].name).mtime_ns == stat.st_mtime_ns + 10**9
+    ingest("imerg", cfg, catalog, T, client)
+    assert hashed == [rows[1].name]
     # ...but a local file that no longer matches its checksum is fetched again.
     Path(rows[0].path).write_bytes(b"\x89HDF\r\n\x1a\n damaged")
     ingest("imerg", cfg, catalog, T, client)

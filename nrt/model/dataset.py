@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from nrt.errors import DataError
 from nrt.io import atomic_path
 from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels
+from nrt.timeline import HALF_HOUR
 
 log = logging.getLogger("nrt.model.dataset")
 
@@ -121,8 +122,6 @@ def channel_set_for(cfg) -> ChannelSet:
 
 
 # ---------------------------------------------------------------- building from the catalog (the I/O edge)
-
-HALF_HOUR = timedelta(minutes=30)
 
 
 def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:

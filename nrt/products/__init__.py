@@ -12,7 +12,8 @@
 - `stac`: the STAC catalog beside the products (`update_stac`);
 - `mapserver`: the live map page behind `nrt serve` (`MapData`, `make_server`);
 - `dataset`: best available per valid time as one dataset (`open_best`);
-- `retention`: age-based pruning that keeps catalog and disk consistent (`prune`, `prune_from_config`).
+- `retention`: age-based pruning that keeps catalog and disk consistent (`prune`; raw granules:
+  `nrt.sources.retention`).
 """
 
 from nrt.products.alerts import AlertState, alert_states, check_areas
@@ -28,7 +29,7 @@ from nrt.products.publish import (
     update_latest,
 )
 from nrt.products.quicklook import quicklook
-from nrt.products.retention import PruneReport, prune, prune_from_config
+from nrt.products.retention import PruneReport, prune
 from nrt.products.summary import ProductStats, accumulations, best_mean_fields, summarize, write_summary
 
 __all__ = [
@@ -38,6 +39,6 @@ __all__ = [
     "product_path", "read_ensemble", "write_ensemble",
     "Published", "ProductRecord", "best_available", "ef5_directory", "export_best_ef5", "publish_valid_time", "update_latest",
     "quicklook",
-    "PruneReport", "prune", "prune_from_config",
+    "PruneReport", "prune",
     "ProductStats", "accumulations", "best_mean_fields", "summarize", "write_summary",
 ]

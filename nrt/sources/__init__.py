@@ -159,14 +159,29 @@ class ListingFailed(Exception):
         self.error, self.missing = error, missing
 
 
-def _already_held(row) -> bool:
-    """Whether the catalog row is a downloaded file still on disk with its recorded size and checksum."""
+def _already_held(row, catalog) -> bool:
+    """Whether the catalog row is a downloaded file still on disk with its recorded size and checksum.
+
+    A file whose size and modification time are as recorded is taken as unchanged, so a held file (a global
+    GEOS-FP file is hundreds of MB) is hashed only after something touched it; if it still hashes as recorded,
+    its new time is recorded.
+    """
     if row is None or row.state != "downloaded" or not row.sha256 or not row.path:
         return False
     path = Path(row.path)
-    if not path.is_file() or path.stat().st_size != row.size:
+    try:
+        stat = path.stat()
+    except OSError:
         return False
-    return sha256_file(path) == row.sha256
+    if not path.is_file() or stat.st_size != row.size:
+        return False
+    if row.mtime_ns == stat.st_mtime_ns:
+        return True
+    if sha256_file(path) != row.sha256:
+        return False
+    catalog.register_granule(row.source, row.name, row.version, row.start_time, row.end_time, row.path, row.size,
+                             row.sha256, mtime_ns=stat.st_mtime_ns)
+    return True
 
 
 def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
@@ -223,7 +238,7 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
         if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, cfg, rf, held, client):
             until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
             result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
-        elif _already_held(held):
+        elif _already_held(held, catalog):
             result.files.append(Path(held.path))
         else:
             catalog.expect_granule(rf.source, rf.name, rf.version, rf.start, rf.end)
@@ -252,9 +267,9 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
                     result.errors.append(f"{rf.name}: {exc.reason}")
                 result.missing.append(f"{rf.name}: {exc.reason}")
                 continue
-            catalog.register_granule(
-                rf.source, rf.name, rf.version, rf.start, rf.end, str(path), path.stat().st_size, sha256_file(path)
-            )
+            stat = path.stat()
+            catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path), stat.st_size,
+                                     sha256_file(path), mtime_ns=stat.st_mtime_ns)
             result.files.append(path)
     log.log(
         logging.WARNING if result.errors else logging.INFO, "ingest %s for %s: %d files, %d missing (%d server errors), %d bad",
