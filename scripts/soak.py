@@ -79,7 +79,7 @@ def worker_main(spec: dict) -> int:
     import xarray as xr
 
     from nrt import config, logs
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.grids import target_grid
     from nrt.pipeline import CycleReport
     from nrt.products import publish_valid_time
@@ -216,7 +216,7 @@ def spawn_worker(spec: dict, log_dir: Path, name: str) -> subprocess.Popen:
 
 def soak(args) -> dict:
     from nrt import config
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.service.scheduler import Clock, CycleScheduler
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="nrt-soak-"))
@@ -310,8 +310,9 @@ def audit(catalog, cfg, cycles: int, product_dir: Path) -> dict:
 
     from nrt.io import sha256_file
     from nrt.products.publish import ImplausibleProduct, check_plausible
+    from nrt.service.queue import JobQueue
 
-    jobs = {job.payload["cycle_time"]: job for job in catalog.jobs(kind="cycle")}
+    jobs = {job.payload["cycle_time"]: job for job in JobQueue(catalog).jobs(kind="cycle")}
     runs = catalog.runs()
     rows = catalog.products()
     outcome: collections.Counter = collections.Counter()

@@ -51,7 +51,7 @@ def _bilinear_2x(coarse: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_build_from_catalog_collocates_a_twin_overpass_with_imerg_and_nowcast_inputs(tmp_path, capsys):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.cli import main
     from nrt.grids import imerg_window
     from nrt.twin.generate import generate

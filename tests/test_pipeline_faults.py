@@ -26,6 +26,7 @@ from pipeline_helpers import (
     write_toml,
 )
 from nrt.timeline import HALF_HOUR, bridge_valid_times, isoformat
+from nrt.service.queue import JobQueue
 
 REPO = Path(__file__).resolve().parents[1]
 S2 = T2 - timedelta(hours=4)  # 08:30, the newest IMERG Early granule expected at 12:30
@@ -266,10 +267,10 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
             victim.wait(10)
 
     # At the crash: the job is still leased to the dead worker, and every registered product is a whole file.
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "running" and job.lease_owner.split(":")[1] == str(victim.pid)
     assert 0 < len(catalog.products()) < 46  # killed mid-cycle
-    assert catalog.claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
+    assert JobQueue(catalog).claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
     for row in catalog.products():
         assert sha256(Path(row.path)) == row.sha256
     for path in visible_files(cfg.product_dir):
@@ -279,7 +280,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     metrics = Metrics()
     rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: models)
     assert rescuer.run(max_jobs=1) == 1
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
 
     rows = catalog.products()

@@ -13,13 +13,14 @@ import pytest
 import tifffile
 import xarray as xr
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
 from nrt.products import best_available, prune, publish_valid_time
 from nrt.sources.retention import prune_granules
 from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
+from nrt.service.queue import JobQueue
 
 UTC = dt.timezone.utc
 GRID = LatLonGrid(0.05, 41.025, -94.475, 10, 12)
@@ -288,8 +289,8 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
     """Fencing: after another worker re-claims the job, the old holder's publish stops before any write."""
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    mine = catalog.claim("frozen", lease_s=0.5)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    mine = JobQueue(catalog).claim("frozen", lease_s=0.5)
     fenced = catalog.fenced(mine.id, mine.lease_token)
     publish(cfg, fenced, V, V, field(1.0))  # while the lease holds, writes go through
     rows_before = catalog.products()
@@ -297,7 +298,7 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
     import time
 
     time.sleep(0.6)  # frozen past the lease (SIGSTOP)
-    rival = catalog.claim("rival", lease_s=60)
+    rival = JobQueue(catalog).claim("rival", lease_s=60)
     assert rival.id == mine.id and rival.lease_token != mine.lease_token
     with pytest.raises(LeaseLost, match="lease lost"):
         publish(cfg, fenced, V, V + dt.timedelta(hours=1), field(2.0))
@@ -311,8 +312,8 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
 def test_a_lease_about_to_expire_refuses_a_file_write(cfg, catalog):
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    job = catalog.claim("w", lease_s=2)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    job = JobQueue(catalog).claim("w", lease_s=2)
     catalog.fenced(job.id, job.lease_token, margin_s=1).check_lease()
     with pytest.raises(LeaseLost, match="expired"):
         catalog.fenced(job.id, job.lease_token, margin_s=5).check_lease()  # no time left to write a file safely
@@ -345,8 +346,8 @@ def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, c
 
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    mine = catalog.claim("frozen", lease_s=0.5)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    mine = JobQueue(catalog).claim("frozen", lease_s=0.5)
     owners = publish(cfg, catalog, V, V, field(1.0, seed=5))  # the new owner's product, already in place
     path = owners.products[0].path
     kept = sha256_file(path)
@@ -363,7 +364,7 @@ def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, c
             self.checks += 1
             if self.checks == 1:
                 time.sleep(0.6)  # SIGSTOP while writing
-                assert catalog.claim("rival", lease_s=60).id == mine.id
+                assert JobQueue(catalog).claim("rival", lease_s=60).id == mine.id
 
         def __getattr__(self, name):
             return getattr(self.fenced, name)

@@ -15,7 +15,7 @@ from test_http import EMAIL, Handler, Server
 from test_sources_geosfp import linear_prectot, linear_tqv, write_file
 from test_sources_imerg import write_global
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import imerg_window, target_grid
 from nrt.io import sha256_file

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.grids import imerg_window, target_grid
 from nrt.sources import dem, dpr, geosfp, imerg, ingest
 from nrt.sources.http import Client

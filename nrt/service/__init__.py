@@ -17,7 +17,7 @@ log = logging.getLogger("nrt.service")
 
 def open_catalog(cfg, migrate: bool = False):
     """The configured catalog, migrated to head (`migrate`) or checked to be there already."""
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     return Catalog.from_config(cfg, migrate=migrate)
 

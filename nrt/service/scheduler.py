@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from nrt.errors import CatalogError, ConfigError
 from nrt.service.metrics import Metrics
 from nrt.service.outage import CatalogOutage
+from nrt.service.queue import JobQueue
 from nrt.service.systemd import Notifier
 from nrt.timeline import floor_to, isoformat, utc
 
@@ -125,6 +126,7 @@ class CycleScheduler:
 
     def __init__(self, cfg, catalog, metrics: Metrics | None = None, clock: Clock | None = None, last_cycle: datetime | None = None):
         self.cfg, self.catalog, self.metrics = cfg, catalog, metrics
+        self.queue = JobQueue(catalog)
         self.clock = clock or Clock()
         self.period = timedelta(minutes=cfg.timeline.cycle_minutes)
         self.delay = timedelta(minutes=cfg.timeline.cycle_delay_minutes)
@@ -138,7 +140,7 @@ class CycleScheduler:
 
     def enqueue(self, cycle_time: datetime) -> int:
         """Add the cycle's job unless its key exists (in any state); returns the job id either way."""
-        return self.catalog.enqueue(
+        return self.queue.enqueue(
             CYCLE_JOB,
             {"cycle_time": isoformat(cycle_time)},
             key=cycle_key(cycle_time),
@@ -148,7 +150,7 @@ class CycleScheduler:
 
     def newest_enqueued(self) -> datetime | None:
         """The latest cycle time that has a job, in any state (done ones included)."""
-        times = [utc(job.payload["cycle_time"]) for job in self.catalog.jobs(kind=CYCLE_JOB)]
+        times = [utc(job.payload["cycle_time"]) for job in self.queue.jobs(kind=CYCLE_JOB)]
         return max(times, default=None)
 
     def tick(self) -> list[datetime]:
