@@ -125,7 +125,7 @@ def test_other_product_and_truncation(gpm_dir, tmp_path):
     truncated = tmp_path / V06
     truncated.write_bytes((gpm_dir / V06).read_bytes()[:200_000])
     with pytest.raises(DataError, match="truncated or corrupt"):
-        dpr.validate(truncated, None)
+        dpr.validate(truncated)
 
 
 # ---------------------------------------------------------------- gridding

@@ -128,26 +128,26 @@ def test_missing_hour_and_variable(forecast):
 def test_validation_of_downloads(tmp_path, cfg, forecast):
     cfg.sources.geosfp.slv_variables = ["TQV", "T2M"]
     hour, init = utc(2024, 6, 1, 11, 30), utc(2024, 6, 1, 6)
-    geosfp.validate(forecast[hour][0], cfg)
-    geosfp.validate(forecast[hour][1], cfg)
+    geosfp.validate(forecast[hour][0], **geosfp.validate_settings(cfg))
+    geosfp.validate(forecast[hour][1], **geosfp.validate_settings(cfg))
     name = geosfp.forecast_filename(geosfp.SLV, init, hour)
     (tmp_path / "a").mkdir()
     missing = write_file(tmp_path / "a" / name, hour, {"TQV": linear_tqv})
     with pytest.raises(DataError, match="no variable T2M"):
-        geosfp.validate(missing, cfg)
+        geosfp.validate(missing, **geosfp.validate_settings(cfg))
     (tmp_path / "b").mkdir()
     fill = write_file(tmp_path / "b" / name, hour, {"TQV": linear_tqv, "T2M": periodic_t2m}, fill_all="T2M")
     with pytest.raises(DataError, match="T2M is all fill"):
-        geosfp.validate(fill, cfg)
+        geosfp.validate(fill, **geosfp.validate_settings(cfg))
     (tmp_path / "c").mkdir()
     small = write_file(tmp_path / "c" / name, hour, {"TQV": linear_tqv, "T2M": periodic_t2m}, nlon=576)
     with pytest.raises(DataError, match="grid 576 x 721"):
-        geosfp.validate(small, cfg)
+        geosfp.validate(small, **geosfp.validate_settings(cfg))
     (tmp_path / "d").mkdir()
     html = tmp_path / "d" / name
     html.write_text("<html><body>404 Not Found</body></html>")
     with pytest.raises(DataError, match="HTML page"):
-        geosfp.validate(html, cfg)
+        geosfp.validate(html, **geosfp.validate_settings(cfg))
 
 
 def test_identify_reports_the_precipitation_field(forecast):

@@ -141,7 +141,8 @@ def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
         try:
             if rf is None:
                 raise DataError(path, "not a granule of any source")
-            module(rf.source).validate(path, cfg, rf.name)
+            mod = module(rf.source)
+            mod.validate(path, rf.name, **mod.validate_settings(cfg))
         except DataError as exc:
             log.debug("skipping %s", exc)
             skipped += 1

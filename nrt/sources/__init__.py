@@ -1,7 +1,8 @@
 """Data sources: one module per source behind the same small interface, and the generic ingest over them.
 
 Each module (`imerg`, `dpr`, `geosfp`, `dem`) exposes `NAME`, `FILE_PATTERN`, `parse_name(name)`,
-`expected_files(cfg, t)`, `remote_url(cfg, rf)`, `validate(path, cfg, name)`, its reader and `identify(path)`.
+`expected_files(cfg, t)`, `remote_url(cfg, rf)`, `validate(path, name, **settings)` with
+`validate_settings(cfg)`, its reader and `identify(path)` (`nrt.sources.base.Source`).
 Modules whose server is listed first (the PPS and GES DISC directories) also expose `list_url(cfg, t)`,
 `parse_listing(cfg, text, url)` and `select(cfg, t, expected, listed) -> (files, missing)`.
 
@@ -193,7 +194,7 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
-            mod.validate(path, cfg, rf.name)
+            mod.validate(path, rf.name, **mod.validate_settings(cfg))
 
     if not _is_remote(url):
         path = _local_source(url)

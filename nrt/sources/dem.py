@@ -200,9 +200,13 @@ def load_dem(path: str | Path, grid: LatLonGrid, cache_dir: str | Path | None = 
     return ds
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A DEM file: readable, georeferenced, and covering every cell of the configured domain."""
-    _compute(Path(path), target_grid(cfg.domain.box()))
+def validate_settings(cfg) -> dict:
+    return {"grid": target_grid(cfg.domain.box())}
+
+
+def validate(path: str | Path, name: str | None = None, *, grid: LatLonGrid) -> None:
+    """A DEM file: readable, georeferenced, and covering every cell of `grid`."""
+    _compute(Path(path), grid)
 
 
 def _netcdf_stats(path: Path) -> tuple[list[int], dict, str]:

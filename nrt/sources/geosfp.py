@@ -212,15 +212,18 @@ def read_geosfp(
     )
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A downloaded file: NetCDF, a GEOS-FP name, the 1152 × 721 grid and the configured variables."""
+def validate_settings(cfg) -> dict:
+    return {"variables": {SLV: cfg.sources.geosfp.slv_variables, FLX: cfg.sources.geosfp.flx_variables}}
+
+
+def validate(path: str | Path, name: str | None = None, *, variables: Mapping[str, Sequence[str]]) -> None:
+    """A downloaded file: NetCDF, a GEOS-FP name, the 1152 × 721 grid and the `variables` of its collection."""
     path = Path(path)
     name = name or path.name
     collection = collection_of(name)
     if collection is None:
         raise DataError(path, f"{name!r} is not a GEOS-FP file name")
-    src = cfg.sources.geosfp
-    wanted = {SLV: src.slv_variables, FLX: src.flx_variables}.get(collection, [])
+    wanted = variables.get(collection, [])
     with _open(path) as nc:
         lat, lon = _axis(nc, path, "lat", DLAT), _axis(nc, path, "lon", DLON)
         if (lat.size, lon.size) != (NLAT, NLON):

@@ -12,7 +12,6 @@ with the file's own lat/lon vectors so cut files (the real test files) and globa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,14 +25,15 @@ from nrt.errors import DataError
 from nrt.grids import IMERG_GRID, Domain, LatLonGrid, imerg_window
 from nrt.sources import RemoteFile, field_stats, time_text
 from nrt.sources import http
+from nrt.sources.base import FilePattern
 from nrt.timeline import HALF_HOUR, motion_starts, newest_imerg_start, utc
 
 NAME = "imerg"
 
-FILE_PATTERN = re.compile(
-    r"3B-HHR(?P<run>-E|-L)?\.MS\.MRG\.3IMERG\."
-    r"(?P<date>\d{8})-S(?P<start>\d{6})-E(?P<end>\d{6})\.(?P<minutes>\d{4})\."
-    r"(?P<version>V\d{2}[A-Z])\.(?P<ext>RT-H5|HDF5)"
+# The one spelling of the name: parse_name reads it, filename writes it. `run` is the tag of _RUN_TAG.
+FILE_PATTERN = FilePattern(
+    "3B-HHR{run}.MS.MRG.3IMERG.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}.{minutes:04d}.{version}.{ext}",
+    run="-E|-L|", version=r"V\d{2}[A-Z]", ext="RT-H5|HDF5",
 )
 
 #: Dataset holding the main field, by major version; later majors fall back to the newest layout.
@@ -49,6 +49,7 @@ VARIABLE_ATTRS = {
 }
 GLOBAL_SHAPE = (IMERG_GRID.nlon, IMERG_GRID.nlat)  # as stored: (lon, lat)
 _RUN_TAG = {"E": "-E", "L": "-L", "F": ""}
+_RUN_OF_TAG = {tag: run for run, tag in _RUN_TAG.items()}
 _RUN_FOLDER = {"E": "early", "L": "late"}
 _GESDISC_PRODUCT = {"E": "GPM_3IMERGHHE", "L": "GPM_3IMERGHHL", "F": "GPM_3IMERGHH"}
 _EXT = {"pps": "RT-H5", "gesdisc": "HDF5"}
@@ -59,12 +60,8 @@ _EXT = {"pps": "RT-H5", "gesdisc": "HDF5"}
 def filename(start: datetime, version: str = "V07B", run: str = "E", server: str = "pps") -> str:
     """The file name of the half-hour granule starting at `start` (run E/L/F; server pps -> .RT-H5, gesdisc -> .HDF5)."""
     start = utc(start)
-    end = start + HALF_HOUR - timedelta(seconds=1)
-    minutes = start.hour * 60 + start.minute
-    return (
-        f"3B-HHR{_RUN_TAG[run]}.MS.MRG.3IMERG.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}"
-        f".{minutes:04d}.{version}.{_EXT[server]}"
-    )
+    return FILE_PATTERN.compose(run=_RUN_TAG[run], start=start, end=start + HALF_HOUR - timedelta(seconds=1),
+                                minutes=start.hour * 60 + start.minute, version=version, ext=_EXT[server])
 
 
 def major(version: str) -> str:
@@ -97,29 +94,25 @@ def gesdisc_relative_path(rf: RemoteFile) -> str:
 
 
 def _run_of(name: str) -> str:
-    match = FILE_PATTERN.fullmatch(name)
-    run = match["run"] if match else "-E"
-    return {"-E": "E", "-L": "L", None: "F"}[run]
+    fields = FILE_PATTERN.parse(name)
+    return _RUN_OF_TAG[fields["run"]] if fields else "E"
 
 
 def parse_name(name: str) -> RemoteFile | None:
-    match = FILE_PATTERN.fullmatch(name)
-    if not match:
+    fields = FILE_PATTERN.parse(name)
+    if fields is None:
         return None
-    try:
-        start = datetime.strptime(match["date"] + match["start"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-    except ValueError:
+    start = fields["start"].replace(tzinfo=timezone.utc)
+    if fields["minutes"] != start.hour * 60 + start.minute or start.minute % 30 or start.second:
         return None
-    if int(match["minutes"]) != start.hour * 60 + start.minute or start.minute % 30 or start.second:
-        return None
-    run = {"-E": "E", "-L": "L", None: "F"}[match["run"]]
-    if match["ext"] == "RT-H5":
+    run = _RUN_OF_TAG[fields["run"]]
+    if fields["ext"] == "RT-H5":
         if run == "F":
             return None  # the final run is never on the NRT server
         subdir = pps_folder(start, run)
     else:
-        subdir = gesdisc_folder(start, match["version"], run)
-    return RemoteFile(NAME, name, match["version"], start, start + HALF_HOUR, subdir)
+        subdir = gesdisc_folder(start, fields["version"], run)
+    return RemoteFile(NAME, name, fields["version"], start, start + HALF_HOUR, subdir)
 
 
 def _remote_file(start: datetime, version: str, server: str) -> RemoteFile:
@@ -309,13 +302,18 @@ def read_imerg(paths: Iterable[str | Path], domain: Domain, variables: Sequence[
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A downloaded granule: HDF5, the IMERG layout at global size, a named half-hour, data in the domain."""
+def validate_settings(cfg) -> dict:
+    return {"domain": cfg.domain.box(), "limits": cfg.sources.imerg}
+
+
+def validate(path: str | Path, name: str | None = None, *, domain: Domain, limits) -> None:
+    """A downloaded granule: HDF5, the IMERG layout at global size, a named half-hour, plausible data in the
+    domain (`limits`: `min_valid_fraction`, `max_rate_mmh`)."""
     path = Path(path)
-    _rf, fields, _grid, shape = _read_granule(path, name, cfg.domain.box(), ("precipitation",))
+    _rf, fields, _grid, shape = _read_granule(path, name, domain, ("precipitation",))
     if shape[1:] != GLOBAL_SHAPE:
         raise DataError(path, f"precipitation shape {shape}, expected (1, {GLOBAL_SHAPE[0]}, {GLOBAL_SHAPE[1]}) for a global granule")
-    plausible(fields["precipitation"], path, cfg.sources.imerg)
+    plausible(fields["precipitation"], path, limits)
 
 
 def plausible(precip: np.ndarray, path, limits) -> None:
