@@ -116,6 +116,28 @@ def choose(models: Models, reason: Fallback | None = None) -> tuple[str, Fallbac
     return CSGD, reason
 
 
+@dataclass(frozen=True)
+class InputVerdict:
+    reason: Fallback | None  # None: the inputs are fine
+    max_z: float
+    fallback: bool  # whether the cycle falls back to CSGD because of it
+
+
+def check_inputs(models: Models, conditions: Sequence, max_z: float, fall_back_out_of_range: bool) -> InputVerdict | None:
+    """The diffusion checkpoint's input guard (`nrt.model.guard`), None unless a diffusion model runs: a required
+    channel missing always falls back to CSGD; inputs beyond `max_z` are flagged, and fall back when
+    `fall_back_out_of_range` (`model.ood_fallback`)."""
+    if models.method != DIFFUSION or models.diffusion is None:
+        return None
+    from nrt.model.guard import check_inputs as guard
+
+    check = guard(models.diffusion.spec, conditions, max_z)
+    if check.reason is None:
+        return InputVerdict(None, check.max_z, False)
+    log.warning("%s (%s)", check.reason, check.detail)
+    return InputVerdict(check.reason, check.max_z, check.reason == Fallback.INPUTS_MISSING or fall_back_out_of_range)
+
+
 # ---------------------------------------------------------------------------------------------- methods
 
 

@@ -96,7 +96,7 @@ def worker_main(spec: dict) -> int:
         cycle_time = utc(job.payload["cycle_time"])
         fenced = catalog.fenced(job.id, job.lease_token, margin_s=cfg.service.lease_seconds / 2)
         run_id = fenced.start_run(cycle_time)
-        report = CycleReport(cycle_time)
+        products = []
         try:
             broken = broken_output(spec["seed"], cycle_time, job.attempts, spec["broken_rate"])
             for lead in LEADS:
@@ -108,13 +108,13 @@ def worker_main(spec: dict) -> int:
                     valid_time=valid, cycle_time=cycle_time, forecast_reference_time=cycle_time - HALF, lead=lead,
                     quicklook=False,
                 )
-                report.products.extend(published.products)
+                products.extend(published.products)
         except BaseException as exc:
             state = "failed" if isinstance(exc, Exception) else "abandoned"
-            fenced.finish_run(run_id, state, report.timings, error=f"{type(exc).__name__}: {exc}"[:500])
+            fenced.finish_run(run_id, state, {}, error=f"{type(exc).__name__}: {exc}"[:500])
             raise
-        fenced.finish_run(run_id, "ok", report.timings)
-        return report
+        fenced.finish_run(run_id, "ok", {})
+        return CycleReport(cycle_time, products=tuple(products))
 
     worker = Worker(cfg, catalog, Metrics(), {"cycle": cycle}, recorders={"cycle": lambda _report: None})
     worker.install_signal_handlers()

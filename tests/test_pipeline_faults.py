@@ -159,7 +159,7 @@ def test_without_the_dem_the_cycle_is_flagged_and_no_dem_success_is_reported(ser
 
 
 def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):
-    from nrt.pipeline import CycleFailed
+    from nrt.acquire import CycleFailed
 
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "imerg").rglob("3B-HHR-E*")])
     with pytest.raises(CycleFailed) as failure:

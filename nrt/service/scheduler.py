@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -33,47 +31,13 @@ from nrt.service.metrics import Metrics
 from nrt.service.outage import CatalogOutage
 from nrt.service.queue import JobQueue
 from nrt.service.systemd import Notifier
-from nrt.timeline import floor_to, isoformat, utc
+from nrt.timeline import Clock, floor_to, isoformat, utc
 
 log = logging.getLogger("nrt.service.scheduler")
 
 CYCLE_JOB = "cycle"
 DAY_MINUTES = 24 * 60
 OUTAGE_RETRY_S = 15.0  # real seconds between ticks while the catalog is unreachable
-
-
-class Clock:
-    """UTC wall time, optionally shifted and accelerated: `origin + speed × (real seconds since creation)`.
-
-    `Clock()` is the real clock. The demo uses `Clock(origin, speed=600)` so that the real scheduler and
-    worker run several 30-minute cycles in a few real minutes.
-    """
-
-    def __init__(self, origin: datetime | None = None, speed: float = 1.0, real: Callable[[], float] = time.time):
-        if speed <= 0:
-            raise ValueError("clock speed must be positive")
-        self.speed = speed
-        self._real = real
-        self._real_start = real()
-        self._origin = utc(origin).timestamp() if origin is not None else self._real_start
-
-    @property
-    def is_real(self) -> bool:
-        return self.speed == 1.0 and self._origin == self._real_start
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self._origin + (self._real() - self._real_start) * self.speed, timezone.utc)
-
-    __call__ = now
-
-    def sleep(self, seconds: float) -> None:
-        """Wait `seconds` of this clock's time."""
-        time.sleep(max(0.0, seconds) / self.speed)
-
-    def real_time_of(self, t: datetime) -> datetime:
-        """The real moment at which this clock shows `t`."""
-        real = self._real_start + (utc(t).timestamp() - self._origin) / self.speed
-        return datetime.fromtimestamp(real, timezone.utc)
 
 
 def cycle_key(cycle_time: datetime) -> str:

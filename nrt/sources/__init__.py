@@ -135,9 +135,9 @@ def _local_source(url: str) -> Path:
     return Path(parts.path) if parts.scheme == "file" else Path(url).expanduser()
 
 
-def resolve(mod: ModuleType, cfg, t: datetime, client) -> tuple[list[RemoteFile], list[str]]:
-    """The files to fetch for time `t` and a line for each expected file that is not there yet."""
-    expected = mod.expected_files(cfg, t)
+def resolve(mod: ModuleType, cfg, t: datetime, client, expected: list[RemoteFile] | None = None) -> tuple[list[RemoteFile], list[str]]:
+    """The files to fetch for time `t` (`expected`, or the module's) and a line for each one not there yet."""
+    expected = mod.expected_files(cfg, t) if expected is None else expected
     if not hasattr(mod, "list_url"):
         return expected, []
     urls = sorted({mod.list_url(cfg, rf.start) for rf in expected} or {mod.list_url(cfg, t)})
@@ -220,14 +220,14 @@ def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
     return True
 
 
-def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
-    """Fetch and register every file of `source` that should exist by `t` for that time."""
+def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[RemoteFile] | None = None) -> IngestResult:
+    """Fetch and register every file of `source` that should exist by `t` for that time (or the `expected` ones)."""
     mod = module(source)
     t = utc(t)
     if not getattr(getattr(cfg.sources, source), "enabled", True):
         return IngestResult()
     try:
-        wanted, missing = resolve(mod, cfg, t, client)
+        wanted, missing = resolve(mod, cfg, t, client, expected)
     except ListingFailed as failed:
         errors = [] if not_published(failed.error) else [str(failed.error)]
         return IngestResult(missing=failed.missing, errors=errors)

@@ -95,10 +95,11 @@ def forecast_file(collection: str, hour: datetime, now: datetime, latency: timed
     return RemoteFile(NAME, name, "V01", hour - AVERAGING / 2, hour + AVERAGING / 2, forecast_folder(init))
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
-    """Forecast files bracketing every valid time S … t of the cycle at `t`, for each configured collection."""
+def expected_files(cfg, t: datetime, latency: timedelta | None = None) -> list[RemoteFile]:
+    """Forecast files bracketing every valid time S … t of the cycle at `t`, for each configured collection, from
+    the newest forecast published `latency` (default `timeline.geosfp_latency_hours`) after its start."""
     t = utc(t)
-    latency = timedelta(hours=cfg.timeline.geosfp_latency_hours)
+    latency = timedelta(hours=cfg.timeline.geosfp_latency_hours) if latency is None else latency
     newest = newest_imerg_start(t, timedelta(minutes=cfg.timeline.imerg_latency_minutes))
     hours = sorted({h for v in bridge_valid_times(newest, t) for h in geosfp_hours_for(v)})
     return [forecast_file(c, h, t, latency) for c in _collections(cfg) for h in hours]
