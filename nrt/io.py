@@ -73,6 +73,9 @@ class Deletions:
         self.files += 1
         self.bytes += size
 
+    def line(self, pruned: str) -> str:
+        return f"pruned {pruned}; deleted {self.files} files ({self.bytes / 1e6:.1f} MB)"
+
 
 def older_than(path: Path, cutoff_epoch: float) -> bool:
     try:

@@ -218,6 +218,8 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
 
     assert report.products == 6 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
     assert granules.granules == 2 and granules.dangling == 0 and granules.files == 2  # the old one and the orphan
+    assert granules.line() == "pruned 2 granules, 0 dangling rows; deleted 2 files (0.0 MB)"
+    assert report.line().startswith("pruned 6 products, 1 dangling rows; deleted ")
     assert {r.valid_time for r in catalog.products()} == {new_v}
     assert catalog.product(dangling) is None
     for row in catalog.products():

@@ -39,8 +39,7 @@ class PruneReport(Deletions):
     dangling: int = 0  # rows deleted because their file was gone
 
     def line(self) -> str:
-        return (f"pruned {self.products} products, {self.dangling} dangling rows; "
-                f"deleted {self.files} files ({self.bytes / 1e6:.1f} MB)")
+        return super().line(f"{self.products} products, {self.dangling} dangling rows")
 
 
 def _prune_ef5(ef5_dir: Path, cutoff: dt.datetime, grace_epoch: float, report: PruneReport) -> None:

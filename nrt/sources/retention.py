@@ -28,8 +28,7 @@ class GranulePrune(Deletions):
     dangling: int = 0  # rows deleted because their file was gone
 
     def line(self) -> str:
-        return (f"pruned {self.granules} granules, {self.dangling} dangling rows; "
-                f"deleted {self.files} files ({self.bytes / 1e6:.1f} MB)")
+        return super().line(f"{self.granules} granules, {self.dangling} dangling rows")
 
 
 def prune_granules(catalog, data_dir: str | Path, older_than: dt.timedelta, now: dt.datetime | None = None, *,
