@@ -123,7 +123,8 @@ def acquire_geosfp(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> 
     previous = None
     files = list(result.files)
     if result.missing or result.bad:
-        older = geosfp.expected_files(cfg, cycle_time, timedelta(hours=cfg.timeline.geosfp_latency_hours) + GEOSFP_RUN_SPACING)
+        s = geosfp.settings(cfg)
+        older = geosfp.expected_files(s, cycle_time, s.latency + GEOSFP_RUN_SPACING)
         previous = ingest("geosfp", cfg, catalog, cycle_time, client, expected=older)
         files.extend(previous.files)
     verdict = geosfp_verdict(result, previous)

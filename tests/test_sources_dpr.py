@@ -72,10 +72,10 @@ def test_selection_keeps_listed_swaths_overlapping_the_lookback(cfg):
         dpr.parse_name(dpr.nrt_filename(utc(2024, 6, 1, 12, 20), utc(2024, 6, 1, 12, 50))),  # after t
         dpr.parse_name(dpr.nrt_filename(utc(2024, 6, 1, 9), utc(2024, 6, 1, 9, 30), version="V06A")),
     ]
-    chosen, missing = dpr.select(cfg, t, dpr.expected_files(cfg, t), listed)
+    chosen, missing = dpr.select(dpr.settings(cfg), t, dpr.expected_files(dpr.settings(cfg), t), listed)
     assert [rf.start for rf in chosen] == [utc(2024, 6, 1, 5, 40), utc(2024, 6, 1, 11, 50)]
     assert missing == []
-    assert dpr.list_url(cfg, t) == "http://127.0.0.1:8765/pps/text/radar/DprL2/"
+    assert dpr.list_url(dpr.settings(cfg), t) == "http://127.0.0.1:8765/pps/text/radar/DprL2/"
 
 
 # ---------------------------------------------------------------- reading

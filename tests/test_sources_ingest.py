@@ -176,7 +176,7 @@ def test_dpr_ingest_takes_listed_swaths_in_the_lookback(setup, mirror, gpm_dir):
 def test_geosfp_ingest_fetches_forecast_files_and_reports_missing(setup, mirror):
     cfg, catalog, client = setup
     cfg.timeline.imerg_latency_minutes = 30  # a short bridge: valid 11:30 and 12:00 -> hours 11:30, 12:30
-    expected = geosfp.expected_files(cfg, T)
+    expected = geosfp.expected_files(geosfp.settings(cfg), T)
     assert len(expected) == 4
     base = mirror.root / "nccs/datashare/gmao/geos-fp"
     for rf in expected:

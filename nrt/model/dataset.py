@@ -142,7 +142,7 @@ def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
             if rf is None:
                 raise DataError(path, "not a granule of any source")
             mod = module(rf.source)
-            mod.validate(path, rf.name, **mod.validate_settings(cfg))
+            mod.validate(path, rf.name, **mod.validate_settings(mod.settings(cfg)))
         except DataError as exc:
             log.debug("skipping %s", exc)
             skipped += 1

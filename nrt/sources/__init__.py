@@ -1,10 +1,10 @@
 """Data sources: one module per source behind the same small interface, and the generic ingest over them.
 
-Each module (`imerg`, `dpr`, `geosfp`, `dem`) exposes `NAME`, `FILE_PATTERN`, `parse_name(name)`,
-`expected_files(cfg, t)`, `remote_url(cfg, rf)`, `validate(path, name, **settings)` with
-`validate_settings(cfg)`, its reader and `identify(path)` (`nrt.sources.base.Source`).
-Modules whose server is listed first (the PPS and GES DISC directories) also expose `list_url(cfg, t)`,
-`parse_listing(cfg, text, url)` and `select(cfg, t, expected, listed) -> (files, missing)`.
+Each module (`imerg`, `dpr`, `geosfp`, `dem`) exposes `NAME`, `FILE_PATTERN`, `parse_name(name)`, `Settings`
+(the values its functions use, made from the config by `settings(cfg)`), `expected_files(s, t)`,
+`remote_url(s, rf)`, `validate(path, name, **validate_settings(s))`, its reader and `identify(path)`
+(`nrt.sources.base.Source`). Modules whose server is listed first (the PPS and GES DISC directories) also
+expose `list_url(s, t)`, `parse_listing(s, text, url)` and `select(s, t, expected, listed) -> (files, missing)`.
 
 `ingest()` is the only place that talks to both the network and the catalog: it works out what should exist,
 skips what the catalog already holds with a matching checksum, downloads the rest with bounded concurrency,
@@ -135,21 +135,22 @@ def _local_source(url: str) -> Path:
     return Path(parts.path) if parts.scheme == "file" else Path(url).expanduser()
 
 
-def resolve(mod: ModuleType, cfg, t: datetime, client, expected: list[RemoteFile] | None = None) -> tuple[list[RemoteFile], list[str]]:
-    """The files to fetch for time `t` (`expected`, or the module's) and a line for each one not there yet."""
-    expected = mod.expected_files(cfg, t) if expected is None else expected
+def resolve(mod: ModuleType, s, t: datetime, client, expected: list[RemoteFile] | None = None) -> tuple[list[RemoteFile], list[str]]:
+    """The files to fetch for time `t` (`expected`, or the module's) and a line for each one not there yet;
+    `s` is the module's `Settings`."""
+    expected = mod.expected_files(s, t) if expected is None else expected
     if not hasattr(mod, "list_url"):
         return expected, []
-    urls = sorted({mod.list_url(cfg, rf.start) for rf in expected} or {mod.list_url(cfg, t)})
+    urls = sorted({mod.list_url(s, rf.start) for rf in expected} or {mod.list_url(s, t)})
     listed: list[RemoteFile] = []
     for url in urls:
         try:
-            listed.extend(mod.parse_listing(cfg, client.get_text(url), url))
+            listed.extend(mod.parse_listing(s, client.get_text(url), url))
         except FetchError as exc:
             log.warning("listing failed: %s", exc)
             raise ListingFailed(exc, [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected]
                                 or [f"listing unavailable: {exc}"]) from None
-    return mod.select(cfg, t, expected, listed)
+    return mod.select(s, t, expected, listed)
 
 
 class ListingFailed(Exception):
@@ -185,8 +186,8 @@ def _already_held(row, catalog) -> bool:
     return True
 
 
-def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
-    url = mod.remote_url(cfg, rf)
+def _fetch(mod: ModuleType, s, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
+    url = mod.remote_url(s, rf)
     # The download's own clock starts when a slot frees up; the source's deadline caps it either way.
     deadline = min(stage_deadline, time.monotonic() + cfg.sources.http.download_deadline_s)
     if time.monotonic() >= deadline:
@@ -194,7 +195,7 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
-            mod.validate(path, rf.name, **mod.validate_settings(cfg))
+            mod.validate(path, rf.name, **mod.validate_settings(s))
 
     if not _is_remote(url):
         path = _local_source(url)
@@ -205,13 +206,13 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
     return client.download(url, local_path(cfg, rf), validate=check, deadline=deadline)
 
 
-def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
+def _still_refused(mod: ModuleType, s, rf: RemoteFile, held, client) -> bool:
     """Whether a granule marked bad `max_bad_attempts` times stays refused: its back-off has not passed and
     the server's copy looks the same as the one refused."""
     if held.retry_after is not None and datetime.now(timezone.utc) >= held.retry_after:
         log.info("%s: bad mark expired; trying it again", rf.name)
         return False
-    url = mod.remote_url(cfg, rf)
+    url = mod.remote_url(s, rf)
     if held.remote_tag and _is_remote(url):
         now = client.remote_tag(url)
         if now is not None and now != held.remote_tag:
@@ -227,7 +228,8 @@ def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[Remote
     if not getattr(getattr(cfg.sources, source), "enabled", True):
         return IngestResult()
     try:
-        wanted, missing = resolve(mod, cfg, t, client, expected)
+        s = mod.settings(cfg)
+        wanted, missing = resolve(mod, s, t, client, expected)
     except ListingFailed as failed:
         errors = [] if not_published(failed.error) else [str(failed.error)]
         return IngestResult(missing=failed.missing, errors=errors)
@@ -236,7 +238,7 @@ def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[Remote
     todo: list[RemoteFile] = []
     for rf in wanted:
         held = catalog.get_granule(rf.source, rf.name)
-        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, cfg, rf, held, client):
+        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, s, rf, held, client):
             until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
             result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
         elif _already_held(held, catalog):
@@ -249,7 +251,7 @@ def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[Remote
     reading = threading.Lock()
     stage_deadline = time.monotonic() + http.ingest_deadline_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{source}") as pool:
-        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading, stage_deadline)) for rf in todo]
+        futures = [(rf, pool.submit(_fetch, mod, s, cfg, rf, client, reading, stage_deadline)) for rf in todo]
         # Catalog writes stay on this thread; the pool only moves bytes.
         for rf, future in futures:
             try:

@@ -83,19 +83,22 @@ class FilePattern:
 
 class Source(Protocol):
     """The interface of `nrt.sources.{imerg,dpr,geosfp,dem}`; listed servers (imerg, dpr) also offer
-    `list_url(cfg, t)`, `parse_listing(cfg, text, url)` and `select(cfg, t, expected, listed)`."""
+    `list_url(s, t)`, `parse_listing(s, text, url)` and `select(s, t, expected, listed)`. `s` is the module's
+    `Settings`: the values its functions use, made from the config once (the ingest's edge)."""
 
     NAME: str
     FILE_PATTERN: FilePattern | re.Pattern
 
+    def settings(self, cfg) -> Any: ...
+
     def parse_name(self, name: str) -> RemoteFile | None: ...
 
-    def expected_files(self, cfg, t: datetime) -> list[RemoteFile]: ...
+    def expected_files(self, s, t: datetime) -> list[RemoteFile]: ...
 
-    def remote_url(self, cfg, rf: RemoteFile) -> str: ...
+    def remote_url(self, s, rf: RemoteFile) -> str: ...
 
-    def validate_settings(self, cfg) -> Mapping[str, Any]:
-        """The keyword arguments `validate` checks a file against, taken from the config (the ingest's edge)."""
+    def validate_settings(self, s) -> Mapping[str, Any]:
+        """The keyword arguments `validate` checks a file against."""
 
     def validate(self, path: str | Path, name: str | None = None, **settings: Any) -> None: ...
 

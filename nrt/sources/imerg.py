@@ -13,6 +13,7 @@ with the file's own lat/lon vectors so cut files (the real test files) and globa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -120,31 +121,47 @@ def _remote_file(start: datetime, version: str, server: str) -> RemoteFile:
     return RemoteFile(NAME, filename(start, version, "E", server), version, utc(start), utc(start) + HALF_HOUR, subdir)
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
-    """The motion-window granules that should exist at cycle time `t` (newest S = floor(t - latency))."""
-    newest = newest_imerg_start(t, timedelta(minutes=cfg.timeline.imerg_latency_minutes))
-    version = max(cfg.sources.imerg.versions)
-    server = cfg.sources.imerg.server
-    return [_remote_file(s, version, server) for s in motion_starts(newest, cfg.timeline.motion_granules)]
+@dataclass(frozen=True)
+class Settings:
+    """What this module's functions use, taken from the config once by `settings(cfg)`."""
+
+    server: str  # pps or gesdisc
+    pps_url: str
+    gesdisc_url: str
+    versions: tuple[str, ...]
+    latency: timedelta
+    motion_granules: int
+    domain: Domain  # validate: a granule must hold plausible data here
+    min_valid_fraction: float
+    max_rate_mmh: float
 
 
-def _base_url(cfg, rf: RemoteFile) -> str:
-    return cfg.sources.imerg.pps_url if rf.name.endswith(".RT-H5") else cfg.sources.imerg.gesdisc_url
-
-
-def remote_url(cfg, rf: RemoteFile) -> str:
-    return f"{_base_url(cfg, rf).rstrip('/')}/{rf.relative_path}"
-
-
-def list_url(cfg, t: datetime) -> str:
+def settings(cfg) -> Settings:
     src = cfg.sources.imerg
-    if src.server == "pps":
-        return f"{src.pps_url.rstrip('/')}/{pps_listing_path(t)}"
-    return f"{src.gesdisc_url.rstrip('/')}/{gesdisc_folder(t, max(src.versions))}/"
+    return Settings(src.server, src.pps_url, src.gesdisc_url, tuple(src.versions),
+                    timedelta(minutes=cfg.timeline.imerg_latency_minutes), cfg.timeline.motion_granules,
+                    cfg.domain.box(), src.min_valid_fraction, src.max_rate_mmh)
 
 
-def parse_listing(cfg, text: str, url: str) -> list[RemoteFile]:
-    if cfg.sources.imerg.server == "pps":
+def expected_files(s: Settings, t: datetime) -> list[RemoteFile]:
+    """The motion-window granules that should exist at cycle time `t` (newest S = floor(t - latency))."""
+    newest = newest_imerg_start(t, s.latency)
+    return [_remote_file(start, max(s.versions), s.server) for start in motion_starts(newest, s.motion_granules)]
+
+
+def remote_url(s: Settings, rf: RemoteFile) -> str:
+    base = s.pps_url if rf.name.endswith(".RT-H5") else s.gesdisc_url
+    return f"{base.rstrip('/')}/{rf.relative_path}"
+
+
+def list_url(s: Settings, t: datetime) -> str:
+    if s.server == "pps":
+        return f"{s.pps_url.rstrip('/')}/{pps_listing_path(t)}"
+    return f"{s.gesdisc_url.rstrip('/')}/{gesdisc_folder(t, max(s.versions))}/"
+
+
+def parse_listing(s: Settings, text: str, url: str) -> list[RemoteFile]:
+    if s.server == "pps":
         folder = urlsplit(url).path.split("/text/", 1)[-1]
         names = http.parse_pps_listing(text, folder, FILE_PATTERN)
     else:
@@ -152,10 +169,10 @@ def parse_listing(cfg, text: str, url: str) -> list[RemoteFile]:
     return [rf for rf in map(parse_name, names) if rf is not None]
 
 
-def select(cfg, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
+def select(s: Settings, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
     """For each expected half-hour, the listed Early granule of the newest allowed version."""
-    allowed = set(cfg.sources.imerg.versions)
-    ext = _EXT[cfg.sources.imerg.server]
+    allowed = set(s.versions)
+    ext = _EXT[s.server]
     chosen, missing = [], []
     for want in expected:
         candidates = [
@@ -302,8 +319,8 @@ def read_imerg(paths: Iterable[str | Path], domain: Domain, variables: Sequence[
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def validate_settings(cfg) -> dict:
-    return {"domain": cfg.domain.box(), "limits": cfg.sources.imerg}
+def validate_settings(s: Settings) -> dict:
+    return {"domain": s.domain, "limits": s}
 
 
 def validate(path: str | Path, name: str | None = None, *, domain: Domain, limits) -> None:
