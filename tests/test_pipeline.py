@@ -236,7 +236,7 @@ def test_rerunning_a_cycle_gives_the_same_catalog_state_and_values(service_run):
     values = {p.path: ensemble_values(p.path) for p in catalog.products(kind="ensemble") if p.cycle_time == T2}
     with Client.from_config(cfg) as client:
         report = pipeline.run_cycle(T2, cfg, catalog, client, service_run.models)
-    assert report.degraded == [] and len(report.products) == 46
+    assert report.degraded == () and len(report.products) == 46
     assert state() == before
     for row in catalog.products():
         assert row.sha256 == sha256(Path(row.path))  # rewritten files were registered again
