@@ -26,18 +26,11 @@ def catalog(cfg):
         yield cat
 
 
-class NoHeartbeat:
-    """The worker's catalog with heartbeats failing, as for a worker frozen or cut off from the database."""
+class NoHeartbeat(JobQueue):
+    """The worker's job queue with heartbeats failing, as for a worker frozen or cut off from the database."""
 
-    def __init__(self, catalog):
-        self._catalog = catalog
-
-    def __getattr__(self, name):
-        if name == "heartbeat":
-            def refuse(*_args, **_kwargs):
-                raise CatalogUnavailable("heartbeat: connection reset")
-            return refuse
-        return getattr(self._catalog, name)
+    def heartbeat(self, *_args, **_kwargs):
+        raise CatalogUnavailable("heartbeat: connection reset")
 
 
 def test_a_worker_whose_lease_was_taken_over_stops_writing_and_records_nothing(cfg, catalog):
@@ -53,7 +46,8 @@ def test_a_worker_whose_lease_was_taken_over_stops_writing_and_records_nothing(c
         return Report()
 
     job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="k")
-    worker = make_worker(cfg, NoHeartbeat(catalog), {"cycle": handler}, load_model=Model)
+    worker = make_worker(cfg, catalog, {"cycle": handler}, load_model=Model)
+    worker.queue = NoHeartbeat(catalog)
     assert worker.run(max_jobs=1) == 1
     assert "wrote" not in seen and catalog.products() == []
     job = JobQueue(catalog).job(job_id)
