@@ -17,7 +17,7 @@ The newest source (IMERG, GEOS-FP) polls for late files until `service.ingest_cu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -152,9 +152,5 @@ def acquire(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> Acquire
     if dpr_files:
         sources["dpr"] = max(dpr.parse_name(p.name).start for p in dpr_files)
     return Acquired(tuple(imerg_files), sources["imerg"], by_hour, dem_files[0] if dem_files else None,
-                    tuple(dpr_files), tuple(_unique(degraded)), sources)
-
-
-def _unique(flags: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(flags))
+                    tuple(dpr_files), tuple(degraded), sources)
 
