@@ -147,7 +147,9 @@ def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
             log.debug("skipping %s", exc)
             skipped += 1
             continue
-        catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path.resolve()), path.stat().st_size, sha256_file(path))
+        stat = path.stat()
+        catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path.resolve()), stat.st_size,
+                                 sha256_file(path), mtime_ns=stat.st_mtime_ns)
         registered += 1
     log.info("registered %d granule files under %s (%d other files skipped)", registered, root, skipped)
     return registered, skipped
