@@ -86,3 +86,17 @@ def geosfp_at(by_hour: Mapping[datetime, Sequence[Path]], valid: datetime, grid:
     except NrtError as exc:
         log.warning("GEOS-FP unusable for %s: %s", isoformat(valid), exc)
         return None, Degradation.GEOSFP_UNREADABLE
+
+
+def conditions(made: Bridge, grid: LatLonGrid, dem: xr.Dataset | None, geosfp_files: Mapping[datetime, Sequence[Path]],
+               variables: Sequence[str], geosfp_enabled: bool, read_geosfp: bool) -> tuple[list, list[str]]:
+    """The model's `Conditioning` at each valid time and the cycle's GEOS-FP flags; GEOS-FP is read only when
+    `read_geosfp` (a diffusion model that loaded: CSGD reads the rain alone, with no GEOS-FP reads or flags)."""
+    from nrt.model.conditioning import Conditioning
+
+    out, flags = [], []
+    for v in made.valid_times:
+        geos, why = geosfp_at(geosfp_files, v.valid, grid, variables, geosfp_enabled) if read_geosfp else (None, None)
+        flags.append(why)
+        out.append(Conditioning(precip=v.coarse, grid=grid, lead=v.lead, random_error=v.random_error, dem=dem, geosfp=geos))
+    return out, [why for why in flags if why]

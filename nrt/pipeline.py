@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from nrt import __version__, downscale
 from nrt.acquire import acquire
-from nrt.bridge import bridge, geosfp_at, nowcast_flags
+from nrt.bridge import bridge, conditions, nowcast_flags
 from nrt.degradation import Degradation, Fallback, NowcastReason, flag
 from nrt.grids import target_grid
 from nrt.timeline import Clock, isoformat, utc
@@ -88,7 +88,7 @@ def run_cycle(cycle_time: datetime, cfg, catalog, client, models, clock: Clock |
 
 def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callable[[str], None]) -> CycleReport:
     from nrt.model.assemble import dem_cache_dir, imerg_variables
-    from nrt.model.conditioning import Conditioning, upsample
+    from nrt.model.conditioning import upsample
     from nrt.products import check_areas, publish_cycle
     from nrt.sources.dem import load_dem
 
@@ -108,25 +108,20 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
                         latency=timedelta(minutes=cfg.timeline.imerg_latency_minutes), seed=cfg.nowcast.seed + half_hours,
                         variables=imerg_variables(cfg))
         tally.degrade(*nowcast_flags(coarse.nowcast_degraded))
+    inputs, flags = conditions(coarse, grid, dem, got.geosfp, [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables],
+                               cfg.sources.geosfp.enabled, models.method == downscale.DIFFUSION and models.diffusion is not None)
+    tally.degrade(*flags)
 
-    # GEOS-FP is read only for a diffusion model that loaded: CSGD reads the rain alone (no GEOS-FP reads or flags).
-    uses_geosfp = models.method == downscale.DIFFUSION and models.diffusion is not None
-    variables = [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables]
-    conditions = []
-    for v in coarse.valid_times:
-        geos, why = geosfp_at(got.geosfp, v.valid, grid, variables, cfg.sources.geosfp.enabled) if uses_geosfp else (None, None)
-        tally.degrade(why)
-        conditions.append(Conditioning(precip=v.coarse, grid=grid, lead=v.lead, random_error=v.random_error, dem=dem, geosfp=geos))
-    check = downscale.check_inputs(models, conditions, cfg.model.ood_max_z, cfg.model.ood_fallback)
+    check = downscale.check_inputs(models, inputs, cfg.model.ood_max_z, cfg.model.ood_fallback)
     if check and check.reason and not check.fallback:
         tally.degrade(check.reason)
     method, fallback = downscale.choose(models, check.reason if check and check.fallback else None)
     if fallback:
         tally.degrade(flag(Degradation.DOWNSCALE_FALLBACK, fallback))
-    tell(f"downscale: {method}, {len(conditions)} valid times")
+    tell(f"downscale: {method}, {len(inputs)} valid times")
     with tally.stage("downscale"):
         ensemble = downscale.get_method(method)(
-            conditions, models, members=cfg.model.members, seed=cfg.model.seed + half_hours * 97, options=cfg.model,
+            inputs, models, members=cfg.model.members, seed=cfg.model.seed + half_hours * 97, options=cfg.model,
             callback=lambda k: tell(f"valid time {isoformat(coarse.valid_times[k].valid)} (lead {coarse.valid_times[k].lead}) done"),
         )
 
