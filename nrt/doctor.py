@@ -127,7 +127,7 @@ def check_csgd(cfg: Config) -> Finding:
 
 
 def check_catalog(cfg: Config, timeout_s: float = 5.0) -> Finding:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     try:
         catalog = Catalog(cfg.database_url, busy_timeout_s=min(cfg.catalog.busy_timeout_s, timeout_s))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from nrt.degradation import Fallback
 from nrt.errors import ConfigError, DataError
+from nrt.grids import cell_km
 
 log = logging.getLogger("nrt.downscale")
 
 DIFFUSION, CSGD = "diffusion", "csgd"
-CHECKPOINT_UNLOADABLE = "checkpoint_unloadable"  # fallback reason: the diffusion checkpoint failed to load
-KM_PER_DEGREE = 111.195  # great-circle km per degree on the 6371 km sphere
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Models:
     diffusion: Any = None
     csgd: Any = None
     csgd_sha256: str = ""
-    unavailable: str | None = None
+    unavailable: Fallback | None = None
     error: str = ""
 
     @property
@@ -96,11 +95,11 @@ def load_models(options) -> Models:
             raise
         error = " ".join(str(exc).split())
         log.error("checkpoint cannot load, cycles will write the CSGD ensemble (degraded): %s", error)
-        return Models(DIFFUSION, csgd=csgd, csgd_sha256=sha, unavailable=CHECKPOINT_UNLOADABLE, error=error)
+        return Models(DIFFUSION, csgd=csgd, csgd_sha256=sha, unavailable=Fallback.CHECKPOINT_UNLOADABLE, error=error)
     return Models(DIFFUSION, diffusion=network, csgd=csgd, csgd_sha256=sha or "")
 
 
-def choose(models: Models, reason: str | None = None) -> tuple[str, str | None]:
+def choose(models: Models, reason: Fallback | None = None) -> tuple[str, Fallback | None]:
     """(method to run, fallback reason or None). The fallback hook: `reason` is a caller's cause to distrust
     the diffusion model (say, inputs outside its training range); a model that failed to load is one too.
 
@@ -115,6 +114,28 @@ def choose(models: Models, reason: str | None = None) -> tuple[str, str | None]:
         log.warning("diffusion model distrusted (%s) but model.fallback is off: running it anyway", reason)
         return DIFFUSION, None
     return CSGD, reason
+
+
+@dataclass(frozen=True)
+class InputVerdict:
+    reason: Fallback | None  # None: the inputs are fine
+    max_z: float
+    fallback: bool  # whether the cycle falls back to CSGD because of it
+
+
+def check_inputs(models: Models, conditions: Sequence, max_z: float, fall_back_out_of_range: bool) -> InputVerdict | None:
+    """The diffusion checkpoint's input guard (`nrt.model.guard`), None unless a diffusion model runs: a required
+    channel missing always falls back to CSGD; inputs beyond `max_z` are flagged, and fall back when
+    `fall_back_out_of_range` (`model.ood_fallback`)."""
+    if models.method != DIFFUSION or models.diffusion is None:
+        return None
+    from nrt.model.guard import check_inputs as guard
+
+    check = guard(models.diffusion.spec, conditions, max_z)
+    if check.reason is None:
+        return InputVerdict(None, check.max_z, False)
+    log.warning("%s (%s)", check.reason, check.detail)
+    return InputVerdict(check.reason, check.max_z, check.reason == Fallback.INPUTS_MISSING or fall_back_out_of_range)
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -161,12 +182,6 @@ def csgd(inputs: Sequence, models: Models, *, members: int, seed: int, options,
 def _per_member(fields: np.ndarray, members: int) -> np.ndarray:
     """(given, lat, lon) -> (members, lat, lon): member i takes field i mod the number given."""
     return fields[np.arange(members) % fields.shape[0]]
-
-
-def cell_km(grid) -> tuple[float, float]:
-    """(north-south, east-west) size in km of a cell of `grid` at its central latitude."""
-    lat_c = math.radians(float(np.mean(grid.lats)))
-    return KM_PER_DEGREE * grid.res, KM_PER_DEGREE * grid.res * math.cos(lat_c)
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {DIFFUSION: diffusion, CSGD: csgd}

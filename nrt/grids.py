@@ -16,6 +16,7 @@ from nrt.errors import ConfigError
 
 # Round coordinates to this many decimals so float noise never shifts a cell (0.05° grids need 3).
 _DECIMALS = 6
+KM_PER_DEGREE = 111.195  # great-circle km per degree on the 6371 km sphere
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,7 @@ class LatLonGrid:
     def km_per_pixel(self) -> float:
         """Mean of the zonal and meridional cell size at the grid's central latitude (km)."""
         lat_c = math.radians(self.lat0 + self.res * (self.nlat - 1) / 2)
-        km_per_degree = 111.195  # great-circle km per degree on the 6371 km sphere
-        return km_per_degree * self.res * (1 + math.cos(lat_c)) / 2
+        return KM_PER_DEGREE * self.res * (1 + math.cos(lat_c)) / 2
 
     def area_definition(self):
         """pyresample AreaDefinition (EPSG:4326) of this grid; its rows run north to south."""
@@ -136,6 +136,12 @@ class LatLonGrid:
         w, s, e, n = self.extent
         ow, os_, oe, on = other.extent
         return w <= ow and s <= os_ and e >= oe and n >= on
+
+
+def cell_km(grid: LatLonGrid) -> tuple[float, float]:
+    """(north-south, east-west) size in km of a cell of `grid` at its central latitude."""
+    lat_c = math.radians(float(np.mean(grid.lats)))
+    return KM_PER_DEGREE * grid.res, KM_PER_DEGREE * grid.res * math.cos(lat_c)
 
 
 def to_area_rows(array: np.ndarray) -> np.ndarray:

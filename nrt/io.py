@@ -1,16 +1,23 @@
-"""Small file-system helpers shared by every writer: atomic replacement and checksums."""
+"""Small file-system helpers shared by every writer: atomic replacement, checksums and the retention sweep."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from nrt.errors import DataError
+
+log = logging.getLogger("nrt.io")
+
+_TEMP_NAME = re.compile(r"^\..+\.part-\d+-[0-9a-f]+(\.[A-Za-z0-9]+)?$")  # temp_name, products.publish.staged_name
 
 
 def temp_name(final: Path) -> Path:
@@ -43,6 +50,65 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_temp_name(name: str) -> bool:
+    """A writer's temp file (`temp_name`, or one keeping its suffix); a stale one is a crashed writer's."""
+    return _TEMP_NAME.match(name) is not None
+
+
+@dataclass
+class Deletions:
+    """Files deleted (and their bytes) by one retention run."""
+
+    files: int = 0
+    bytes: int = 0
+
+    def delete(self, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self.files += 1
+        self.bytes += size
+
+    def line(self, pruned: str) -> str:
+        return f"pruned {pruned}; deleted {self.files} files ({self.bytes / 1e6:.1f} MB)"
+
+
+def older_than(path: Path, cutoff_epoch: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff_epoch
+    except FileNotFoundError:
+        return False
+
+
+def inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def sweep(root: Path, known: set[Path], ours: Callable[[str], object], cutoff_epoch: float, deletions: Deletions,
+          skip: set[Path] = frozenset()) -> None:
+    """Under `root`, delete files older than the cutoff that are stale temp files, or that `ours(name)` claims
+    (a product or granule name) and `known` (resolved paths a catalog row names) lacks; then remove the empty
+    folders as old. A writer renames its file before registering it, so the cutoff leaves it time."""
+    if not root.is_dir():
+        return
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        folder = Path(dirpath)
+        if any(folder == s or folder.is_relative_to(s) for s in skip):
+            continue
+        for name in filenames:
+            path = folder / name
+            temp = is_temp_name(name)
+            if path in skip or not (temp or ours(name)) or path.resolve() in known:
+                continue
+            if older_than(path, cutoff_epoch):
+                log.info("retention: deleting %s file %s", "temp" if temp else "orphan", path)
+                deletions.delete(path)
+        if folder != root and not any(folder.iterdir()) and older_than(folder, cutoff_epoch):
+            folder.rmdir()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -6,8 +6,8 @@ the newest contiguous granules (pysteps optical flow); the method is chosen by n
 
 Degradation: every case pysteps handles badly is detected up front or caught, and the nowcast falls back
 to the next simpler method (steps/sprog -> extrapolation -> persistence -> zero rain). Each fallback adds
-one of `REASONS` to `NowcastResult.degraded` and logs a warning; the service turns the reasons into the
-`nrt_nowcast_degraded_total{reason}` metric and a product attribute.
+a `nrt.degradation.NowcastReason` to `NowcastResult.degraded` and logs a warning; the service turns the
+reasons into the `nrt_nowcast_degraded_total{reason}` metric and a product attribute.
 """
 
 from __future__ import annotations
@@ -26,38 +26,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from nrt.degradation import NowcastReason as Reason
 from nrt.errors import DataError
-from nrt.grids import LatLonGrid
-from nrt.timeline import HALF_HOUR, isoformat
+from nrt.grids import KM_PER_DEGREE, LatLonGrid
+from nrt.timeline import HALF_HOUR, isoformat, utc_times
 
 log = logging.getLogger("nrt.nowcast")
 
 TIMESTEP_MINUTES = 30
 DB_ZEROVALUE = -15.0  # dB value given to dry pixels (pysteps' customary choice, 5 dB under a 0.1 mm/h threshold)
 MAX_AR_ORDER = 2
-KM_PER_DEGREE = 111.195  # great-circle km per degree on the 6371 km sphere (as nrt.grids)
-
-# Degradation reasons: the values of the `reason` metric label and of the product attribute.
-MISSING_PIXELS = "missing_pixels"  # NaN pixels filled as dry for motion and nowcast, re-masked downstream
-MISSING_GRANULE = "missing_granule"  # a gap in the sequence (or an all-missing granule)
-MISSING_NEWEST = "missing_newest_granule"  # started from an older granule (lead_offset > 0)
-DRY = "dry"  # no rain in the newest granule: zero rain
-NEARLY_DRY = "nearly_dry"  # too little rain for STEPS/S-PROG's cascade statistics: extrapolation
-ZERO_MOTION = "zero_motion"  # no motion found (or too few granules to find any): persistence
-MOTION_FAILED = "motion_failed"  # the optical flow raised or returned non-finite vectors: persistence
-METHOD_FAILED = "method_failed"  # the method raised or returned nothing finite: next simpler method
-MOTION_CLIPPED = "motion_clipped"  # flow faster than max_speed_kmh (what the upwind buffer is sized for): slowed to it
-REASONS = (
-    MISSING_PIXELS,
-    MISSING_GRANULE,
-    MISSING_NEWEST,
-    DRY,
-    NEARLY_DRY,
-    ZERO_MOTION,
-    MOTION_FAILED,
-    METHOD_FAILED,
-    MOTION_CLIPPED,
-)
 
 MOTION_METHODS = {"lucaskanade": "LK", "vet": "VET", "darts": "DARTS"}
 # `nowcast.num_workers = 0` takes one thread per usable core up to this many: each worker adds to the peak
@@ -94,7 +72,7 @@ class MethodInputs:
 class NowcastResult:
     precip: xr.DataArray  # precipitation(member, time, lat, lon), mm/h float32, leads 1..steps
     method_used: str  # steps | sprog | extrapolation | persistence | zero
-    degraded: list[str]  # members of REASONS, in the order they happened
+    degraded: list[Reason]  # in the order they happened
     velocity: xr.DataArray  # motion(component, lat, lon) in m/s, eastward and northward
 
 
@@ -259,10 +237,6 @@ def _grid_of(frames: xr.DataArray) -> LatLonGrid:
     return LatLonGrid(float(lats[1] - lats[0]), float(lats[0]), float(lons[0]), lats.size, lons.size)
 
 
-def _times(frames: xr.DataArray) -> list[datetime]:
-    return [t.to_pydatetime() for t in pd.DatetimeIndex(frames["time"].values).tz_localize("UTC")]
-
-
 def _speed_kmh(velocity: np.ndarray, grid: LatLonGrid) -> np.ndarray:
     """Speed of a (2, lat, lon) grid-cells-per-step field in km/h, with the zonal cell size of each row."""
     hours = TIMESTEP_MINUTES / 60
@@ -288,7 +262,7 @@ class _Recorder:
     def __init__(self):
         self.where, self.reasons = "nowcast", []
 
-    def add(self, reason: str, message: str, *args) -> None:
+    def add(self, reason: Reason, message: str, *args) -> None:
         log.warning("%s: " + message + " [degraded: %s]", self.where, *args, reason)
         if reason not in self.reasons:
             self.reasons.append(reason)
@@ -322,16 +296,16 @@ def _sequence(values: np.ndarray, times: list[datetime], record: _Recorder) -> _
     late = int(halfhours[-1] - halfhours[present[-1]])
     record.where = f"nowcast from {isoformat(times[present[-1]])}"
     if late:
-        record.add(MISSING_NEWEST, "the newest %d granule(s) hold no data; starting from an older one", late)
+        record.add(Reason.MISSING_NEWEST, "the newest %d granule(s) hold no data; starting from an older one", late)
     gaps = [int(halfhours[b] - halfhours[a]) for a, b in zip(present, present[1:])]
     empty = [isoformat(times[i]) for i in range(present[-1]) if i not in present]
     if empty or any(g > 1 for g in gaps):
-        record.add(MISSING_GRANULE, "empty granules %s; the ones with data are %s half-hours apart", empty, gaps)
+        record.add(Reason.MISSING_GRANULE, "empty granules %s; the ones with data are %s half-hours apart", empty, gaps)
     contiguous = 1
     while contiguous < len(present) and gaps[-contiguous] == 1:
         contiguous += 1
     if any(np.isnan(values[i]).any() for i in present):
-        record.add(MISSING_PIXELS, "%.1f%% of the newest granule is missing; filled as dry and re-masked", 100 * np.isnan(values[present[-1]]).mean())
+        record.add(Reason.MISSING_PIXELS, "%.1f%% of the newest granule is missing; filled as dry and re-masked", 100 * np.isnan(values[present[-1]]).mean())
     usable = values[present]
     return _Sequence(
         filled=np.where(np.isfinite(usable), np.maximum(usable, 0.0), 0.0),
@@ -351,24 +325,24 @@ def _motion(seq: _Sequence, settings, grid: LatLonGrid, record: _Recorder) -> np
     elif len(seq.filled) >= 2:  # the newest granule's predecessor is missing: pair it with an older one
         frames, per_step = seq.filled[-2:], seq.gaps[-1]
     else:
-        record.add(ZERO_MOTION, "a single granule gives no motion")
+        record.add(Reason.ZERO_MOTION, "a single granule gives no motion")
         return zero
     try:
         flow = estimate_motion(frames, settings.motion, settings.rain_threshold_mmh) / per_step
     except Exception as exc:  # pysteps raises many types on degenerate fields; the bridge must still deliver
-        record.add(MOTION_FAILED, "%s optical flow failed: %r", settings.motion, exc)
+        record.add(Reason.MOTION_FAILED, "%s optical flow failed: %r", settings.motion, exc)
         return zero
     if not np.isfinite(flow).all():
-        record.add(MOTION_FAILED, "%s optical flow returned non-finite vectors", settings.motion)
+        record.add(Reason.MOTION_FAILED, "%s optical flow returned non-finite vectors", settings.motion)
         return zero
     speed = _speed_kmh(flow, grid)
     if speed.max() < settings.min_speed_kmh:
-        record.add(ZERO_MOTION, "motion below %g km/h everywhere", settings.min_speed_kmh)
+        record.add(Reason.ZERO_MOTION, "motion below %g km/h everywhere", settings.min_speed_kmh)
         return zero
     if speed.max() > settings.max_speed_kmh:
         # Faster flow (optical flow on a small or noisy field; the soak met 190 km/h) would carry the NaN from
         # outside the buffer onto the domain, and the publisher would then refuse the cycle's later leads.
-        record.add(MOTION_CLIPPED, "%s motion up to %.0f km/h slowed to %g km/h (nowcast.max_speed_kmh)",
+        record.add(Reason.MOTION_CLIPPED, "%s motion up to %.0f km/h slowed to %g km/h (nowcast.max_speed_kmh)",
                    settings.motion, speed.max(), settings.max_speed_kmh)
         flow = flow * np.minimum(1.0, settings.max_speed_kmh / np.maximum(speed, 1e-9))
     return flow
@@ -381,12 +355,12 @@ def _choose(requested: str, seq: _Sequence, velocity: np.ndarray, settings, reco
     if requested not in NEEDS_CASCADE:
         return requested
     if seq.ar_frames.shape[0] < 2:
-        record.add(MISSING_GRANULE, "%s needs 2 consecutive granules", requested)
+        record.add(Reason.MISSING_GRANULE, "%s needs 2 consecutive granules", requested)
         return SIMPLER[requested]
     valid = ~seq.missing
     wet = [float((frame[valid] >= settings.rain_threshold_mmh).mean()) for frame in seq.ar_frames]
     if min(wet) < settings.min_wet_fraction:
-        record.add(NEARLY_DRY, "wet fractions %s below %g", [round(w, 5) for w in wet], settings.min_wet_fraction)
+        record.add(Reason.NEARLY_DRY, "wet fractions %s below %g", [round(w, 5) for w in wet], settings.min_wet_fraction)
         return SIMPLER[requested]
     return requested
 
@@ -400,7 +374,7 @@ def _run(chosen: str, inputs: MethodInputs, record: _Recorder) -> tuple[np.ndarr
                 raise ValueError("no finite value in the output")
             return forecast, chosen
         except Exception as exc:  # as in _motion: fall back rather than leave the cycle without a nowcast
-            record.add(METHOD_FAILED, "%s failed: %r; trying %s", chosen, exc, SIMPLER[chosen])
+            record.add(Reason.METHOD_FAILED, "%s failed: %r; trying %s", chosen, exc, SIMPLER[chosen])
             chosen = SIMPLER[chosen]
 
 
@@ -438,14 +412,14 @@ def nowcast(
     grid = _grid_of(frames)
     record = _Recorder()
     if lead_offset:
-        record.add(MISSING_NEWEST, "starting %d half-hour(s) before the nominal start", lead_offset)
-    seq = _sequence(frames.values.astype(np.float64), _times(frames), record)
+        record.add(Reason.MISSING_NEWEST, "starting %d half-hour(s) before the nominal start", lead_offset)
+    seq = _sequence(frames.values.astype(np.float64), utc_times(frames["time"].values), record)
     skip = lead_offset + seq.late  # leads computed only to reach the requested valid times
 
     threshold = settings.rain_threshold_mmh
     velocity = np.zeros((2,) + grid.shape)
     if not (seq.filled[-1][~seq.missing] >= threshold).any():
-        record.add(DRY, "no pixel reaches %g mm/h", threshold)
+        record.add(Reason.DRY, "no pixel reaches %g mm/h", threshold)
         chosen = "zero"
     else:
         velocity = _motion(seq, settings, grid, record)

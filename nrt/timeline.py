@@ -7,7 +7,11 @@ then covers the valid times S, S + 30 min, ..., T (lead 0 is IMERG itself, leads
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+
+import numpy as np
 
 HALF_HOUR = timedelta(minutes=30)
 GEOSFP_INIT_HOURS = (0, 6, 12, 18)
@@ -25,6 +29,11 @@ def utc(t: datetime | str) -> datetime:
     if t.tzinfo is None:
         raise ValueError(f"naive datetime {t!r}: nrt works in timezone-aware UTC only")
     return t.astimezone(timezone.utc)
+
+
+def utc_times(values) -> list[datetime]:
+    """numpy datetime64 values (an xarray `time` coordinate holds naive UTC) as aware UTC datetimes."""
+    return [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in np.asarray(values)]
 
 
 def floor_to(t: datetime, period: timedelta) -> datetime:
@@ -96,3 +105,37 @@ def geosfp_hours_for(valid: datetime) -> tuple[datetime, datetime]:
 def isoformat(t: datetime) -> str:
     """Compact ISO form used in file names, logs and the catalog: 2024-06-01T12:30:00Z."""
     return utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Clock:
+    """UTC wall time, optionally shifted and accelerated: `origin + speed × (real seconds since creation)`.
+
+    `Clock()` is the real clock. The demo uses `Clock(origin, speed=600)` so that the real scheduler and
+    worker run several 30-minute cycles in a few real minutes.
+    """
+
+    def __init__(self, origin: datetime | None = None, speed: float = 1.0, real: Callable[[], float] = time.time):
+        if speed <= 0:
+            raise ValueError("clock speed must be positive")
+        self.speed = speed
+        self._real = real
+        self._real_start = real()
+        self._origin = utc(origin).timestamp() if origin is not None else self._real_start
+
+    @property
+    def is_real(self) -> bool:
+        return self.speed == 1.0 and self._origin == self._real_start
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._origin + (self._real() - self._real_start) * self.speed, timezone.utc)
+
+    __call__ = now
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        time.sleep(max(0.0, seconds) / self.speed)
+
+    def real_time_of(self, t: datetime) -> datetime:
+        """The real moment at which this clock shows `t`."""
+        real = self._real_start + (utc(t).timestamp() - self._origin) / self.speed
+        return datetime.fromtimestamp(real, timezone.utc)

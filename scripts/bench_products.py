@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from nrt import config
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.grids import Domain, LatLonGrid, target_grid
 from nrt.products import export_ef5, publish_valid_time, quicklook, read_ensemble, summarize, write_ensemble
 from nrt.products.summary import write_summary

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from nrt import config
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.config import DomainConfig
 from nrt.grids import target_grid
 from nrt.io import sha256_file

@@ -462,7 +462,7 @@ def twin_score(args) -> dict:
     import torch
     import xarray as xr
 
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.model.dataset import CatalogInputs, register_tree
     from nrt.model.inference import Downscaler
     from nrt.timeline import cycle_times, utc

@@ -127,10 +127,9 @@ def worker_main(spec: dict) -> int:
     import numpy as np
 
     from nrt import downscale, logs
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.service import load_models, pipeline_handlers
     from nrt.service.metrics import Metrics
-    from nrt.service.scheduler import Clock
     from nrt.service.worker import Worker, hard_exit
     from nrt.timeline import utc
 
@@ -173,7 +172,7 @@ def worker_main(spec: dict) -> int:
 
 def shared_clock(spec: dict):
     """The harness's accelerated clock, rebuilt in another process (both read the same wall clock)."""
-    from nrt.service.scheduler import Clock
+    from nrt.timeline import Clock
 
     now = spec["origin"] + (time.time() - spec["real_start"]) * spec["speed"]
     return Clock(origin=datetime.fromtimestamp(now, timezone.utc), speed=spec["speed"])
@@ -361,7 +360,7 @@ class Stop(Exception):
 
 
 def soak(args) -> dict:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.service.demo import ensure_twin, free_port, start_mirror, twin_span
     from nrt.service.scheduler import CycleScheduler
     from nrt.twin.faults import FaultPlan, FaultProxy
@@ -512,8 +511,9 @@ def audit(catalog, cfg, product_dir: Path, complete: bool) -> dict:
 
     from nrt.io import sha256_file
     from nrt.products.publish import ImplausibleProduct, check_plausible
+    from nrt.service.queue import JobQueue
 
-    jobs = {job.payload["cycle_time"]: job for job in catalog.jobs(kind="cycle")}
+    jobs = {job.payload["cycle_time"]: job for job in JobQueue(catalog).jobs(kind="cycle")}
     final_runs: dict[datetime, object] = {}
     run_states: collections.Counter = collections.Counter()
     durations = []

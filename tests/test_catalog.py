@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -17,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from nrt.catalog import Base, Catalog, resolve_url
 from nrt.errors import CatalogError
+from nrt.service.queue import JobQueue
+from nrt.store import Base, Catalog, resolve_url
 
 T0 = datetime(2024, 2, 29, 23, 30, tzinfo=timezone.utc)
 HALF = timedelta(minutes=30)
@@ -110,15 +110,15 @@ def test_migration_from_empty_creates_every_table_at_head(db_url):
     try:
         with pytest.raises(CatalogError, match="nrt catalog init"):
             fresh.check()
-        assert fresh.upgrade() == fresh.head() == "0003"
-        assert fresh.check() == "0003"
+        assert fresh.upgrade() == fresh.head() == "0004"
+        assert fresh.check() == "0004"
         with fresh.engine.connect() as connection:
             assert TABLES <= set(inspect(connection).get_table_names())
             # The migrations alone built the schema, and it is exactly what the models describe.
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-        job_id = fresh.enqueue("cycle", {"t": "x"}, key="k")
-        assert fresh.upgrade() == "0003"  # again: a no-op that keeps the data
-        assert fresh.job(job_id).key == "k"
+        job_id = JobQueue(fresh).enqueue("cycle", {"t": "x"}, key="k")
+        assert fresh.upgrade() == "0004"  # again: a no-op that keeps the data
+        assert JobQueue(fresh).job(job_id).key == "k"
     finally:
         fresh.close()
 
@@ -133,11 +133,11 @@ def test_a_catalog_of_the_first_revision_upgrades_and_keeps_its_jobs(db_url):
         with old.engine.begin() as connection:
             command.upgrade(old._alembic_config(connection), "0001")
         assert old.revision() == "0001"
-        job_id = old.enqueue("cycle", {"t": "x"}, key="k")  # inserts only columns the first revision has
+        job_id = JobQueue(old).enqueue("cycle", {"t": "x"}, key="k")  # inserts only columns the first revision has
         with pytest.raises(CatalogError, match="0001.*nrt catalog init"):
             old.check()
-        assert old.upgrade() == "0003"
-        claimed = old.claim("w")
+        assert old.upgrade() == "0004"
+        claimed = JobQueue(old).claim("w")
         assert (claimed.id, claimed.key, claimed.payload, claimed.not_before) == (job_id, "k", {"t": "x"}, None)
     finally:
         old.close()
@@ -173,10 +173,10 @@ def test_sqlite_writer_waits_for_a_lock_then_reports_it_in_one_line(tmp_path):
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         with pytest.raises(CatalogError, match="locked"):
-            catalog.enqueue("cycle", {})
+            JobQueue(catalog).enqueue("cycle", {})
         assert time.monotonic() - started >= 0.15  # it waited for the busy timeout, not failed at once
         other.execute("ROLLBACK")
-        assert catalog.enqueue("cycle", {}) == 1
+        assert JobQueue(catalog).enqueue("cycle", {}) == 1
 
 
 # -- granules -------------------------------------------------------------------------------------
@@ -257,146 +257,6 @@ def test_runs_record_state_timings_and_degradation(catalog):
         catalog.finish_run(10_000, "failed", {}, error="boom")
 
 
-# -- jobs -----------------------------------------------------------------------------------------
-
-
-def test_enqueue_is_idempotent_on_key_in_every_state(catalog):
-    first = catalog.enqueue("cycle", {"cycle_time": "2024-02-29T23:30:00Z"}, key="cycle:2024-02-29T23:30Z")
-    assert catalog.enqueue("cycle", {"other": 1}, key="cycle:2024-02-29T23:30Z") == first
-    job = catalog.claim("w1")
-    assert catalog.complete(job.id, "w1")
-    assert catalog.enqueue("cycle", {}, key="cycle:2024-02-29T23:30Z") == first
-    assert len(catalog.jobs()) == 1 and catalog.job(first).payload == {"cycle_time": "2024-02-29T23:30:00Z"}
-    # Jobs without a key are never merged.
-    assert catalog.enqueue("verify", {}) != catalog.enqueue("verify", {})
-
-
-def test_claim_order_priority_then_age_and_kind_filter(catalog):
-    old = catalog.enqueue("backfill", {"n": 1})
-    urgent = catalog.enqueue("cycle", {"n": 2}, priority=10)
-    later = catalog.enqueue("backfill", {"n": 3})
-    assert catalog.claim("w", kinds=["backfill"]).id == old
-    assert catalog.claim("w").id == urgent
-    job = catalog.claim("w")
-    assert (job.id, job.state, job.lease_owner, job.attempts) == (later, "running", "w", 1)
-    assert job.lease_expires > datetime.now(timezone.utc) + timedelta(seconds=200)
-    assert catalog.claim("w") is None
-
-
-def test_expired_lease_is_reclaimed_and_the_old_owner_loses_it(catalog):
-    job_id = catalog.enqueue("cycle", {}, key="c1")
-    first = catalog.claim("worker-a", lease_s=0.2)
-    assert first.id == job_id and catalog.claim("worker-b", lease_s=0.2) is None
-    assert catalog.heartbeat(job_id, "worker-a", lease_s=0.2)  # a live owner keeps its lease
-    time.sleep(0.3)
-    second = catalog.claim("worker-b", lease_s=60)
-    assert (second.id, second.lease_owner, second.attempts) == (job_id, "worker-b", 2)
-    assert "worker-a" in second.error
-    assert not catalog.heartbeat(job_id, "worker-a", 60)
-    assert not catalog.complete(job_id, "worker-a")
-    assert not catalog.fail(job_id, "worker-a", "late")
-    assert catalog.complete(job_id, "worker-b")
-    assert catalog.job(job_id).state == "done" and catalog.job(job_id).lease_owner is None
-
-
-def test_lease_expiring_on_the_last_attempt_fails_the_job(catalog):
-    job_id = catalog.enqueue("cycle", {}, max_attempts=2)
-    other = catalog.enqueue("cycle", {})
-    for owner in ("a", "b"):
-        assert catalog.claim(owner, lease_s=0.05).id == job_id
-        time.sleep(0.1)
-    # The next claim sweeps the dead job to `failed` and hands out the next one instead.
-    assert catalog.claim("c").id == other
-    job = catalog.job(job_id)
-    assert (job.state, job.attempts, job.lease_owner) == ("failed", 2, None)
-    assert "last attempt" in job.error
-
-
-def test_fail_retries_until_attempts_run_out_and_release_costs_nothing(catalog):
-    job_id = catalog.enqueue("cycle", {}, max_attempts=2)
-    assert catalog.claim("w").attempts == 1
-    assert catalog.release(job_id, "w")
-    assert (catalog.job(job_id).state, catalog.job(job_id).attempts) == ("queued", 0)
-    assert catalog.claim("w").attempts == 1
-    assert catalog.fail(job_id, "w", "nowcast: boom")
-    assert (catalog.job(job_id).state, catalog.job(job_id).error) == ("queued", "nowcast: boom")
-    assert catalog.claim("w").attempts == 2
-    assert catalog.fail(job_id, "w", "nowcast: boom again")
-    assert catalog.job(job_id).state == "failed" and catalog.claim("w") is None
-
-    permanent = catalog.enqueue("cycle", {}, max_attempts=5)
-    catalog.claim("w")
-    catalog.fail(permanent, "w", "bad config", retry=False)
-    assert catalog.job(permanent).state == "failed"
-    assert catalog.counts()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 2}
-
-
-def test_a_retry_waits_for_its_delay_and_reprocessing_does_not(catalog, monkeypatch):
-    import nrt.catalog
-
-    job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
-    later = catalog.enqueue("cycle", {}, key="d")
-    assert catalog.claim("w", kinds=["cycle"]).id == job_id
-    assert catalog.fail(job_id, "w", "download: server down", retry_delay_s=60)
-    job = catalog.job(job_id)
-    assert job.state == "queued" and 59 < (job.not_before - job.updated_at).total_seconds() <= 60
-    assert catalog.claim("w").id == later  # the waiting job is passed over, not the whole queue
-    assert catalog.claim("w") is None
-    start = job.not_before
-    monkeypatch.setattr(nrt.catalog, "_now", lambda: start + timedelta(seconds=1))
-    assert catalog.claim("w").attempts == 2
-    assert catalog.fail(job_id, "w", "download: server down")  # no delay given: at once
-    assert catalog.job(job_id).not_before is None and catalog.claim("w").attempts == 3
-    assert catalog.fail(job_id, "w", "download: server down", retry_delay_s=60)
-    assert catalog.job(job_id).state == "failed"
-    assert catalog.requeue("c") and catalog.job(job_id).not_before is None and catalog.claim("w").attempts == 1
-
-
-def _claim_until_empty(url: str, owner: str, barrier, results) -> None:
-    """One worker process: claim and complete jobs until none is left; reports (owner, ids, error)."""
-    claimed: list[int] = []
-    try:
-        catalog = Catalog(url, busy_timeout_s=60)
-        barrier.wait(timeout=120)  # start claiming together, so the workers really contend
-        while True:
-            job = catalog.claim(owner, lease_s=600)
-            if job is None:
-                if not catalog.jobs(state="queued"):
-                    break
-                continue
-            claimed.append(job.id)
-            if not catalog.complete(job.id, owner):
-                raise AssertionError(f"{owner} lost job {job.id} it had just claimed")
-        catalog.close()
-    except Exception as exc:
-        results.put((owner, claimed, repr(exc)))
-        return
-    results.put((owner, claimed, None))
-
-
-@pytest.mark.parametrize("n_jobs,n_workers", [(200, 4)])
-def test_processes_claiming_one_queue_never_share_or_lose_a_job(catalog, db_url, n_jobs, n_workers):
-    job_ids = {catalog.enqueue("cycle", {"n": n}) for n in range(n_jobs)}
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(n_workers), context.Queue()
-    workers = [
-        context.Process(target=_claim_until_empty, args=(db_url, f"worker-{i}", barrier, results))
-        for i in range(n_workers)
-    ]
-    for worker in workers:
-        worker.start()
-    reports = [results.get(timeout=240) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-    assert [error for _, _, error in reports if error] == []
-    every_claim = [job_id for _, ids, _ in reports for job_id in ids]
-    assert len(every_claim) == len(set(every_claim)) == n_jobs  # none twice
-    assert set(every_claim) == job_ids  # none lost
-    assert sum(1 for _, ids, _ in reports if ids) >= 2  # the queue really was shared
-    assert catalog.counts()["jobs"]["done"] == n_jobs
-    assert all(job.attempts == 1 for job in catalog.jobs())
-
-
 # -- products and scores --------------------------------------------------------------------------
 
 
@@ -473,7 +333,7 @@ def test_counts_cover_every_table_and_state(catalog):
     catalog.mark_bad("imerg", "a", "corrupt")
     catalog.expect_granule("imerg", "b", "V07B", T0, T0 + HALF)
     catalog.start_run(T0)
-    catalog.enqueue("cycle", {})
+    JobQueue(catalog).enqueue("cycle", {})
     counts = catalog.counts()
     assert counts["granules"] == {"expected": 1, "downloaded": 0, "bad": 1}
     assert counts["runs"] == {"running": 1, "ok": 0, "degraded": 0, "failed": 0, "abandoned": 0}
@@ -489,9 +349,9 @@ def test_cli_init_then_status_counts_rows(db_url):
     assert_one_line_error(status, "nrt catalog init")
     init = run_nrt("catalog", "init", env=env)
     assert init.returncode == 0, init.stderr
-    assert "revision 0003" in init.stdout
+    assert "revision 0004" in init.stdout
     with Catalog.open(db_url) as catalog:
-        catalog.enqueue("cycle", {})
+        JobQueue(catalog).enqueue("cycle", {})
         catalog.expect_granule("imerg", "a", "V07B", T0, T0 + HALF)
     status = run_nrt("catalog", "status", env=env)
     assert status.returncode == 0, status.stderr
@@ -531,7 +391,7 @@ def test_cli_read_only_catalog_file_fails_cleanly_and_keeps_its_rows(tmp_path):
     path = tmp_path / "catalog.sqlite"
     url = f"sqlite:///{path}"
     with Catalog.open(url, migrate=True) as catalog:
-        catalog.enqueue("cycle", {}, key="keep")
+        JobQueue(catalog).enqueue("cycle", {}, key="keep")
     before = path.read_bytes()
     with read_only(path):
         assert_one_line_error(run_nrt("catalog", "init", env={"NRT_DB_URL": url}), "read-only")
@@ -539,7 +399,7 @@ def test_cli_read_only_catalog_file_fails_cleanly_and_keeps_its_rows(tmp_path):
             Catalog.open(url)
     assert path.read_bytes() == before
     with Catalog.open(url) as catalog:
-        assert catalog.job(1).key == "keep"
+        assert JobQueue(catalog).job(1).key == "keep"
 
 
 def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
@@ -553,7 +413,7 @@ def test_cli_read_only_postgresql_session_fails_cleanly(pg_url):
             with pytest.raises(CatalogError, match="read-only"):
                 Catalog.open(read_only_url)
             assert_one_line_error(run_nrt("catalog", "status", env={"NRT_DB_URL": read_only_url}), "read-only")
-            assert catalog.check() == "0003"
+            assert catalog.check() == "0004"
 
 
 def test_catalog_from_config_uses_nrt_db_url(cfg, monkeypatch, tmp_path):
@@ -602,13 +462,13 @@ def test_a_catalog_of_revision_0002_upgrades_keeping_runs_granules_and_jobs(db_u
                 "VALUES ('imerg', 'g', '2024-06-01 12:00:00', '2024-06-01 12:30:00', 'bad', 'corrupt', 3, "
                 "'2024-06-01 12:05:00', '2024-06-01 12:05:00')"
             ))
-        job_id = old.enqueue("cycle", {"t": "x"}, key="k")
-        assert old.upgrade() == "0003"
+        job_id = JobQueue(old).enqueue("cycle", {"t": "x"}, key="k")
+        assert old.upgrade() == "0004"
         (run,) = old.runs()
         assert (run.state, run.lease_token) == ("running", None)
         granule = old.get_granule("imerg", "g")
         assert (granule.state, granule.attempts, granule.retry_after, granule.remote_tag) == ("bad", 3, None, None)
-        assert old.claim("w").id == job_id
+        assert JobQueue(old).claim("w").id == job_id
         old.finish_run(run.id, "abandoned", {})  # the new state passes the rebuilt CHECK
         assert old.runs()[0].state == "abandoned"
     finally:

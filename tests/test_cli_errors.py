@@ -41,7 +41,7 @@ def test_demo_workdir_on_a_read_only_file_system(tmp_path, capsys):
 
 
 def test_verify_out_inside_a_file(cfg, tmp_path, capsys):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     Catalog.from_config(cfg, migrate=True).close()
     config = tmp_path / "nrt.toml"
@@ -55,7 +55,7 @@ def test_verify_out_inside_a_file(cfg, tmp_path, capsys):
 
 def test_catalog_status_into_a_closed_pipe_is_quiet(cfg, tmp_path):
     """`nrt catalog status | head -0`: the reader is gone before we write."""
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     Catalog.from_config(cfg, migrate=True).close()
     read_end, write_end = os.pipe()

@@ -18,7 +18,7 @@ import xarray as xr
 
 from pipeline_helpers import MEMBERS, config_data, model_settings, write_toml
 from nrt import config
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nrt import config, downscale
+from nrt.degradation import Fallback
 from nrt.errors import ConfigError, DataError
 from nrt.grids import Domain, imerg_grid, target_grid
 from nrt.io import sha256_file
@@ -61,9 +62,9 @@ def test_an_unloadable_checkpoint_leaves_the_csgd_fallback_or_raises_when_it_is_
     damage(weights)
     models = downscale.load_models(model_options(tmp_path, checkpoint=str(weights)))
     assert models.diffusion is None and models.csgd is not None
-    assert models.unavailable == downscale.CHECKPOINT_UNLOADABLE and str(tmp_path) in models.error
+    assert models.unavailable == Fallback.CHECKPOINT_UNLOADABLE and str(tmp_path) in models.error
     assert models.sha256 == models.csgd_sha256 and len(models.sha256) == 64
-    assert downscale.choose(models) == ("csgd", "checkpoint_unloadable")
+    assert downscale.choose(models) == ("csgd", Fallback.CHECKPOINT_UNLOADABLE)
     with pytest.raises(DataError):
         downscale.load_models(model_options(tmp_path, checkpoint=str(weights), fallback=False))
 

@@ -16,7 +16,7 @@ import tifffile
 import xarray as xr
 
 from conftest import SHARED_DATA
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.config import AlertArea, Basin
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file

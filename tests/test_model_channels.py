@@ -8,6 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
+from nrt.degradation import Fallback
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid
 from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels
@@ -115,7 +116,7 @@ def _spec_for(channels: ChannelSet, conds):
 
 
 def test_input_guard_flags_another_domain_for_position_channels_and_missing_required_inputs():
-    from nrt.model.guard import INPUTS_MISSING, OUT_OF_DISTRIBUTION, channel_z, check_inputs
+    from nrt.model.guard import channel_z, check_inputs
 
     rng = np.random.default_rng(3)
     iowa = [LatLonGrid(0.05, 40.025 + 0.3 * k, -95.975 + 0.4 * k, 8, 12) for k in range(6)]
@@ -128,13 +129,13 @@ def test_input_guard_flags_another_domain_for_position_channels_and_missing_requ
     home = check_inputs(spec, [cond(iowa[2])], max_z=4.0)
     assert home.reason is None and home.max_z < 4.0
     tropics = check_inputs(spec, [cond(LatLonGrid(0.05, 5.025, 100.025, 8, 12))], max_z=4.0)
-    assert tropics.reason == OUT_OF_DISTRIBUTION and "sin_lat" in tropics.detail and tropics.max_z > 6
+    assert tropics.reason == Fallback.INPUTS_OUT_OF_DISTRIBUTION and "sin_lat" in tropics.detail and tropics.max_z > 6
     # z of the latitude channel, computed independently from the stored statistics
     z = (np.mean(np.sin(np.radians(LatLonGrid(0.05, 5.025, 100.025, 8, 12).lats))) - spec.input_stats.mean[OLD.names().index("sin_lat")]) \
         / spec.input_stats.std[OLD.names().index("sin_lat")]
     assert channel_z(spec, cond(LatLonGrid(0.05, 5.025, 100.025, 8, 12)))["sin_lat"] == pytest.approx(z, rel=1e-4)
     no_geos = Conditioning(np.ones((4, 6), np.float32), iowa[0], random_error=np.ones((4, 6), np.float32))
-    assert check_inputs(spec, [no_geos], max_z=4.0).reason == INPUTS_MISSING
+    assert check_inputs(spec, [no_geos], max_z=4.0).reason == Fallback.INPUTS_MISSING
     # a masked checkpoint takes the same inputs without GEOS-FP: absent groups are not scored
     masked = _spec_for(NEW, [_cond(), _cond(geosfp=False, dem=False)])
     assert check_inputs(masked, [_cond(geosfp=False, dem=False)], max_z=4.0).reason is None

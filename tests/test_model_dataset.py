@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import h5py
 import numpy as np
@@ -51,7 +51,7 @@ def _bilinear_2x(coarse: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_build_from_catalog_collocates_a_twin_overpass_with_imerg_and_nowcast_inputs(tmp_path, capsys):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.cli import main
     from nrt.grids import imerg_window
     from nrt.twin.generate import generate
@@ -91,8 +91,9 @@ def test_build_from_catalog_collocates_a_twin_overpass_with_imerg_and_nowcast_in
 
 
 def _assert_pipeline_assembles_as_the_builder(cfg, tree, built):
-    from nrt import pipeline
-    from nrt.model.assemble import dem_cache_dir, geosfp_forecast_init
+    from nrt.bridge import bridge, geosfp_at
+    from nrt.grids import target_grid
+    from nrt.model.assemble import dem_cache_dir, geosfp_forecast_init, imerg_variables
     from nrt.model.conditioning import Conditioning, raw_channels
     from nrt.model.dataset import channel_set_for
     from nrt.sources import geosfp, imerg
@@ -101,12 +102,14 @@ def _assert_pipeline_assembles_as_the_builder(cfg, tree, built):
     valid = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
     cfg = config.from_dict({**cfg.model_dump(mode="json", exclude={"general"}), "general": {"workdir": str(cfg.workdir)},
                             "nowcast": {"members": 1}})
-    cycle = valid + pipeline.timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+    latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+    cycle = valid + latency
     files = sorted((p for p in tree.rglob("3B-HHR-E.*") if p.suffix == ".RT-H5"), key=lambda p: imerg.parse_name(p.name).start)
     files = [p for p in files if imerg.parse_name(p.name).start <= valid]
-    report = pipeline.CycleReport(cycle)
-    [(when, lead, coarse, random_error), *_] = pipeline.bridge_inputs(cfg, files, cycle, report)
-    assert (when, lead) == (valid, 0)
+    made = bridge(files, cycle, domain=cfg.domain.box(), latency=latency, settings=cfg.nowcast, members=cfg.nowcast.members,
+                  seed=cfg.nowcast.seed, variables=imerg_variables(cfg))
+    first = made.valid_times[0]
+    assert (first.valid, first.lead) == (valid, 0)
     init = geosfp_forecast_init(cfg, valid)
     by_hour = {}
     for path in tree.rglob("GEOS.fp.fcst.*.nc4"):
@@ -114,9 +117,11 @@ def _assert_pipeline_assembles_as_the_builder(cfg, tree, built):
         if datetime.strptime(match["init"], "%Y%m%d_%H").replace(tzinfo=timezone.utc) == init:
             rf = geosfp.parse_name(path.name)
             by_hour.setdefault(rf.start + (rf.end - rf.start) / 2, []).append(path)
-    grid = pipeline.target_grid(cfg.domain.box())
+    grid = target_grid(cfg.domain.box())
     dem = load_dem(next(tree.rglob("*dem*.nc")), grid, dem_cache_dir(cfg))
-    cond = Conditioning(coarse, grid, lead, random_error, pipeline.geosfp_fields(cfg, by_hour, valid, grid, report), dem)
+    variables = [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables]
+    geos, why = geosfp_at(by_hour, valid, grid, variables, cfg.sources.geosfp.enabled)
+    cond = Conditioning(first.coarse, grid, first.lead, first.random_error, geos, dem)
     served = raw_channels(cond, channel_set_for(cfg))[0]
-    assert not [flag for flag in report.degraded if not flag.startswith("nowcast:")]  # the nowcast's wider window is partly off the twin
+    assert why is None  # only the nowcast may be degraded: its wider window is partly off the twin
     np.testing.assert_array_equal(served, built)

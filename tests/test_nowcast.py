@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from nrt import nowcast as nc
 from nrt.config import NowcastConfig
+from nrt.degradation import NowcastReason
 from nrt.errors import DataError
 from nrt.grids import Domain
 
@@ -103,7 +104,7 @@ def test_motion_faster_than_the_buffer_allows_is_slowed_to_max_speed(settings):
     settings.max_speed_kmh = 60.0
     frames = as_frames(moving(rain_field(), 3, u=8, v=0))
     result = nc.nowcast(frames, settings, steps=2, method="extrapolation")
-    assert nc.MOTION_CLIPPED in result.degraded
+    assert NowcastReason.MOTION_CLIPPED in result.degraded
     east = result.velocity.sel(component="eastward").values
     north = result.velocity.sel(component="northward").values
     assert float(np.hypot(east, north).max()) * 3.6 <= 60.0 + 1e-3
@@ -193,8 +194,8 @@ def test_missing_pixels_are_filled_then_remasked_along_the_motion(settings):
     values[:, 30:40, 20:30] = np.nan
     result = nc.nowcast(as_frames(values), settings, steps=4)
     assert result.method_used == "steps"
-    assert result.degraded == [nc.MISSING_PIXELS]
-    assert result.precip.attrs["nowcast_degraded"] == nc.MISSING_PIXELS
+    assert result.degraded == [NowcastReason.MISSING_PIXELS]
+    assert result.precip.attrs["nowcast_degraded"] == NowcastReason.MISSING_PIXELS
     for lead in (1, 4):
         holes = np.isnan(result.precip.values[0, lead - 1])
         moved = np.zeros_like(holes)
@@ -211,7 +212,7 @@ def test_missing_granule_uses_the_older_one_with_its_real_spacing(settings):
     values = moving(rain_field(), 3, u=u, v=v)
     times = [T0, T0 + pd.Timedelta(minutes=60)]  # the 10:30 granule never came
     result = nc.nowcast(as_frames(values[[0, 2]], times), settings)
-    assert nc.MISSING_GRANULE in result.degraded
+    assert NowcastReason.MISSING_GRANULE in result.degraded
     assert result.method_used == "extrapolation"  # STEPS needs two consecutive granules
     east, north = expected_velocity_ms(u, v)
     wet = values[-1] > 1.0
@@ -223,7 +224,7 @@ def test_an_all_missing_granule_counts_as_missing(settings):
     values = moving(rain_field(), 4, u=2, v=1)
     values[1] = np.nan
     result = nc.nowcast(as_frames(values), settings)
-    assert result.degraded == [nc.MISSING_GRANULE]
+    assert result.degraded == [NowcastReason.MISSING_GRANULE]
     assert result.method_used == "steps"  # the two newest granules are consecutive: AR(1) STEPS still runs
 
 
@@ -231,7 +232,7 @@ def test_missing_newest_granule_starts_from_the_older_one_with_extra_leads(setti
     frames = as_frames(moving(rain_field(), 3, u=2, v=1))
     normal = nc.nowcast(frames, settings, steps=4, method="extrapolation")
     late = nc.nowcast(frames, settings, steps=3, method="extrapolation", lead_offset=1)
-    assert late.degraded == [nc.MISSING_NEWEST]
+    assert late.degraded == [NowcastReason.MISSING_NEWEST]
     np.testing.assert_array_equal(late.precip["time"].values, normal.precip["time"].values[1:])
     assert list(late.precip["forecast_period"].values) == [60, 90, 120]
     np.testing.assert_allclose(late.precip.values, normal.precip.values[:, 1:], equal_nan=True)
@@ -242,7 +243,7 @@ def test_an_empty_newest_granule_shifts_the_start_but_not_the_valid_times(settin
     expected = nc.nowcast(as_frames(values[:3]), settings, steps=3, method="extrapolation", lead_offset=1)
     values[3] = np.nan
     result = nc.nowcast(as_frames(values), settings, steps=2, method="extrapolation")
-    assert result.degraded == [nc.MISSING_NEWEST]
+    assert result.degraded == [NowcastReason.MISSING_NEWEST]
     newest_given = T0 + pd.Timedelta(minutes=90)
     assert list(pd.DatetimeIndex(result.precip["time"].values)) == [newest_given + pd.Timedelta(minutes=m) for m in (30, 60)]
     np.testing.assert_allclose(result.precip.values, expected.precip.values[:, :2], equal_nan=True)
@@ -250,7 +251,7 @@ def test_an_empty_newest_granule_shifts_the_start_but_not_the_valid_times(settin
 
 def test_dry_domain_gives_zero_rain(settings):
     result = nc.nowcast(as_frames(np.zeros((3, NY, NX))), settings, members=3)
-    assert result.method_used == "zero" and result.degraded == [nc.DRY]
+    assert result.method_used == "zero" and result.degraded == [NowcastReason.DRY]
     assert result.precip.shape == (3, 8, NY, NX)
     assert (result.precip.values == 0).all()
 
@@ -259,14 +260,14 @@ def test_nearly_dry_domain_degrades_steps_to_extrapolation(settings):
     frames = as_frames(np.stack([blob(30 + k, 30 + 2 * k, radius=1.0) for k in range(3)]))
     assert 0 < (frames.values[-1] >= settings.rain_threshold_mmh).mean() < settings.min_wet_fraction
     result = nc.nowcast(frames, settings)
-    assert result.method_used == "extrapolation" and result.degraded == [nc.NEARLY_DRY]
+    assert result.method_used == "extrapolation" and result.degraded == [NowcastReason.NEARLY_DRY]
     assert np.nanmax(result.precip.values[0, 0]) > 1.0  # the little rain there is still moves on
 
 
 def test_zero_motion_degrades_to_persistence(settings):
     still = np.repeat(rain_field()[np.newaxis, 40 : 40 + NY, 40 : 40 + NX], 3, axis=0)
     result = nc.nowcast(as_frames(still), settings, members=2)
-    assert result.method_used == "persistence" and result.degraded == [nc.ZERO_MOTION]
+    assert result.method_used == "persistence" and result.degraded == [NowcastReason.ZERO_MOTION]
     for lead in range(8):
         np.testing.assert_allclose(result.precip.values[1, lead], still[-1], rtol=1e-6)
 
@@ -274,7 +275,7 @@ def test_zero_motion_degrades_to_persistence(settings):
 def test_single_granule_gives_persistence(settings):
     values = moving(rain_field(), 1, u=0, v=0)
     result = nc.nowcast(as_frames(values), settings, steps=2)
-    assert result.method_used == "persistence" and result.degraded == [nc.ZERO_MOTION]
+    assert result.method_used == "persistence" and result.degraded == [NowcastReason.ZERO_MOTION]
 
 
 def test_motion_failure_degrades_to_persistence(settings):
@@ -282,7 +283,7 @@ def test_motion_failure_degrades_to_persistence(settings):
     settings.motion = "darts"
     values = moving(rain_field(), 3, u=2, v=1)
     result = nc.nowcast(as_frames(values[[0, 2]], [T0, T0 + pd.Timedelta(minutes=60)]), settings, steps=2)
-    assert result.degraded == [nc.MISSING_GRANULE, nc.MOTION_FAILED]
+    assert result.degraded == [NowcastReason.MISSING_GRANULE, NowcastReason.MOTION_FAILED]
     assert result.method_used == "persistence"
     np.testing.assert_allclose(result.precip.values[0, 1], values[-1], rtol=1e-6)
 
@@ -294,7 +295,7 @@ def test_method_failure_falls_back_to_extrapolation(settings):
     for k in range(3):
         values[k, 30:33, 30 + 2 * k : 33 + 2 * k] = 5.0
     result = nc.nowcast(as_frames(values), settings, steps=2)
-    assert result.degraded == [nc.METHOD_FAILED]
+    assert result.degraded == [NowcastReason.METHOD_FAILED]
     assert result.method_used == "extrapolation"
     assert np.nanmax(result.precip.values[:, 1, 30:33, 38:41]) == pytest.approx(5.0, rel=0.05)
 

@@ -26,6 +26,7 @@ from pipeline_helpers import (
     write_toml,
 )
 from nrt.timeline import HALF_HOUR, bridge_valid_times, isoformat
+from nrt.service.queue import JobQueue
 
 REPO = Path(__file__).resolve().parents[1]
 S2 = T2 - timedelta(hours=4)  # 08:30, the newest IMERG Early granule expected at 12:30
@@ -100,7 +101,7 @@ def test_missing_newest_imerg_granule_nowcasts_from_the_previous_one_with_one_mo
     served = serve(lambda root: [p.unlink() for p in imerg_granules(root, S2)])
     report = served.cycle(T2, models)
     flag = f"imerg_missing:{isoformat(S2)}"
-    assert report.degraded == [flag]
+    assert report.degraded == (flag,)
     assert report.imerg_start == S2 - HALF_HOUR
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert [p.valid_time for p in ensembles] == bridge_valid_times(S2, T2)  # every valid time is still made
@@ -121,7 +122,7 @@ def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, mo
     init = T2.replace(minute=0)
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, init)), timeline={"geosfp_latency_hours": 0.5})
     report = served.cycle(T2, models)
-    assert report.degraded == ["geosfp_previous_forecast"]  # and no hour went without GEOS-FP
+    assert report.degraded == ("geosfp_previous_forecast",)  # and no hour went without GEOS-FP
     assert len([p for p in report.products if p.kind == "ensemble"]) == 9
     used = [g.name for g in served.catalog.granules("geosfp", state="downloaded")]
     assert len(used) == 2 * 6 and all(".20240601_06+" in name for name in used)  # hours 08:30 ... 13:30
@@ -131,7 +132,7 @@ def test_missing_newest_geosfp_forecast_falls_back_to_the_previous_one(serve, mo
 def test_without_any_geosfp_products_are_still_written(serve, models):
     served = serve(lambda root: shutil.rmtree(geosfp_forecast(root, T2).parents[3]))
     report = served.cycle(T2, models)
-    assert report.degraded == ["geosfp_missing"]
+    assert report.degraded == ("geosfp_missing",)
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert [p.lead for p in ensembles] == list(range(9))
     assert "geosfp" not in report.sources
@@ -142,14 +143,23 @@ def test_without_any_geosfp_products_are_still_written(serve, models):
 def test_without_dpr_there_is_no_verification_and_no_failure(serve, models):
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "radar").rglob("2A.GPM.DPR*")])
     report = served.cycle(T2, models)
-    assert report.degraded == [] and report.scores == []
+    assert report.degraded == () and report.scores == ()
     assert "verify" not in report.timings and "dpr" not in report.sources
+    assert set(report.sources) == {"imerg", "geosfp", "dem"} and report.sources["dem"] is None  # static: no granule time
     assert len(report.products) == 46  # 9 valid times x (ensemble, summary, 3 accumulations) + 1 quicklook
     assert served.catalog.scores() == []
 
 
+def test_without_the_dem_the_cycle_is_flagged_and_no_dem_success_is_reported(serve, models):
+    served = serve(lambda root: (root / "dem" / "nrt_twin_dem.nc").unlink())
+    report = served.cycle(T2, models)
+    assert "dem_missing" in report.degraded
+    assert set(report.sources) == {"imerg", "geosfp", "dpr"}  # nrt_source_last_success_timestamp_seconds{source="dem"} stays
+    assert len([p for p in report.products if p.kind == "ensemble"]) == 9
+
+
 def test_no_imerg_at_all_fails_the_cycle_and_logs_a_failed_run(serve, models):
-    from nrt.pipeline import CycleFailed
+    from nrt.acquire import CycleFailed
 
     served = serve(lambda root: [p.unlink() for p in (root / "pps" / "imerg").rglob("3B-HHR-E*")])
     with pytest.raises(CycleFailed) as failure:
@@ -166,7 +176,7 @@ def test_csgd_method_writes_the_same_products_marked_csgd(serve):
     served = serve(model={"method": "csgd"})
     models = load_models(served.cfg)
     report = served.cycle(T2, models)
-    assert report.downscale_method == "csgd" and report.degraded == [] and report.downscale_fallbacks == []
+    assert report.downscale_method == "csgd" and report.degraded == () and report.downscale_fallbacks == ()
     assert Counter(p.kind for p in report.products) == {
         "ensemble": 9, "summary": 9, "accumulation_1h": 9, "accumulation_3h": 9, "accumulation_6h": 9, "quicklook": 1,
     }
@@ -188,8 +198,8 @@ def test_unloadable_checkpoint_falls_back_to_csgd_flags_and_counts_it(serve, tmp
     models = load_models(served.cfg)  # the worker starts anyway
     report = served.cycle(T2, models)
     flag = "downscale_fallback:checkpoint_unloadable"
-    assert report.downscale_method == "csgd" and report.degraded == [flag]
-    assert report.downscale_fallbacks == ["checkpoint_unloadable"]
+    assert report.downscale_method == "csgd" and report.degraded == (flag,)
+    assert report.downscale_fallbacks == ("checkpoint_unloadable",)
     assert [(r.state, r.degraded) for r in served.catalog.runs()] == [("degraded", [flag])]
     ensembles = [p for p in report.products if p.kind == "ensemble"]
     assert len(ensembles) == 9
@@ -257,10 +267,10 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
             victim.wait(10)
 
     # At the crash: the job is still leased to the dead worker, and every registered product is a whole file.
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "running" and job.lease_owner.split(":")[1] == str(victim.pid)
     assert 0 < len(catalog.products()) < 46  # killed mid-cycle
-    assert catalog.claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
+    assert JobQueue(catalog).claim("probe", lease_s=1) is None  # nobody may take it before the lease runs out
     for row in catalog.products():
         assert sha256(Path(row.path)) == row.sha256
     for path in visible_files(cfg.product_dir):
@@ -270,7 +280,7 @@ def test_kill_9_mid_cycle_leaves_no_visible_partial_product_and_the_next_worker_
     metrics = Metrics()
     rescuer = Worker(cfg, catalog, metrics, pipeline_handlers(cfg, catalog), load_model=lambda: models)
     assert rescuer.run(max_jobs=1) == 1
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "done" and job.attempts == 2 and job.lease_owner in (None, rescuer.owner)
 
     rows = catalog.products()

@@ -486,7 +486,7 @@ def test_probability_panel_leaves_zero_blank_and_marks_no_data():
 
 
 def test_plot_command_draws_any_valid_time_and_the_accumulations(tmp_path, cfg, capsys):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.cli import main
     from nrt.products import publish_valid_time
 

@@ -13,12 +13,14 @@ import pytest
 import tifffile
 import xarray as xr
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
-from nrt.products import best_available, prune_from_config, publish_valid_time
+from nrt.products import best_available, prune, publish_valid_time
+from nrt.sources.retention import prune_granules
 from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
+from nrt.service.queue import JobQueue
 
 UTC = dt.timezone.utc
 GRID = LatLonGrid(0.05, 41.025, -94.475, 10, 12)
@@ -180,6 +182,11 @@ def register_granule(catalog, path: Path, start: dt.datetime) -> int:
     return catalog.register_granule("imerg", path.name, "V07B", start, start + HALF_HOUR, str(path), path.stat().st_size, sha256_file(path))
 
 
+def prune_products(cfg, catalog, now):
+    return prune(catalog, cfg.product_dir, dt.timedelta(days=30), now, ef5_dir=cfg.product_dir / "ef5",
+                 grace=dt.timedelta(hours=1), latest_hours=24)
+
+
 def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     now = floor_halfhour(dt.datetime.now(UTC))
     cfg.products.ef5_export = True
@@ -206,9 +213,13 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     granule_orphan = make_file(imerg_dir / imerg_name(hours_ago(5)), b"unregistered download", hours_ago(4))
     dangling = catalog.register_product("ensemble", new_v - HALF_HOUR, new_v, 8, 4, str(day / "gone.nc"), 1, "0" * 64)
 
-    report = prune_from_config(cfg, catalog, now=now)
+    report = prune_products(cfg, catalog, now)
+    granules = prune_granules(catalog, cfg.data_dir, dt.timedelta(days=7), now, grace=dt.timedelta(hours=1))
 
-    assert report.products == 6 and report.granules == 2 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
+    assert report.products == 6 and report.dangling == 1  # ensemble, summary, quicklook, 3 accumulations
+    assert granules.granules == 2 and granules.dangling == 0 and granules.files == 2  # the old one and the orphan
+    assert granules.line() == "pruned 2 granules, 0 dangling rows; deleted 2 files (0.0 MB)"
+    assert report.line().startswith("pruned 6 products, 1 dangling rows; deleted ")
     assert {r.valid_time for r in catalog.products()} == {new_v}
     assert catalog.product(dangling) is None
     for row in catalog.products():
@@ -229,10 +240,12 @@ def test_retention_keeps_catalog_and_disk_consistent(cfg, catalog, tmp_path):
     index = json.loads((cfg.product_dir / "latest.json").read_text())
     assert list(index["valid_times"]) == [isoformat(new_v)]
 
-    again = prune_from_config(cfg, catalog, now=now)  # idempotent
-    assert (again.products, again.granules, again.dangling, again.files) == (0, 0, 0, 0)
+    again = prune_products(cfg, catalog, now)  # idempotent
+    assert (again.products, again.dangling, again.files) == (0, 0, 0)
+    again = prune_granules(catalog, cfg.data_dir, dt.timedelta(days=7), now)
+    assert (again.granules, again.dangling, again.files) == (0, 0, 0)
 
-    later = prune_from_config(cfg, catalog, now=now + dt.timedelta(hours=2))  # past the grace period
+    later = prune_products(cfg, catalog, now + dt.timedelta(hours=2))  # past the grace period
     assert later.files == 2 and not young_orphan.exists() and not young_temp.exists()
     assert not old_day.exists()
     assert all(Path(r.path).is_file() for r in catalog.products()) and len(catalog.products()) == 6
@@ -278,8 +291,8 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
     """Fencing: after another worker re-claims the job, the old holder's publish stops before any write."""
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    mine = catalog.claim("frozen", lease_s=0.5)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    mine = JobQueue(catalog).claim("frozen", lease_s=0.5)
     fenced = catalog.fenced(mine.id, mine.lease_token)
     publish(cfg, fenced, V, V, field(1.0))  # while the lease holds, writes go through
     rows_before = catalog.products()
@@ -287,7 +300,7 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
     import time
 
     time.sleep(0.6)  # frozen past the lease (SIGSTOP)
-    rival = catalog.claim("rival", lease_s=60)
+    rival = JobQueue(catalog).claim("rival", lease_s=60)
     assert rival.id == mine.id and rival.lease_token != mine.lease_token
     with pytest.raises(LeaseLost, match="lease lost"):
         publish(cfg, fenced, V, V + dt.timedelta(hours=1), field(2.0))
@@ -301,8 +314,8 @@ def test_a_worker_that_lost_its_lease_writes_no_file_and_no_row(cfg, catalog):
 def test_a_lease_about_to_expire_refuses_a_file_write(cfg, catalog):
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    job = catalog.claim("w", lease_s=2)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    job = JobQueue(catalog).claim("w", lease_s=2)
     catalog.fenced(job.id, job.lease_token, margin_s=1).check_lease()
     with pytest.raises(LeaseLost, match="expired"):
         catalog.fenced(job.id, job.lease_token, margin_s=5).check_lease()  # no time left to write a file safely
@@ -348,8 +361,8 @@ def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, c
 
     from nrt.errors import LeaseLost
 
-    catalog.enqueue("cycle", {}, key="c")
-    mine = catalog.claim("frozen", lease_s=0.5)
+    JobQueue(catalog).enqueue("cycle", {}, key="c")
+    mine = JobQueue(catalog).claim("frozen", lease_s=0.5)
     owners = publish(cfg, catalog, V, V, field(1.0, seed=5))  # the new owner's product, already in place
     path = owners.products[0].path
     kept = sha256_file(path)
@@ -366,7 +379,7 @@ def test_a_worker_frozen_mid_write_does_not_overwrite_the_new_owners_file(cfg, c
             self.checks += 1
             if self.checks == 1:
                 time.sleep(0.6)  # SIGSTOP while writing
-                assert catalog.claim("rival", lease_s=60).id == mine.id
+                assert JobQueue(catalog).claim("rival", lease_s=60).id == mine.id
 
         def __getattr__(self, name):
             return getattr(self.fenced, name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.errors import CatalogError
 from nrt.grids import LatLonGrid

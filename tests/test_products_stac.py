@@ -11,7 +11,7 @@ import pystac
 import pytest
 import xarray as xr
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
 from nrt.products import publish_valid_time

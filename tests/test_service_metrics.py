@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nrt.degradation import Degradation, Fallback, NowcastReason, flag
 from nrt.pipeline import CycleReport
 from nrt.service.metrics import STAGE_BUCKETS, Metrics
 
@@ -105,9 +106,9 @@ def test_every_contract_metric_is_served_with_its_type_and_labels(served, tmp_pa
     metrics.record_cycle(
         Report(
             timings={"ingest": 2.0},
-            degraded=["nowcast:dry"],
-            nowcast_degraded=["dry_domain"],
-            downscale_fallbacks=["checkpoint_unloadable"],
+            degraded=[flag(Degradation.NOWCAST, NowcastReason.DRY)],
+            nowcast_degraded=[NowcastReason.DRY],
+            downscale_fallbacks=[Fallback.CHECKPOINT_UNLOADABLE],
             products=[Product("ensemble", 10)],
             sources={"imerg": t},
             summary=Summary(0.3, {1.0: 0.2}),
@@ -143,9 +144,9 @@ def test_cycle_report_values(served):
         metrics.record_cycle(Report(timings={"nowcast": seconds}), at=t)
     report = Report(
         timings={"nowcast": durations[-1], "diffusion": 80.0},
-        degraded=["geosfp:previous_forecast"],
-        nowcast_degraded=["missing_granule"],
-        downscale_fallbacks=["checkpoint_unloadable"],
+        degraded=[Degradation.GEOSFP_PREVIOUS_FORECAST],
+        nowcast_degraded=[NowcastReason.MISSING_GRANULE],
+        downscale_fallbacks=[Fallback.CHECKPOINT_UNLOADABLE],
         products=[Product("ensemble", 1000), Product("ensemble", 2500), Product("summary", 300)],
         sources={"imerg": newest, "dem": None},
         summary=Summary(0.75, {1.0: 0.9, 10: 0.25}),

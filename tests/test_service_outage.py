@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from nrt.errors import CatalogUnavailable
+from nrt.service.queue import JobQueue
 from pg_cluster import throwaway_cluster
 from test_service_worker import Model, NotifyListener, Report, events, make_worker, spawn, visible, wait_until
 
@@ -39,7 +40,7 @@ class Switchable:
 
 @pytest.fixture
 def catalog(cfg):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     cfg.service.lease_seconds = 5.0
     cfg.service.heartbeat_seconds = 0.2
@@ -56,7 +57,7 @@ def test_an_outage_while_a_job_finishes_is_waited_out_and_the_result_recorded(cf
         threading.Timer(1.5, flaky.down.clear).start()
         return Report()
 
-    job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="cycle:2024-06-01T12:30:00Z")
+    job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="cycle:2024-06-01T12:30:00Z")
     worker = make_worker(cfg, flaky, {"cycle": handler}, load_model=Model)
     worker.outage.first_wait_s = 0.1
     ups = []
@@ -64,7 +65,7 @@ def test_an_outage_while_a_job_finishes_is_waited_out_and_the_result_recorded(cf
     worker.metrics.catalog_up.set = lambda value: ups.append(value) or original_set(value)
     with caplog.at_level(logging.INFO, logger="nrt.service"):
         assert worker.run(max_jobs=1) == 1
-    assert catalog.job(job_id).state == "done"
+    assert JobQueue(catalog).job(job_id).state == "done"
     assert flaky.refused >= 2  # it really retried through the outage
     assert ups == [0, 1]  # nrt_catalog_up went down once and came back once
     assert worker.metrics.registry.get_sample_value("nrt_catalog_up") == 1
@@ -80,23 +81,23 @@ def test_a_failure_is_recorded_after_the_outage_too(cfg, catalog):
         threading.Timer(1.0, flaky.down.clear).start()
         raise RuntimeError("stage broke")
 
-    job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="k", max_attempts=1)
+    job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="k", max_attempts=1)
     worker = make_worker(cfg, flaky, {"cycle": handler}, load_model=Model)
     worker.outage.first_wait_s = 0.1
     worker.run(max_jobs=1)
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "failed" and "stage broke" in job.error
 
 
 def test_a_worker_started_while_the_database_is_down_waits_for_it(cfg, catalog):
     flaky = Switchable(catalog)
     flaky.down.set()
-    job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="k")
+    job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="k")
     worker = make_worker(cfg, flaky, {"cycle": lambda job, model: Report()}, load_model=Model)
     worker.outage.first_wait_s = 0.1
     threading.Timer(1.5, flaky.down.clear).start()
     assert worker.run(max_jobs=1) == 1
-    assert catalog.job(job_id).state == "done"
+    assert JobQueue(catalog).job(job_id).state == "done"
 
 
 def test_sigterm_during_an_outage_exits_cleanly(cfg, catalog):
@@ -122,7 +123,7 @@ def test_scheduler_ticks_through_an_outage_and_catches_up(cfg, catalog):
     flaky.down.clear()
     scheduler.retry_after_outage()
     assert metrics.registry.get_sample_value("nrt_catalog_up") == 1
-    assert [job.key for job in catalog.jobs()] == ["cycle:2024-06-01T12:30:00Z"]
+    assert [job.key for job in JobQueue(catalog).jobs()] == ["cycle:2024-06-01T12:30:00Z"]
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def cluster():
 @pytest.mark.postgres
 def test_worker_process_outlives_postgresql_stopped_at_start_and_mid_job(cluster, tmp_path):
     """A real server stopped before the worker starts and again while a job writes: the worker never exits."""
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     Catalog.open(cluster.url, migrate=True).close()
     cluster.stop()
@@ -147,7 +148,7 @@ def test_worker_process_outlives_postgresql_stopped_at_start_and_mid_job(cluster
         assert worker.poll() is None, "the worker exited while the database was down at start-up"
         cluster.start()
         with Catalog.open(cluster.url) as catalog:
-            first = catalog.enqueue("write", {"name": "a"}, key="a")
+            first = JobQueue(catalog).enqueue("write", {"name": "a"}, key="a")
             wait_until(lambda: ("start", first) in [(e, j) for e, j, _ in events(out)], 20, "job a started")
         cluster.stop()  # mid-job: the job finishes writing and must wait to record it
         wait_until(lambda: ("done", first) in [(e, j) for e, j, _ in events(out)], 20, "job a written")
@@ -155,9 +156,9 @@ def test_worker_process_outlives_postgresql_stopped_at_start_and_mid_job(cluster
         assert worker.poll() is None, "the worker exited during the outage"
         cluster.start()
         with Catalog.open(cluster.url) as catalog:
-            wait_until(lambda: catalog.job(first).state == "done", 30, "job a recorded after the outage")
-            second = catalog.enqueue("write", {"name": "b"}, key="b")
-            wait_until(lambda: catalog.job(second).state == "done", 30, "job b done")
+            wait_until(lambda: JobQueue(catalog).job(first).state == "done", 30, "job a recorded after the outage")
+            second = JobQueue(catalog).enqueue("write", {"name": "b"}, key="b")
+            wait_until(lambda: JobQueue(catalog).job(second).state == "done", 30, "job b done")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
     finally:
@@ -172,7 +173,7 @@ def test_nrt_worker_command_started_while_postgresql_is_down_stays_up(cluster, t
     import subprocess
     import sys
 
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     Catalog.open(cluster.url, migrate=True).close()
     cluster.stop()

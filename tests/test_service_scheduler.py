@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from nrt.errors import ConfigError
 from nrt.service.scheduler import Clock, cron_fields, cycle_priority, cycles_to_enqueue
+from nrt.service.queue import JobQueue
 
 UTC = timezone.utc
 HALF = timedelta(minutes=30)
@@ -108,7 +109,7 @@ def configured(cfg, **service):
 
 @pytest.fixture
 def catalog(cfg):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     with Catalog.from_config(cfg, migrate=True) as cat:
         yield cat
@@ -116,9 +117,9 @@ def catalog(cfg):
 
 def claim_order(catalog) -> list[str]:
     order = []
-    while (job := catalog.claim("test", kinds=["cycle"])) is not None:
+    while (job := JobQueue(catalog).claim("test", kinds=["cycle"])) is not None:
         order.append(job.payload["cycle_time"])
-        catalog.complete(job.id, "test")
+        JobQueue(catalog).complete(job.id, "test")
     return order
 
 
@@ -133,8 +134,8 @@ def test_tick_enqueues_the_due_cycle_once(cfg, catalog):
     scheduler = CycleScheduler(cfg, catalog, clock=clock)
     assert scheduler.tick() == [T]
     assert scheduler.tick() == []  # a second tick in the same half hour adds nothing
-    assert scheduler.enqueue(T) == catalog.jobs(kind="cycle")[0].id  # and an explicit enqueue is idempotent too
-    jobs = catalog.jobs(kind="cycle")
+    assert scheduler.enqueue(T) == JobQueue(catalog).jobs(kind="cycle")[0].id  # and an explicit enqueue is idempotent too
+    jobs = JobQueue(catalog).jobs(kind="cycle")
     assert [(j.key, j.payload, j.max_attempts) for j in jobs] == [
         ("cycle:2024-12-31T23:30:00Z", {"cycle_time": "2024-12-31T23:30:00Z"}, cfg.service.max_attempts)
     ]
@@ -168,9 +169,9 @@ def test_live_cycle_overtakes_a_backlog_when_newest_first(cfg, catalog):
     claim_order(catalog)
     clock.t = T - HALF + timedelta(minutes=6)
     scheduler.tick()  # 9 cycles queued
-    first = catalog.claim("test", kinds=["cycle"])
+    first = JobQueue(catalog).claim("test", kinds=["cycle"])
     assert first.payload["cycle_time"] == iso(T - HALF)
-    catalog.complete(first.id, "test")
+    JobQueue(catalog).complete(first.id, "test")
     clock.t = T + timedelta(minutes=6)
     assert scheduler.tick() == [T]
     assert claim_order(catalog)[0] == iso(T)  # the live cycle before the 8 left of the backlog
@@ -185,7 +186,7 @@ def test_catch_up_is_bounded(cfg, catalog):
     scheduler.tick()
     clock.t = T + timedelta(minutes=6)
     assert scheduler.tick() == [T, T - HALF, T - 2 * HALF, T - 3 * HALF]
-    assert len(catalog.jobs(kind="cycle")) == 5
+    assert len(JobQueue(catalog).jobs(kind="cycle")) == 5
 
 
 def test_background_scheduler_on_an_accelerated_clock(cfg, catalog):
@@ -198,7 +199,7 @@ def test_background_scheduler_on_an_accelerated_clock(cfg, catalog):
         time.sleep(2.6)
     finally:
         running.shutdown(wait=True)
-    enqueued = sorted(job.payload["cycle_time"] for job in catalog.jobs(kind="cycle"))
+    enqueued = sorted(job.payload["cycle_time"] for job in JobQueue(catalog).jobs(kind="cycle"))
     # 23:00 is due at start; the ticks at 23:35, 00:05 and 00:35 (simulated) pass within 2.6 s, and a tick
     # delayed on a busy machine still leaves no gap because each tick catches up what it missed
     assert enqueued == [iso(T + k * HALF) for k in range(-1, len(enqueued) - 1)]
@@ -213,7 +214,7 @@ def test_last_cycle_stops_the_schedule(cfg, catalog):
     scheduler.tick()
     clock.t = T + 5 * HALF
     scheduler.tick()
-    assert sorted(j.payload["cycle_time"] for j in catalog.jobs(kind="cycle")) == [iso(T - 2 * HALF)]
+    assert sorted(j.payload["cycle_time"] for j in JobQueue(catalog).jobs(kind="cycle")) == [iso(T - 2 * HALF)]
 
 
 def test_backfill_command_enqueues_past_cycles_idempotently(cfg, catalog, tmp_path, capsys):
@@ -237,16 +238,16 @@ def test_backfill_reprocess_queues_finished_cycles_again_but_not_running_ones(cf
     config_file.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n[service]\ncatchup_order = "oldest"\n')
     argv = ["--config", str(config_file), "backfill", "--start", "2024-06-01T00:00Z", "--end", "2024-06-01T01:00Z"]
     assert cli.main(argv) == 0
-    done = catalog.claim("w1", kinds=["cycle"])
-    assert catalog.complete(done.id, "w1")
-    failed = catalog.claim("w1", kinds=["cycle"])
-    assert catalog.fail(failed.id, "w1", "boom", retry=False)
-    running = catalog.claim("w2", kinds=["cycle"])
+    done = JobQueue(catalog).claim("w1", kinds=["cycle"])
+    assert JobQueue(catalog).complete(done.id, "w1")
+    failed = JobQueue(catalog).claim("w1", kinds=["cycle"])
+    assert JobQueue(catalog).fail(failed.id, "w1", "boom", retry=False)
+    running = JobQueue(catalog).claim("w2", kinds=["cycle"])
     capsys.readouterr()
 
     assert cli.main([*argv, "--reprocess"]) == 0
     assert "2 of them queued again" in capsys.readouterr().out
-    states = {job.id: (job.state, job.attempts, job.error) for job in catalog.jobs(kind="cycle")}
+    states = {job.id: (job.state, job.attempts, job.error) for job in JobQueue(catalog).jobs(kind="cycle")}
     assert states[done.id] == ("queued", 0, None)
     assert states[failed.id] == ("queued", 0, None)
     assert states[running.id][0] == "running"
@@ -274,7 +275,7 @@ def test_nrt_scheduler_process_notifies_enqueues_serves_metrics_and_stops(cfg, c
     try:
         ready = notify.recv(4096).decode()
         assert ready.startswith("READY=1\nSTATUS=")
-        keys = {j.key for j in catalog.jobs(kind="cycle")}
+        keys = {j.key for j in JobQueue(catalog).jobs(kind="cycle")}
         assert keys == {f"cycle:{iso(t)}" for t in (due_before, due_now())}  # one key, unless a tick fell in between
         port = None
         while port is None:

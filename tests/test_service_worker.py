@@ -24,6 +24,7 @@ import pytest
 
 from nrt.io import atomic_path
 from nrt.pipeline import CycleReport
+from nrt.service.queue import JobQueue
 
 THIS = Path(__file__).resolve()
 REPO = THIS.parents[1]
@@ -81,7 +82,7 @@ class StageFailure(RuntimeError):
 
 @pytest.fixture
 def catalog(cfg):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     cfg.service.lease_seconds = 2.0
     cfg.service.heartbeat_seconds = 0.2
@@ -105,7 +106,7 @@ def test_claims_heartbeats_and_completes(cfg, catalog, tmp_path):
     def compete():
         deadline = time.monotonic() + 4.3
         while time.monotonic() < deadline:
-            if (job := catalog.claim("rival", lease_s=1.0)) is not None:
+            if (job := JobQueue(catalog).claim("rival", lease_s=1.0)) is not None:
                 rival["job"] = job
                 return
             time.sleep(0.1)
@@ -118,12 +119,12 @@ def test_claims_heartbeats_and_completes(cfg, catalog, tmp_path):
         time.sleep(4.5)
         return Report(timings={"nowcast": 1.5, "diffusion": 3.0})
 
-    job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="cycle:2024-06-01T12:30:00Z")
+    job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="cycle:2024-06-01T12:30:00Z")
     worker = make_worker(cfg, catalog, {"cycle": handler}, load_model=Model)
     assert worker.run(max_jobs=1) == 1
     competitor.join()
     assert "job" not in rival
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert (job.state, job.attempts, job.lease_owner) == ("done", 1, None)
     assert seen["model"] == Model()
     registry = worker.metrics.registry
@@ -141,10 +142,10 @@ def test_failures_are_recorded_and_retried_up_to_max_attempts(cfg, catalog):
         raise StageFailure("granule 3B-HHR-E.MS.MRG.3IMERG.20240601-S083000 is all fill")
 
     cfg.service.retry_delay_s = 0  # retry at once
-    job_id = catalog.enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="c", max_attempts=3)
+    job_id = JobQueue(catalog).enqueue("cycle", {"cycle_time": "2024-06-01T12:30:00Z"}, key="c", max_attempts=3)
     worker = make_worker(cfg, catalog, {"cycle": broken})
     assert worker.run(drain=True) == 3
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert calls == [1, 2, 3]
     assert (job.state, job.attempts) == ("failed", 3)
     assert job.error == "nowcast: StageFailure: granule 3B-HHR-E.MS.MRG.3IMERG.20240601-S083000 is all fill"
@@ -160,14 +161,14 @@ def test_a_transient_failure_succeeds_on_retry(cfg, catalog):
         return Report(timings={}, degraded=["geosfp:previous_forecast"])
 
     cfg.service.retry_delay_s = 0.5
-    job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
+    job_id = JobQueue(catalog).enqueue("cycle", {}, key="c", max_attempts=3)
     worker = make_worker(cfg, catalog, {"cycle": flaky})
     assert worker.run(drain=True) == 1  # the retry waits: nothing is claimable yet
-    job = catalog.job(job_id)
+    job = JobQueue(catalog).job(job_id)
     assert job.state == "queued" and (job.not_before - job.updated_at).total_seconds() == pytest.approx(0.5, abs=0.01)
     time.sleep(max(0.0, (job.not_before - datetime.now(timezone.utc)).total_seconds()) + 0.05)
     assert worker.run(drain=True) == 2  # jobs run by this worker so far
-    assert (catalog.job(job_id).state, catalog.job(job_id).attempts) == ("done", 2)
+    assert (JobQueue(catalog).job(job_id).state, JobQueue(catalog).job(job_id).attempts) == ("done", 2)
     assert worker.metrics.registry.get_sample_value("nrt_cycles_total", {"outcome": "degraded"}) == 1
 
 
@@ -176,24 +177,24 @@ def test_retry_delays_double_with_each_attempt(cfg, catalog):
         raise OSError("server closed the connection")
 
     cfg.service.retry_delay_s = 30
-    job_id = catalog.enqueue("cycle", {}, key="c", max_attempts=3)
+    job_id = JobQueue(catalog).enqueue("cycle", {}, key="c", max_attempts=3)
     worker = make_worker(cfg, catalog, {"cycle": broken})
     waits = []
     for attempt in (1, 2):
         assert worker.run(drain=True) == attempt  # one more each time: the retry waits
-        job = catalog.job(job_id)
+        job = JobQueue(catalog).job(job_id)
         waits.append(round((job.not_before - job.updated_at).total_seconds()))
         with catalog.engine.begin() as connection:  # let the time pass
             connection.exec_driver_sql("UPDATE jobs SET not_before = NULL")
     assert waits == [30, 60]
-    assert worker.run(drain=True) == 3 and catalog.job(job_id).state == "failed"
+    assert worker.run(drain=True) == 3 and JobQueue(catalog).job(job_id).state == "failed"
 
 
 def test_only_handled_kinds_are_claimed(cfg, catalog):
-    verify_id = catalog.enqueue("verify", {}, key="v")
+    verify_id = JobQueue(catalog).enqueue("verify", {}, key="v")
     worker = make_worker(cfg, catalog, {"cycle": lambda job, model: Report(timings={})})
     assert worker.run(drain=True) == 0
-    assert catalog.job(verify_id).state == "queued"
+    assert JobQueue(catalog).job(verify_id).state == "queued"
 
 
 # -- worker processes ----------------------------------------------------------------------------------------
@@ -251,20 +252,20 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture
 def sqlite_url(cfg, tmp_path):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     Catalog.from_config(cfg, migrate=True).close()
     return cfg.database_url
 
 
 def test_sigterm_mid_job_lets_a_short_job_finish(sqlite_url, tmp_path):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     out = tmp_path / "out"
     out.mkdir()
     notify = NotifyListener(tmp_path)
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("write", {"name": "short"}, key="short")
+        job_id = JobQueue(catalog).enqueue("write", {"name": "short"}, key="short")
         worker = spawn(sqlite_url, out, notify, chunks=6, chunk_s=0.25, shutdown_timeout_s=6)
         try:
             notify.wait_for("READY=1")
@@ -276,7 +277,7 @@ def test_sigterm_mid_job_lets_a_short_job_finish(sqlite_url, tmp_path):
         finally:
             worker.kill()
             notify.close()
-        job = catalog.job(job_id)
+        job = JobQueue(catalog).job(job_id)
     assert job.state == "done"
     assert (out / "short.bin").read_bytes() == CHUNK * 6
     kinds = [message.split("\n")[0] for _, message in notify.messages]
@@ -287,13 +288,13 @@ def test_sigterm_mid_job_lets_a_short_job_finish(sqlite_url, tmp_path):
 
 
 def test_sigterm_mid_job_releases_a_long_job_within_the_bound(sqlite_url, tmp_path):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     out = tmp_path / "out"
     out.mkdir()
     notify = NotifyListener(tmp_path)
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("write", {"name": "long"}, key="long")
+        job_id = JobQueue(catalog).enqueue("write", {"name": "long"}, key="long")
         worker = spawn(sqlite_url, out, notify, chunks=100, chunk_s=0.2, shutdown_timeout_s=4)
         try:
             wait_until(lambda: events(out), 30, "the job to start")
@@ -304,20 +305,20 @@ def test_sigterm_mid_job_releases_a_long_job_within_the_bound(sqlite_url, tmp_pa
         finally:
             worker.kill()
             notify.close()
-        job = catalog.job(job_id)
+        job = JobQueue(catalog).job(job_id)
     assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)  # released: no attempt spent
     assert visible(out) == ["events.log"]
     assert notify.messages[-1][1].startswith("STOPPING=1")
 
 
 def test_kill_9_mid_job_then_another_worker_finishes_it(sqlite_url, tmp_path):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     out = tmp_path / "out"
     out.mkdir()
     options = {"chunks": 12, "chunk_s": 0.25, "lease_seconds": 1.5, "heartbeat_seconds": 0.3, "worker_poll_s": 0.2}
     with Catalog.open(sqlite_url) as catalog:
-        job_id = catalog.enqueue("write", {"name": "product"}, key="product")
+        job_id = JobQueue(catalog).enqueue("write", {"name": "product"}, key="product")
         first = spawn(sqlite_url, out, **options)
         try:
             wait_until(lambda: any(p.name.startswith(".product.bin.part-") for p in out.iterdir()), 30, "a partial file")
@@ -327,13 +328,13 @@ def test_kill_9_mid_job_then_another_worker_finishes_it(sqlite_url, tmp_path):
         finally:
             first.kill()
         assert visible(out) == ["events.log"]  # the half-written file exists only under its hidden temp name
-        assert catalog.job(job_id).state == "running"  # until the lease runs out
+        assert JobQueue(catalog).job(job_id).state == "running"  # until the lease runs out
         second = spawn(sqlite_url, out, max_jobs=1, **options)
         try:
             assert second.wait(timeout=40) == 0
         finally:
             second.kill()
-        job = catalog.job(job_id)
+        job = JobQueue(catalog).job(job_id)
     assert (job.state, job.attempts) == ("done", 2)
     assert visible(out) == ["events.log", "product.bin"]
     assert (out / "product.bin").read_bytes() == CHUNK * 12
@@ -348,7 +349,7 @@ def pg_catalog_url(pg_url):
     import psycopg2
     from sqlalchemy.engine import make_url
 
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     schema = f"nrt_service_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(pg_url)
@@ -365,7 +366,7 @@ def pg_catalog_url(pg_url):
 
 @pytest.mark.postgres
 def test_several_workers_on_postgresql_do_each_job_once(pg_catalog_url, tmp_path):
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     out = tmp_path / "out"
     out.mkdir()
@@ -378,7 +379,7 @@ def test_several_workers_on_postgresql_do_each_job_once(pg_catalog_url, tmp_path
         for listener in listeners:
             listener.wait_for("READY=1")
         with Catalog.open(pg_catalog_url) as catalog:
-            ids = [catalog.enqueue("write", {"name": f"p{i:02d}"}, key=f"p{i:02d}") for i in range(24)]
+            ids = [JobQueue(catalog).enqueue("write", {"name": f"p{i:02d}"}, key=f"p{i:02d}") for i in range(24)]
             wait_until(lambda: catalog.counts()["jobs"]["done"] == len(ids), 60, "all jobs done")
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -398,7 +399,7 @@ def test_several_workers_on_postgresql_do_each_job_once(pg_catalog_url, tmp_path
 
 def worker_main(spec: dict) -> int:
     from nrt import config, logs
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.service.metrics import Metrics
     from nrt.service.worker import Worker, hard_exit
 

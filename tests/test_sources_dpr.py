@@ -72,10 +72,10 @@ def test_selection_keeps_listed_swaths_overlapping_the_lookback(cfg):
         dpr.parse_name(dpr.nrt_filename(utc(2024, 6, 1, 12, 20), utc(2024, 6, 1, 12, 50))),  # after t
         dpr.parse_name(dpr.nrt_filename(utc(2024, 6, 1, 9), utc(2024, 6, 1, 9, 30), version="V06A")),
     ]
-    chosen, missing = dpr.select(cfg, t, dpr.expected_files(cfg, t), listed)
+    chosen, missing = dpr.select(dpr.settings(cfg), t, dpr.expected_files(dpr.settings(cfg), t), listed)
     assert [rf.start for rf in chosen] == [utc(2024, 6, 1, 5, 40), utc(2024, 6, 1, 11, 50)]
     assert missing == []
-    assert dpr.list_url(cfg, t) == "http://127.0.0.1:8765/pps/text/radar/DprL2/"
+    assert dpr.list_url(dpr.settings(cfg), t) == "http://127.0.0.1:8765/pps/text/radar/DprL2/"
 
 
 # ---------------------------------------------------------------- reading
@@ -125,7 +125,7 @@ def test_other_product_and_truncation(gpm_dir, tmp_path):
     truncated = tmp_path / V06
     truncated.write_bytes((gpm_dir / V06).read_bytes()[:200_000])
     with pytest.raises(DataError, match="truncated or corrupt"):
-        dpr.validate(truncated, None)
+        dpr.validate(truncated)
 
 
 # ---------------------------------------------------------------- gridding

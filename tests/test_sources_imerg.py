@@ -65,18 +65,18 @@ def test_real_names_parse(gpm_dir):
 
 def test_expected_files_and_selection(cfg):
     t = utc(2024, 6, 1, 0, 10)  # newest granule S = floor(t - 4 h) = 2024-05-31 20:00
-    expected = imerg.expected_files(cfg, t)
+    expected = imerg.expected_files(imerg.settings(cfg), t)
     assert [rf.start for rf in expected] == [utc(2024, 5, 31, 19), utc(2024, 5, 31, 19, 30), utc(2024, 5, 31, 20)]
-    assert imerg.list_url(cfg, expected[0].start) == "http://127.0.0.1:8765/pps/text/imerg/early/202405/"
+    assert imerg.list_url(imerg.settings(cfg), expected[0].start) == "http://127.0.0.1:8765/pps/text/imerg/early/202405/"
     listed = [
         imerg.parse_name(imerg.filename(utc(2024, 5, 31, 19), "V07B")),
         imerg.parse_name(imerg.filename(utc(2024, 5, 31, 19), "V07C")),
         imerg.parse_name(imerg.filename(utc(2024, 5, 31, 19, 30), "V06B")),  # version not allowed
     ]
-    chosen, missing = imerg.select(cfg, t, expected, listed)
+    chosen, missing = imerg.select(imerg.settings(cfg), t, expected, listed)
     assert [rf.version for rf in chosen] == ["V07C"]
     assert len(missing) == 2 and all("not listed" in m for m in missing)
-    assert imerg.remote_url(cfg, chosen[0]).startswith("http://127.0.0.1:8765/pps/imerg/early/202405/3B-HHR-E")
+    assert imerg.remote_url(imerg.settings(cfg), chosen[0]).startswith("http://127.0.0.1:8765/pps/imerg/early/202405/3B-HHR-E")
 
 
 # ---------------------------------------------------------------- reading real files
@@ -176,7 +176,7 @@ def test_global_granule_reads_only_the_window(tmp_path, cfg):
     expected = np.where(values >= 0, values, np.nan)
     np.testing.assert_array_equal(ds.precipitation.values[0], expected)
     np.testing.assert_allclose(ds.lat.values, window.grid.lats)
-    imerg.validate(path, cfg)  # global size, named, data in the domain
+    imerg.validate(path, **imerg.validate_settings(imerg.settings(cfg)))  # global size, named, data in the domain
 
 
 def test_several_granules_stack_in_time_order(tmp_path, cfg):
@@ -227,7 +227,7 @@ def test_name_that_is_not_imerg(gpm_dir, tmp_path):
 def test_cut_file_fails_download_validation(gpm_dir, tmp_path, cfg):
     cfg.domain.west, cfg.domain.south, cfg.domain.east, cfg.domain.north = -180.0, -90.0, -179.0, -89.0
     with pytest.raises(DataError, match=r"expected \(1, 3600, 1800\)"):
-        imerg.validate(gpm_dir / V07, cfg)
+        imerg.validate(gpm_dir / V07, **imerg.validate_settings(imerg.settings(cfg)))
 
 
 @pytest.mark.parametrize(
@@ -244,9 +244,9 @@ def test_near_empty_or_implausible_granule_fails_validation(tmp_path, cfg, spoil
     values[0, 0] = 150.0  # a heavy but real rate
     path = tmp_path / imerg.filename(utc(2024, 6, 1, 12), "V07B")
     write_global(path, values, cfg.domain.box())
-    imerg.validate(path, cfg)
+    imerg.validate(path, **imerg.validate_settings(imerg.settings(cfg)))
     spoil(values)
     write_global(path, values, cfg.domain.box())
     with pytest.raises(DataError, match=reason) as caught:
-        imerg.validate(path, cfg)
+        imerg.validate(path, **imerg.validate_settings(imerg.settings(cfg)))
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,10 +15,11 @@ from test_http import EMAIL, Handler, Server
 from test_sources_geosfp import linear_prectot, linear_tqv, write_file
 from test_sources_imerg import write_global
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import imerg_window, target_grid
 from nrt.io import sha256_file
+from nrt import sources
 from nrt.sources import dem, dpr, geosfp, imerg, ingest, local_path
 from nrt.sources.http import Client
 
@@ -98,7 +100,7 @@ def publish_imerg(mirror: Mirror, cfg, start: datetime, version="V07B", corrupt=
     return path
 
 
-def test_imerg_ingest_downloads_registers_and_skips(setup, mirror):
+def test_imerg_ingest_downloads_registers_and_skips(setup, mirror, monkeypatch):
     cfg, catalog, client = setup
     starts = [T.replace(hour=7, minute=0), T.replace(hour=7, minute=30), T.replace(hour=8, minute=0)]
     publish_imerg(mirror, cfg, starts[0])
@@ -115,10 +117,22 @@ def test_imerg_ingest_downloads_registers_and_skips(setup, mirror):
     ds = imerg.read_imerg(result.files, cfg.domain.box())
     assert ds.precipitation.shape[0] == 2 and float(ds.precipitation.mean()) == pytest.approx(1.5)
 
-    # Nothing is downloaded again while the catalog holds the files with matching checksums...
+    # Nothing is downloaded again while the catalog holds the files with matching checksums, and files
+    # untouched since they were registered are not even hashed...
+    hashed = []
+    monkeypatch.setattr(sources, "sha256_file", lambda path: hashed.append(Path(path).name) or sha256_file(path))
     before = mirror.downloads("/imerg/early/")
     again = ingest("imerg", cfg, catalog, T, client)
     assert sorted(again.files) == sorted(result.files) and mirror.downloads("/imerg/early/") == before
+    assert hashed == []
+    # ...a file touched since is hashed once, kept as it still matches, and its new time recorded...
+    stat = Path(rows[1].path).stat()
+    os.utime(rows[1].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert sorted(ingest("imerg", cfg, catalog, T, client).files) == sorted(result.files)
+    assert hashed == [rows[1].name] and mirror.downloads("/imerg/early/") == before
+    assert catalog.get_granule("imerg", rows[1].name).mtime_ns == stat.st_mtime_ns + 10**9
+    ingest("imerg", cfg, catalog, T, client)
+    assert hashed == [rows[1].name]
     # ...but a local file that no longer matches its checksum is fetched again.
     Path(rows[0].path).write_bytes(b"\x89HDF\r\n\x1a\n damaged")
     ingest("imerg", cfg, catalog, T, client)
@@ -162,7 +176,7 @@ def test_dpr_ingest_takes_listed_swaths_in_the_lookback(setup, mirror, gpm_dir):
 def test_geosfp_ingest_fetches_forecast_files_and_reports_missing(setup, mirror):
     cfg, catalog, client = setup
     cfg.timeline.imerg_latency_minutes = 30  # a short bridge: valid 11:30 and 12:00 -> hours 11:30, 12:30
-    expected = geosfp.expected_files(cfg, T)
+    expected = geosfp.expected_files(geosfp.settings(cfg), T)
     assert len(expected) == 4
     base = mirror.root / "nccs/datashare/gmao/geos-fp"
     for rf in expected:

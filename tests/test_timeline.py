@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from nrt.timeline import (
@@ -18,6 +19,7 @@ from nrt.timeline import (
     motion_starts,
     newest_imerg_start,
     utc,
+    utc_times,
 )
 
 FOUR_HOURS = timedelta(hours=4)
@@ -145,3 +147,8 @@ def test_geosfp_init_is_newest_published_forecast_not_after_valid(valid, now, in
 
 def test_isoformat_is_compact_utc():
     assert isoformat(datetime(2024, 2, 29, 23, 30, tzinfo=timezone(timedelta(hours=-5)))) == "2024-03-01T04:30:00Z"
+
+
+def test_utc_times_reads_an_xarray_time_coordinate_as_aware_utc():
+    values = np.array(["2024-02-29T23:30", "2024-03-01T00:00"], dtype="datetime64[ns]")
+    assert utc_times(values) == [datetime(2024, 2, 29, 23, 30, tzinfo=timezone.utc), datetime(2024, 3, 1, tzinfo=timezone.utc)]

@@ -20,7 +20,7 @@ from nrt.sources import geosfp, imerg
 from nrt.timeline import floor_to
 from nrt.twin import naming, observe
 from nrt.twin.spec import GeosfpSettings
-from nrt.twin.truth import KM_PER_DEGREE
+from nrt.grids import KM_PER_DEGREE
 from nrt.twin.writers import read_truth
 from twin_helpers import IOWA, START, make_tree, small_spec
 

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.grids import imerg_window, target_grid
 from nrt.sources import dem, dpr, geosfp, imerg, ingest
 from nrt.sources.http import Client
@@ -39,7 +39,7 @@ def mirror(tree):
 def test_imerg_reader_reads_the_twin(tree, cfg):
     paths = sorted((tree / "pps/imerg/early").rglob("*.RT-H5"))[:3]
     for path in paths:
-        imerg.validate(path, cfg)
+        imerg.validate(path, **imerg.validate_settings(imerg.settings(cfg)))
     ds = imerg.read_imerg(paths, IOWA, variables=("randomError", "probabilityLiquidPrecipitation"))
     window = imerg_window(IOWA)
     with h5py.File(paths[0], "r") as f:
@@ -49,12 +49,12 @@ def test_imerg_reader_reads_the_twin(tree, cfg):
     assert float(ds.randomError.max()) > 0 and float(ds.probabilityLiquidPrecipitation.min()) >= 0
     assert imerg.identify(paths[0])["source"] == "imerg"
     gesdisc = next((tree / naming.GESDISC_L3).rglob("*.HDF5"))
-    imerg.validate(gesdisc, cfg)
+    imerg.validate(gesdisc, **imerg.validate_settings(imerg.settings(cfg)))
 
 
 def test_dpr_reader_grids_the_twin_swath_onto_the_truth(tree, cfg):
     path = next((tree / naming.DPR_FOLDER).glob("*.RT-H5"))
-    dpr.validate(path, cfg)
+    dpr.validate(path)
     half_hour = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
     swath = dpr.read_dpr(path, half_hour, half_hour + timedelta(minutes=30))
     grid = target_grid(IOWA)
@@ -78,14 +78,14 @@ def test_geosfp_reader_reads_the_twin(tree, cfg):
     }
     for paths in files.values():
         for path in paths:
-            geosfp.validate(path, cfg)
+            geosfp.validate(path, **geosfp.validate_settings(geosfp.settings(cfg)))
     ds = geosfp.read_geosfp(files, valid, target_grid(IOWA), variables)
     assert set(variables) <= set(ds.data_vars)
     assert 250 < float(ds.T2M.mean()) < 320 and float(ds.PRECTOT.min()) >= 0 and float(ds.TQV.min()) > 0
 
 
 def test_dem_loader_reads_the_twin(tree, cfg):
-    dem.validate(tree / naming.DEM_FILE, cfg)
+    dem.validate(tree / naming.DEM_FILE, **dem.validate_settings(dem.settings(cfg)))
     grid = target_grid(IOWA)
     ds = dem.load_dem(tree / naming.DEM_FILE, grid)
     assert np.isfinite(ds.elevation.values).all() and float(ds.elevation_std.max()) > 0
@@ -110,6 +110,6 @@ def test_ingest_fetches_every_source_through_the_mirror(tree, mirror, cfg):
         imerg.filename(START + timedelta(minutes=m)) for m in (30, 60, 90)
     ]
     assert len(results["dpr"].files) == 1 and len(results["dem"].files) == 1
-    assert len(results["geosfp"].files) == len(geosfp.expected_files(cfg, T)) > 0
+    assert len(results["geosfp"].files) == len(geosfp.expected_files(geosfp.settings(cfg), T)) > 0
     downloaded = results["imerg"].files[0]
     assert downloaded.read_bytes() == (tree / naming.imerg_pps_path(START + timedelta(minutes=30), "V07B")).read_bytes()

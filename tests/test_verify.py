@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 from prometheus_client import generate_latest
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.grids import target_grid
 from nrt.io import sha256_file
 from nrt.model.conditioning import upsample

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.verify import score_overpass
 

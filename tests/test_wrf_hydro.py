@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from pyproj import Proj
 
-from nrt.catalog import Catalog
+from nrt.store import Catalog
 from nrt.cli import main
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid

@@ -31,7 +31,7 @@ def run_backfill(args, cfg) -> int:
     for cycle_time in cycles:
         scheduler.enqueue(cycle_time)
         if args.reprocess:
-            requeued += catalog.requeue(cycle_key(cycle_time))
+            requeued += scheduler.queue.requeue(cycle_key(cycle_time))
     span = f"{isoformat(cycles[0])} .. {isoformat(cycles[-1])}" if cycles else "none aligned in the range"
     again = f", {requeued} of them queued again for reprocessing" if args.reprocess else ""
     print(f"enqueued {len(cycles)} cycle jobs ({span}){again}, {cfg.service.catchup_order} first")

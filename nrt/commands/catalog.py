@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 
 def init_catalog(args, cfg) -> int:
-    from nrt.catalog import Catalog  # SQLAlchemy loads only for catalog commands, keeping `nrt --help` quick
+    from nrt.store import Catalog  # SQLAlchemy loads only for catalog commands, keeping `nrt --help` quick
 
     with Catalog.from_config(cfg, migrate=True) as catalog:
         print(f"catalog {catalog.url} at revision {catalog.revision()} (newest)")
@@ -24,7 +24,7 @@ def init_catalog(args, cfg) -> int:
 
 
 def catalog_status(args, cfg) -> int:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     with Catalog.from_config(cfg) as catalog:
         revision, counts = catalog.revision(), catalog.counts()

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def run_ingest(args, cfg) -> int:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.sources import SOURCE_NAMES, ingest
     from nrt.sources.http import Client
 

@@ -113,11 +113,18 @@ def write_latest(args, cfg) -> int:
 
 
 def run_prune(args, cfg) -> int:
-    from nrt.products import prune_from_config
-    from nrt.service import open_catalog
+    from datetime import timedelta
 
+    from nrt.products import ef5_directory, prune
+    from nrt.service import open_catalog
+    from nrt.sources.retention import prune_granules
+
+    pc = cfg.products
+    grace = timedelta(minutes=pc.orphan_grace_minutes)
     with open_catalog(cfg) as catalog:
-        print(prune_from_config(cfg, catalog).line())
+        print(prune(catalog, cfg.product_dir, timedelta(days=pc.retention_days), ef5_dir=ef5_directory(cfg),
+                    grace=grace, latest_hours=pc.latest_hours).line())
+        print(prune_granules(catalog, cfg.data_dir, timedelta(days=pc.granule_retention_days), grace=grace).line())
     return 0
 
 

@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run_scheduler(args, cfg) -> int:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.errors import CatalogUnavailable
     from nrt.service import metrics_port
     from nrt.service.metrics import Metrics

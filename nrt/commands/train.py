@@ -48,7 +48,7 @@ def build_realrain(cfg, args, dataset: Path) -> None:
             print(message, flush=True)
 
     if cfg.train.twin_fraction > 0:
-        from nrt.catalog import Catalog
+        from nrt.store import Catalog
         from nrt.model import dataset as dataset_mod
 
         if not args.register_tree:
@@ -77,7 +77,7 @@ def run_train(args, cfg) -> int:
         start, end = args.start or cfg.train.start, args.end or cfg.train.end
         if not start or not end:
             raise ConfigError("train.start", f"no training set at {dataset}; give --start/--end (or train.start/train.end) to build one")
-        from nrt.catalog import Catalog
+        from nrt.store import Catalog
         from nrt.timeline import utc
 
         try:

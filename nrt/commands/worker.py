@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 
 def run_worker(args, cfg) -> int:
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
     from nrt.service import load_models, metrics_port, pipeline_handlers
     from nrt.service.metrics import Metrics
     from nrt.service.worker import Worker, hard_exit

@@ -37,7 +37,7 @@ def read_prcp(path: Path) -> xr.DataArray:
             da = ds[VARIABLE].load()
     except DataError:
         raise
-    except Exception as exc:  # netCDF4/h5netcdf raise many types for a corrupt file
+    except Exception as exc:  # netCDF4 raises many types for a corrupt file
         raise DataError(path, f"cannot read as netCDF ({exc.__class__.__name__}: {exc})") from None
     if set(da.dims) != {"time", "lat", "lon"}:
         raise DataError(path, f"{VARIABLE} has dims {da.dims}, expected time, lat, lon")

@@ -24,8 +24,8 @@ from scipy import ndimage, special
 from nrt.errormodel.aggregate import IMERG_RES_DEG, block_factor, block_mean
 from nrt.errormodel.fields import correlated_normal, frame_memory, padded_shape
 from nrt.errormodel.params import ErrorModel
+from nrt.grids import KM_PER_DEGREE
 
-KM_PER_DEGREE = 111.195
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 # One independent random stream per error component, so turning one off leaves the others alike.
 STREAMS = {"shift_y": 0, "shift_x": 1, "miss": 2, "multiplicative": 3, "false": 4}

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from nrt.errors import DataError
 from nrt.io import atomic_path
 from nrt.model.conditioning import ChannelSet, Conditioning, raw_channels
+from nrt.timeline import HALF_HOUR
 
 log = logging.getLogger("nrt.model.dataset")
 
@@ -122,8 +123,6 @@ def channel_set_for(cfg) -> ChannelSet:
 
 # ---------------------------------------------------------------- building from the catalog (the I/O edge)
 
-HALF_HOUR = timedelta(minutes=30)
-
 
 def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
     """Validate and register in the catalog every granule file found under `root` (a bulk download or a twin
@@ -142,12 +141,15 @@ def register_tree(cfg, catalog, root: str | Path) -> tuple[int, int]:
         try:
             if rf is None:
                 raise DataError(path, "not a granule of any source")
-            module(rf.source).validate(path, cfg, rf.name)
+            mod = module(rf.source)
+            mod.validate(path, rf.name, **mod.validate_settings(mod.settings(cfg)))
         except DataError as exc:
             log.debug("skipping %s", exc)
             skipped += 1
             continue
-        catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path.resolve()), path.stat().st_size, sha256_file(path))
+        stat = path.stat()
+        catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path.resolve()), stat.st_size,
+                                 sha256_file(path), mtime_ns=stat.st_mtime_ns)
         registered += 1
     log.info("registered %d granule files under %s (%d other files skipped)", registered, root, skipped)
     return registered, skipped

@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nrt.degradation import Fallback
 from nrt.model.conditioning import Conditioning, given_groups, missing_required, raw_channels
 
-INPUTS_MISSING = "inputs_missing"
-OUT_OF_DISTRIBUTION = "inputs_out_of_distribution"
 
 
 @dataclass
 class InputCheck:
-    reason: str | None = None  # a fallback reason, or None when the inputs are fine
+    reason: Fallback | None = None  # None when the inputs are fine
     detail: str = ""
     max_z: float = 0.0  # the largest |z| of any given channel's domain mean
     channel_z: dict[str, float] = field(default_factory=dict)
@@ -50,7 +49,7 @@ def check_inputs(spec, conditions: Sequence[Conditioning], max_z: float) -> Inpu
     for cond in conditions:
         lacking = missing_required(cond, spec.channels)
         if lacking:
-            return InputCheck(INPUTS_MISSING, f"the checkpoint requires {', '.join(lacking)}")
+            return InputCheck(Fallback.INPUTS_MISSING, f"the checkpoint requires {', '.join(lacking)}")
     worst: dict[str, float] = {}
     for cond in conditions:
         for name, z in channel_z(spec, cond).items():
@@ -59,6 +58,6 @@ def check_inputs(spec, conditions: Sequence[Conditioning], max_z: float) -> Inpu
     result = InputCheck(max_z=max((abs(z) for z in worst.values()), default=0.0), channel_z=worst)
     beyond = {name: z for name, z in worst.items() if abs(z) > max_z}
     if beyond:
-        result.reason = OUT_OF_DISTRIBUTION
+        result.reason = Fallback.INPUTS_OUT_OF_DISTRIBUTION
         result.detail = ", ".join(f"{name} at {z:+.1f} sigma" for name, z in sorted(beyond.items(), key=lambda kv: -abs(kv[1])))
     return result

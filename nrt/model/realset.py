@@ -16,7 +16,7 @@ the embeddings of leads 1-8 untrained.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ import xarray as xr
 from nrt.errors import ConfigError, DataError
 from nrt.grids import LatLonGrid
 from nrt.model.conditioning import COARSE_FACTOR, ChannelSet, Conditioning, raw_channels
-from nrt.model.dataset import HALF_HOUR, Sample
+from nrt.model.dataset import Sample
+from nrt.timeline import HALF_HOUR, utc_times
 
 log = logging.getLogger("nrt.model.realset")
 
@@ -75,10 +76,9 @@ def real_rain_cases(frames: xr.DataArray, error_model, *, tile: int, per_frame: 
     degraded = degrade(truth, res, error_model, seed, frame_minutes=minutes, latitude=float(np.mean(lats)))
     rng = np.random.default_rng(seed)
     origins = tile_origins((nlat, nlon), tile)
-    times = frames.time.values
+    times = utc_times(frames.time.values)
     cases = []
-    for k in range(truth.shape[0]):
-        when = datetime.fromtimestamp(times[k].astype("datetime64[s]").astype(np.int64), timezone.utc)
+    for k, when in enumerate(times):
         for r, c in choose_tiles(truth[k], origins, tile, per_frame, rng):
             grid = LatLonGrid(res, float(lats[r]), float(lons[c]), tile, tile)
             cr, cc, ct = r // COARSE_FACTOR, c // COARSE_FACTOR, tile // COARSE_FACTOR
@@ -142,7 +142,7 @@ def twin_examples(cfg, catalog, truth_dir: Path, count: int, channels: ChannelSe
     if not files:
         raise DataError(truth_dir, "no twin truth files")
     truth = xr.concat([xr.load_dataset(f, engine="netcdf4")["precipitation"] for f in files], "time")
-    times = [datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), timezone.utc) for t in truth.time.values]
+    times = utc_times(truth.time.values)
     inputs = CatalogInputs(cfg, catalog, times[0], times[-1], max_lead=0)
     tile, rng = cfg.train.tile_size, np.random.default_rng(seed)
     origins = tile_origins(inputs.grid.shape, tile)

@@ -7,12 +7,13 @@
 - `wrf_hydro`: PRECIP_FORCING files on a WRF-Hydro geogrid (`read_geogrid`, `export_wrf_hydro`);
 - `quicklook`: maps with borders and alert areas: the PNG per cycle (`quicklook`) and single maps (`plot_map`);
 - `alerts`: exceedance over operator areas (`alert_states`);
-- `publish`: one valid time end to end, best-available lookup and `latest.json`
-  (`publish_valid_time`, `best_available`, `update_latest`, `export_best_ef5`);
+- `publish`: one valid time (and a cycle's valid times) end to end, best-available lookup and `latest.json`
+  (`publish_valid_time`, `publish_cycle`, `best_available`, `update_latest`, `export_best_ef5`);
 - `stac`: the STAC catalog beside the products (`update_stac`);
 - `mapserver`: the live map page behind `nrt serve` (`MapData`, `make_server`);
 - `dataset`: best available per valid time as one dataset (`open_best`);
-- `retention`: age-based pruning that keeps catalog and disk consistent (`prune`, `prune_from_config`).
+- `retention`: age-based pruning that keeps catalog and disk consistent (`prune`; raw granules:
+  `nrt.sources.retention`).
 """
 
 from nrt.products.alerts import AlertState, alert_states, check_areas
@@ -24,11 +25,12 @@ from nrt.products.publish import (
     best_available,
     ef5_directory,
     export_best_ef5,
+    publish_cycle,
     publish_valid_time,
     update_latest,
 )
 from nrt.products.quicklook import quicklook
-from nrt.products.retention import PruneReport, prune, prune_from_config
+from nrt.products.retention import PruneReport, prune
 from nrt.products.summary import ProductStats, accumulations, best_mean_fields, summarize, write_summary
 
 __all__ = [
@@ -36,8 +38,8 @@ __all__ = [
     "AlertState", "alert_states", "check_areas",
     "control_block", "export_ef5",
     "product_path", "read_ensemble", "write_ensemble",
-    "Published", "ProductRecord", "best_available", "ef5_directory", "export_best_ef5", "publish_valid_time", "update_latest",
+    "Published", "ProductRecord", "best_available", "ef5_directory", "export_best_ef5", "publish_cycle", "publish_valid_time", "update_latest",
     "quicklook",
-    "PruneReport", "prune", "prune_from_config",
+    "PruneReport", "prune",
     "ProductStats", "accumulations", "best_mean_fields", "summarize", "write_summary",
 ]

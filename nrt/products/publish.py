@@ -34,6 +34,7 @@ import xarray as xr
 from nrt.errors import NrtError, StorageError
 from nrt.grids import LatLonGrid
 from nrt.io import atomic_path, fsync_dir, sha256_file
+from nrt.products.alerts import AlertState, alert_states
 from nrt.products.ef5 import export_ef5, export_range
 from nrt.products.netcdf import (
     ENSEMBLE, PRECIP_VAR, QUICKLOOK, SUMMARY, accumulation_kind, data_vars, ensemble_dataset, product_path, write_dataset,
@@ -315,3 +316,33 @@ def publish_valid_time(
         "" if is_best else " (a better product exists)",
     )
     return result
+
+
+@dataclass(frozen=True)
+class PublishedCycle:
+    products: list[ProductRecord]
+    summary: ProductStats  # of the newest valid time
+    alerts: list[AlertState]  # one per configured area, from the newest valid time
+
+
+def publish_cycle(
+    ensemble: np.ndarray, valid_times: list[tuple[dt.datetime, int, np.ndarray]], *, cfg, catalog, grid: LatLonGrid,
+    cycle_time: dt.datetime, forecast_reference_time: dt.datetime, attrs: Mapping,
+) -> PublishedCycle:
+    """`publish_valid_time` for each (valid time, lead, input precipitation) of a cycle, oldest first, with the
+    `ensemble` (member, time, lat, lon); the newest valid time's ensemble sets the alert states."""
+    products, published, alerts = [], None, []
+    for k, (valid, lead, input_precipitation) in enumerate(valid_times):
+        members = xr.DataArray(ensemble[:, k : k + 1], dims=("member", "time", "lat", "lon"))
+        published = publish_valid_time(
+            members, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
+            forecast_reference_time=forecast_reference_time, lead=lead, attrs=attrs, input_precipitation=input_precipitation,
+        )
+        products.extend(published.products)
+        if k == len(valid_times) - 1:
+            alerts = alert_states(members, grid, cfg.alerts.areas)
+            for alert in alerts:
+                if alert.active:
+                    log.warning("ALERT %s: P(rain > %g mm/h) = %.2f >= %.2f at %s",
+                                alert.area, alert.threshold, alert.probability, alert.level, isoformat(valid))
+    return PublishedCycle(products, published.stats, alerts)

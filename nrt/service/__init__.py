@@ -17,7 +17,7 @@ log = logging.getLogger("nrt.service")
 
 def open_catalog(cfg, migrate: bool = False):
     """The configured catalog, migrated to head (`migrate`) or checked to be there already."""
-    from nrt.catalog import Catalog
+    from nrt.store import Catalog
 
     return Catalog.from_config(cfg, migrate=migrate)
 
@@ -51,13 +51,13 @@ def load_models(cfg):
 def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
     """Job handlers backed by `nrt.pipeline`: a `cycle` job runs `run_cycle` for its payload's cycle time.
 
-    `clock` (a `nrt.service.scheduler.Clock`) gives the pipeline its notion of now and of waiting, so an
+    `clock` (a `nrt.timeline.Clock`) gives the pipeline its notion of now and of waiting, so an
     accelerated demo clock also shortens the ingest's waits for late files. `progress(message)` hears each
     stage of a cycle as it starts (the demo's progress bar).
     """
     from nrt import pipeline
-    from nrt.service.scheduler import Clock
     from nrt.sources.http import Client
+    from nrt.timeline import Clock
 
     client = Client.from_config(cfg)
     clock = clock or Clock()
@@ -67,8 +67,6 @@ def pipeline_handlers(cfg, catalog, clock=None, progress=None) -> dict:
         # Every catalog write of the cycle, and each product file before it is written, checks the lease:
         # a worker that lost it (frozen, partitioned) stops at its next write. Half the lease is left for a write.
         fenced = catalog.fenced(job.id, job.lease_token, margin_s=cfg.service.lease_seconds / 2)
-        return pipeline.run_cycle(
-            cycle_time, cfg, fenced, client, models, now=clock.now, sleep=clock.sleep, progress=progress
-        )
+        return pipeline.run_cycle(cycle_time, cfg, fenced, client, models, clock=clock, progress=progress)
 
     return {"cycle": run_cycle}

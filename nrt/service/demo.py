@@ -167,9 +167,9 @@ def run_demo(base_cfg, workdir: Path, cycles: int = 3, seed: int = 20250101, pro
 
     from nrt.service import load_models, open_catalog, pipeline_handlers
     from nrt.service.metrics import Metrics
-    from nrt.service.scheduler import Clock, CycleScheduler
+    from nrt.service.scheduler import CycleScheduler
     from nrt.service.worker import Worker
-    from nrt.timeline import bridge_valid_times, newest_imerg_start
+    from nrt.timeline import Clock, bridge_valid_times, newest_imerg_start
 
     if cycles < 1:
         raise NrtError("--cycles must be at least 1")

@@ -19,6 +19,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
 
+from nrt.degradation import Fallback, NowcastReason
+
 log = logging.getLogger("nrt.service.metrics")
 
 # Stage durations run from sub-second (a cached DEM read) to tens of minutes (a CPU diffusion pass).
@@ -56,8 +58,8 @@ class CycleReportLike(Protocol):
 
     timings: Mapping[str, float]  # stage -> seconds, for the stages that completed
     degraded: Sequence[str]  # every degraded-mode flag of the cycle; empty means a clean cycle
-    nowcast_degraded: Sequence[str]  # the nowcast's fallback reasons (a subset of the cause of `degraded`)
-    downscale_fallbacks: Sequence[str]  # why the cycle wrote the CSGD ensemble instead of the configured model's
+    nowcast_degraded: Sequence[NowcastReason]  # the nowcast's fallback reasons (a subset of the cause of `degraded`)
+    downscale_fallbacks: Sequence[Fallback]  # why the cycle wrote the CSGD ensemble instead of the configured model's
     products: Sequence[ProductLike]  # the files written this cycle
     sources: Mapping[str, datetime | None]  # source ingested -> start of its newest granule (None: static)
     summary: LastProductLike | None  # statistics of the newest valid time's product

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -31,48 +29,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from nrt.errors import CatalogError, ConfigError
 from nrt.service.metrics import Metrics
 from nrt.service.outage import CatalogOutage
+from nrt.service.queue import JobQueue
 from nrt.service.systemd import Notifier
-from nrt.timeline import floor_to, isoformat, utc
+from nrt.timeline import Clock, floor_to, isoformat, utc
 
 log = logging.getLogger("nrt.service.scheduler")
 
 CYCLE_JOB = "cycle"
 DAY_MINUTES = 24 * 60
 OUTAGE_RETRY_S = 15.0  # real seconds between ticks while the catalog is unreachable
-
-
-class Clock:
-    """UTC wall time, optionally shifted and accelerated: `origin + speed × (real seconds since creation)`.
-
-    `Clock()` is the real clock. The demo uses `Clock(origin, speed=600)` so that the real scheduler and
-    worker run several 30-minute cycles in a few real minutes.
-    """
-
-    def __init__(self, origin: datetime | None = None, speed: float = 1.0, real: Callable[[], float] = time.time):
-        if speed <= 0:
-            raise ValueError("clock speed must be positive")
-        self.speed = speed
-        self._real = real
-        self._real_start = real()
-        self._origin = utc(origin).timestamp() if origin is not None else self._real_start
-
-    @property
-    def is_real(self) -> bool:
-        return self.speed == 1.0 and self._origin == self._real_start
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self._origin + (self._real() - self._real_start) * self.speed, timezone.utc)
-
-    __call__ = now
-
-    def sleep(self, seconds: float) -> None:
-        """Wait `seconds` of this clock's time."""
-        time.sleep(max(0.0, seconds) / self.speed)
-
-    def real_time_of(self, t: datetime) -> datetime:
-        """The real moment at which this clock shows `t`."""
-        real = self._real_start + (utc(t).timestamp() - self._origin) / self.speed
-        return datetime.fromtimestamp(real, timezone.utc)
 
 
 def cycle_key(cycle_time: datetime) -> str:
@@ -125,6 +90,7 @@ class CycleScheduler:
 
     def __init__(self, cfg, catalog, metrics: Metrics | None = None, clock: Clock | None = None, last_cycle: datetime | None = None):
         self.cfg, self.catalog, self.metrics = cfg, catalog, metrics
+        self.queue = JobQueue(catalog)
         self.clock = clock or Clock()
         self.period = timedelta(minutes=cfg.timeline.cycle_minutes)
         self.delay = timedelta(minutes=cfg.timeline.cycle_delay_minutes)
@@ -138,7 +104,7 @@ class CycleScheduler:
 
     def enqueue(self, cycle_time: datetime) -> int:
         """Add the cycle's job unless its key exists (in any state); returns the job id either way."""
-        return self.catalog.enqueue(
+        return self.queue.enqueue(
             CYCLE_JOB,
             {"cycle_time": isoformat(cycle_time)},
             key=cycle_key(cycle_time),
@@ -148,7 +114,7 @@ class CycleScheduler:
 
     def newest_enqueued(self) -> datetime | None:
         """The latest cycle time that has a job, in any state (done ones included)."""
-        times = [utc(job.payload["cycle_time"]) for job in self.catalog.jobs(kind=CYCLE_JOB)]
+        times = [utc(job.payload["cycle_time"]) for job in self.queue.jobs(kind=CYCLE_JOB)]
         return max(times, default=None)
 
     def tick(self) -> list[datetime]:

@@ -28,6 +28,7 @@ from nrt.config import check_service
 from nrt.errors import CatalogError, CatalogUnavailable, LeaseLost
 from nrt.service.metrics import Metrics
 from nrt.service.outage import CatalogOutage
+from nrt.service.queue import JobQueue
 from nrt.service.systemd import Notifier
 
 log = logging.getLogger("nrt.service.worker")
@@ -106,6 +107,7 @@ class Worker:
             raise ValueError("a worker needs at least one job handler")
         check_service(cfg.service, getattr(cfg, "source_file", None) or "<config>")
         self.cfg, self.catalog, self.metrics = cfg, catalog, metrics
+        self.queue = JobQueue(catalog)
         self.service = cfg.service
         self.handlers = dict(handlers)
         self.load_model = load_model
@@ -171,7 +173,7 @@ class Worker:
             while not self.stopping and (max_jobs is None or self.jobs_done < max_jobs):
                 self.notifier.watchdog()
                 # A database restart must not cost the resident model: wait it out.
-                job = self.outage.call("claim", self.catalog.claim, self.owner, kinds=kinds, lease_s=self.service.lease_seconds)
+                job = self.outage.call("claim", self.queue.claim, self.owner, kinds=kinds, lease_s=self.service.lease_seconds)
                 if job is None:
                     self._refresh_gauges()
                     if drain:
@@ -217,7 +219,7 @@ class Worker:
             if lease_held and now >= next_heartbeat:
                 next_heartbeat = now + self.service.heartbeat_seconds
                 try:
-                    lease_held = self.catalog.heartbeat(job.id, self.owner, self.service.lease_seconds)
+                    lease_held = self.queue.heartbeat(job.id, self.owner, self.service.lease_seconds)
                 except CatalogError as exc:  # the lease outlives several heartbeats; try again at the next one
                     self.outage.failed("heartbeat", exc)
                 else:
@@ -227,7 +229,7 @@ class Worker:
             if thread.is_alive() and self._stop_deadline is not None and now >= self._stop_deadline:
                 if lease_held:
                     try:
-                        self.catalog.release(job.id, self.owner)
+                        self.queue.release(job.id, self.owner)
                     except CatalogError as exc:  # its lease expires instead
                         log.warning("job %s: cannot release it: %s", job.id, exc)
                 log.warning("job %s released unfinished at shutdown", job.id)
@@ -242,7 +244,7 @@ class Worker:
 
     def _finish(self, job, thread: JobThread, seconds: float) -> str:
         if thread.error is None:
-            if not self._record(job, "complete", self.catalog.complete, job.id, self.owner):
+            if not self._record(job, "complete", self.queue.complete, job.id, self.owner):
                 log.warning("job %s finished after its lease passed to another worker", job.id)
                 return "lost"
             recorder = self.recorders.get(job.kind)
@@ -261,7 +263,7 @@ class Worker:
         reason = type(error).__name__
         retry = job.attempts < job.max_attempts  # the catalog requeues it on the same rule
         delay = self.cfg.service.retry_delay_s * 2 ** (job.attempts - 1)
-        self._record(job, "fail", self.catalog.fail, job.id, self.owner, f"{stage}: {reason}: {one_line(error)}",
+        self._record(job, "fail", self.queue.fail, job.id, self.owner, f"{stage}: {reason}: {one_line(error)}",
                      retry_delay_s=delay)
         if job.kind == "cycle":
             self.metrics.record_cycle_failure(stage, reason)

@@ -1,9 +1,10 @@
 """Data sources: one module per source behind the same small interface, and the generic ingest over them.
 
-Each module (`imerg`, `dpr`, `geosfp`, `dem`) exposes `NAME`, `FILE_PATTERN`, `parse_name(name)`,
-`expected_files(cfg, t)`, `remote_url(cfg, rf)`, `validate(path, cfg, name)`, its reader and `identify(path)`.
-Modules whose server is listed first (the PPS and GES DISC directories) also expose `list_url(cfg, t)`,
-`parse_listing(cfg, text, url)` and `select(cfg, t, expected, listed) -> (files, missing)`.
+Each module (`imerg`, `dpr`, `geosfp`, `dem`) exposes `NAME`, `FILE_PATTERN`, `parse_name(name)`, `Settings`
+(the values its functions use, made from the config by `settings(cfg)`), `expected_files(s, t)`,
+`remote_url(s, rf)`, `validate(path, name, **validate_settings(s))`, its reader and `identify(path)`
+(`nrt.sources.base.Source`). Modules whose server is listed first (the PPS and GES DISC directories) also
+expose `list_url(s, t)`, `parse_listing(s, text, url)` and `select(s, t, expected, listed) -> (files, missing)`.
 
 `ingest()` is the only place that talks to both the network and the catalog: it works out what should exist,
 skips what the catalog already holds with a matching checksum, downloads the rest with bounded concurrency,
@@ -134,21 +135,22 @@ def _local_source(url: str) -> Path:
     return Path(parts.path) if parts.scheme == "file" else Path(url).expanduser()
 
 
-def resolve(mod: ModuleType, cfg, t: datetime, client) -> tuple[list[RemoteFile], list[str]]:
-    """The files to fetch for time `t` and a line for each expected file that is not there yet."""
-    expected = mod.expected_files(cfg, t)
+def resolve(mod: ModuleType, s, t: datetime, client, expected: list[RemoteFile] | None = None) -> tuple[list[RemoteFile], list[str]]:
+    """The files to fetch for time `t` (`expected`, or the module's) and a line for each one not there yet;
+    `s` is the module's `Settings`."""
+    expected = mod.expected_files(s, t) if expected is None else expected
     if not hasattr(mod, "list_url"):
         return expected, []
-    urls = sorted({mod.list_url(cfg, rf.start) for rf in expected} or {mod.list_url(cfg, t)})
+    urls = sorted({mod.list_url(s, rf.start) for rf in expected} or {mod.list_url(s, t)})
     listed: list[RemoteFile] = []
     for url in urls:
         try:
-            listed.extend(mod.parse_listing(cfg, client.get_text(url), url))
+            listed.extend(mod.parse_listing(s, client.get_text(url), url))
         except FetchError as exc:
             log.warning("listing failed: %s", exc)
             raise ListingFailed(exc, [f"{rf.name}: listing unavailable ({exc.reason})" for rf in expected]
                                 or [f"listing unavailable: {exc}"]) from None
-    return mod.select(cfg, t, expected, listed)
+    return mod.select(s, t, expected, listed)
 
 
 class ListingFailed(Exception):
@@ -159,18 +161,33 @@ class ListingFailed(Exception):
         self.error, self.missing = error, missing
 
 
-def _already_held(row) -> bool:
-    """Whether the catalog row is a downloaded file still on disk with its recorded size and checksum."""
+def _already_held(row, catalog) -> bool:
+    """Whether the catalog row is a downloaded file still on disk with its recorded size and checksum.
+
+    A file whose size and modification time are as recorded is taken as unchanged, so a held file (a global
+    GEOS-FP file is hundreds of MB) is hashed only after something touched it; if it still hashes as recorded,
+    its new time is recorded.
+    """
     if row is None or row.state != "downloaded" or not row.sha256 or not row.path:
         return False
     path = Path(row.path)
-    if not path.is_file() or path.stat().st_size != row.size:
+    try:
+        stat = path.stat()
+    except OSError:
         return False
-    return sha256_file(path) == row.sha256
+    if not path.is_file() or stat.st_size != row.size:
+        return False
+    if row.mtime_ns == stat.st_mtime_ns:
+        return True
+    if sha256_file(path) != row.sha256:
+        return False
+    catalog.register_granule(row.source, row.name, row.version, row.start_time, row.end_time, row.path, row.size,
+                             row.sha256, mtime_ns=stat.st_mtime_ns)
+    return True
 
 
-def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
-    url = mod.remote_url(cfg, rf)
+def _fetch(mod: ModuleType, s, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
+    url = mod.remote_url(s, rf)
     # The download's own clock starts when a slot frees up; the source's deadline caps it either way.
     deadline = min(stage_deadline, time.monotonic() + cfg.sources.http.download_deadline_s)
     if time.monotonic() >= deadline:
@@ -178,7 +195,7 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
-            mod.validate(path, cfg, rf.name)
+            mod.validate(path, rf.name, **mod.validate_settings(s))
 
     if not _is_remote(url):
         path = _local_source(url)
@@ -189,13 +206,13 @@ def _fetch(mod: ModuleType, cfg, rf: RemoteFile, client, reading: threading.Lock
     return client.download(url, local_path(cfg, rf), validate=check, deadline=deadline)
 
 
-def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
+def _still_refused(mod: ModuleType, s, rf: RemoteFile, held, client) -> bool:
     """Whether a granule marked bad `max_bad_attempts` times stays refused: its back-off has not passed and
     the server's copy looks the same as the one refused."""
     if held.retry_after is not None and datetime.now(timezone.utc) >= held.retry_after:
         log.info("%s: bad mark expired; trying it again", rf.name)
         return False
-    url = mod.remote_url(cfg, rf)
+    url = mod.remote_url(s, rf)
     if held.remote_tag and _is_remote(url):
         now = client.remote_tag(url)
         if now is not None and now != held.remote_tag:
@@ -204,14 +221,15 @@ def _still_refused(mod: ModuleType, cfg, rf: RemoteFile, held, client) -> bool:
     return True
 
 
-def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
-    """Fetch and register every file of `source` that should exist by `t` for that time."""
+def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[RemoteFile] | None = None) -> IngestResult:
+    """Fetch and register every file of `source` that should exist by `t` for that time (or the `expected` ones)."""
     mod = module(source)
     t = utc(t)
     if not getattr(getattr(cfg.sources, source), "enabled", True):
         return IngestResult()
     try:
-        wanted, missing = resolve(mod, cfg, t, client)
+        s = mod.settings(cfg)
+        wanted, missing = resolve(mod, s, t, client, expected)
     except ListingFailed as failed:
         errors = [] if not_published(failed.error) else [str(failed.error)]
         return IngestResult(missing=failed.missing, errors=errors)
@@ -220,10 +238,10 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
     todo: list[RemoteFile] = []
     for rf in wanted:
         held = catalog.get_granule(rf.source, rf.name)
-        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, cfg, rf, held, client):
+        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, s, rf, held, client):
             until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
             result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
-        elif _already_held(held):
+        elif _already_held(held, catalog):
             result.files.append(Path(held.path))
         else:
             catalog.expect_granule(rf.source, rf.name, rf.version, rf.start, rf.end)
@@ -233,7 +251,7 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
     reading = threading.Lock()
     stage_deadline = time.monotonic() + http.ingest_deadline_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{source}") as pool:
-        futures = [(rf, pool.submit(_fetch, mod, cfg, rf, client, reading, stage_deadline)) for rf in todo]
+        futures = [(rf, pool.submit(_fetch, mod, s, cfg, rf, client, reading, stage_deadline)) for rf in todo]
         # Catalog writes stay on this thread; the pool only moves bytes.
         for rf, future in futures:
             try:
@@ -252,9 +270,9 @@ def ingest(source: str, cfg, catalog, t: datetime, client) -> IngestResult:
                     result.errors.append(f"{rf.name}: {exc.reason}")
                 result.missing.append(f"{rf.name}: {exc.reason}")
                 continue
-            catalog.register_granule(
-                rf.source, rf.name, rf.version, rf.start, rf.end, str(path), path.stat().st_size, sha256_file(path)
-            )
+            stat = path.stat()
+            catalog.register_granule(rf.source, rf.name, rf.version, rf.start, rf.end, str(path), stat.st_size,
+                                     sha256_file(path), mtime_ns=stat.st_mtime_ns)
             result.files.append(path)
     log.log(
         logging.WARNING if result.errors else logging.INFO, "ingest %s for %s: %d files, %d missing (%d server errors), %d bad",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,17 +38,29 @@ def parse_name(name: str) -> RemoteFile | None:
     return RemoteFile(NAME, name, "static", STATIC, STATIC, "")
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
+@dataclass(frozen=True)
+class Settings:
+    """What this module's functions use, taken from the config once by `settings(cfg)`."""
+
+    url: str  # a URL or a local path
+    grid: LatLonGrid  # validate: the DEM must cover every cell
+
+
+def settings(cfg) -> Settings:
+    return Settings(cfg.sources.dem.url, target_grid(cfg.domain.box()))
+
+
+def expected_files(s: Settings, t: datetime) -> list[RemoteFile]:
     """The one configured DEM file (a URL or a local path), whatever the time."""
-    name = Path(urlsplit(cfg.sources.dem.url).path).name
+    name = Path(urlsplit(s.url).path).name
     rf = parse_name(name)
     if rf is None:
-        raise DataError(cfg.sources.dem.url, "DEM must be a .nc, .nc4, .tif or .tiff file")
+        raise DataError(s.url, "DEM must be a .nc, .nc4, .tif or .tiff file")
     return [rf]
 
 
-def remote_url(cfg, rf: RemoteFile) -> str:
-    return cfg.sources.dem.url
+def remote_url(s: Settings, rf: RemoteFile) -> str:
+    return s.url
 
 
 def _is_tiff(path: Path) -> bool:
@@ -200,9 +213,13 @@ def load_dem(path: str | Path, grid: LatLonGrid, cache_dir: str | Path | None = 
     return ds
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A DEM file: readable, georeferenced, and covering every cell of the configured domain."""
-    _compute(Path(path), target_grid(cfg.domain.box()))
+def validate_settings(s: Settings) -> dict:
+    return {"grid": s.grid}
+
+
+def validate(path: str | Path, name: str | None = None, *, grid: LatLonGrid) -> None:
+    """A DEM file: readable, georeferenced, and covering every cell of `grid`."""
+    _compute(Path(path), grid)
 
 
 def _netcdf_stats(path: Path) -> tuple[list[int], dict, str]:

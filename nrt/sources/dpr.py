@@ -95,30 +95,45 @@ def parse_name(name: str) -> RemoteFile | None:
     return RemoteFile(NAME, name, match["version"], start, end, subdir)
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
+@dataclass(frozen=True)
+class Settings:
+    """What this module's functions use, taken from the config once by `settings(cfg)`."""
+
+    pps_url: str
+    gesdisc_url: str  # research (orbit) files
+    versions: tuple[str, ...]
+    lookback: timedelta
+
+
+def settings(cfg) -> Settings:
+    src = cfg.sources.dpr
+    return Settings(src.pps_url, src.gesdisc_url, tuple(src.versions), timedelta(hours=src.lookback_hours))
+
+
+def expected_files(s: Settings, t: datetime) -> list[RemoteFile]:
     """DPR names cannot be predicted (granule edges follow the orbit); the listing decides, see `select`."""
     return []
 
 
-def remote_url(cfg, rf: RemoteFile) -> str:
-    base = cfg.sources.dpr.pps_url if rf.name.endswith(".RT-H5") else cfg.sources.dpr.gesdisc_url
+def remote_url(s: Settings, rf: RemoteFile) -> str:
+    base = s.pps_url if rf.name.endswith(".RT-H5") else s.gesdisc_url
     return f"{base.rstrip('/')}/{rf.relative_path}"
 
 
-def list_url(cfg, t: datetime) -> str:
-    return f"{cfg.sources.dpr.pps_url.rstrip('/')}/{pps_listing_path()}"
+def list_url(s: Settings, t: datetime) -> str:
+    return f"{s.pps_url.rstrip('/')}/{pps_listing_path()}"
 
 
-def parse_listing(cfg, text: str, url: str) -> list[RemoteFile]:
+def parse_listing(s: Settings, text: str, url: str) -> list[RemoteFile]:
     names = http.parse_pps_listing(text, PPS_FOLDER, FILE_PATTERN)
     return [rf for rf in map(parse_name, names) if rf is not None and rf.name.endswith(".RT-H5")]
 
 
-def select(cfg, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
+def select(s: Settings, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
     """Listed NRT swaths of an allowed version overlapping [t - lookback, t]; nothing counts as missing."""
     t = utc(t)
-    since = t - timedelta(hours=cfg.sources.dpr.lookback_hours)
-    allowed = set(cfg.sources.dpr.versions)
+    since = t - s.lookback
+    allowed = set(s.versions)
     return [rf for rf in listed if rf.version in allowed and rf.start < t and rf.end > since], []
 
 
@@ -290,7 +305,11 @@ def grid_swath(swath: DprSwath, grid: LatLonGrid, footprint_km: float = 5.0) -> 
     )
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
+def validate_settings(s: Settings) -> dict:
+    return {}
+
+
+def validate(path: str | Path, name: str | None = None) -> None:
     """A downloaded swath: HDF5, the FS/NS layout, a DPR name and some non-fill rate."""
     _read(Path(path), name, None, None)
 

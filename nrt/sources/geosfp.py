@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,9 +84,21 @@ def collection_of(name: str) -> str | None:
     return match["collection"] if match else None
 
 
-def _collections(cfg) -> list[str]:
+@dataclass(frozen=True)
+class Settings:
+    """What this module's functions use, taken from the config once by `settings(cfg)`."""
+
+    url: str
+    latency: timedelta  # from a forecast's start to its publication
+    imerg_latency: timedelta  # the cycle's newest valid time S = floor(t - imerg_latency)
+    variables: Mapping[str, tuple[str, ...]]  # by collection
+
+
+def settings(cfg) -> Settings:
     src = cfg.sources.geosfp
-    return [c for c, variables in ((SLV, src.slv_variables), (FLX, src.flx_variables)) if variables]
+    return Settings(src.url, timedelta(hours=cfg.timeline.geosfp_latency_hours),
+                    timedelta(minutes=cfg.timeline.imerg_latency_minutes),
+                    {SLV: tuple(src.slv_variables), FLX: tuple(src.flx_variables)})
 
 
 def forecast_file(collection: str, hour: datetime, now: datetime, latency: timedelta) -> RemoteFile:
@@ -95,17 +108,18 @@ def forecast_file(collection: str, hour: datetime, now: datetime, latency: timed
     return RemoteFile(NAME, name, "V01", hour - AVERAGING / 2, hour + AVERAGING / 2, forecast_folder(init))
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
-    """Forecast files bracketing every valid time S … t of the cycle at `t`, for each configured collection."""
+def expected_files(s: Settings, t: datetime, latency: timedelta | None = None) -> list[RemoteFile]:
+    """Forecast files bracketing every valid time S … t of the cycle at `t`, for each configured collection, from
+    the newest forecast published `latency` (default `s.latency`) after its start."""
     t = utc(t)
-    latency = timedelta(hours=cfg.timeline.geosfp_latency_hours)
-    newest = newest_imerg_start(t, timedelta(minutes=cfg.timeline.imerg_latency_minutes))
+    newest = newest_imerg_start(t, s.imerg_latency)
     hours = sorted({h for v in bridge_valid_times(newest, t) for h in geosfp_hours_for(v)})
-    return [forecast_file(c, h, t, latency) for c in _collections(cfg) for h in hours]
+    collections = [c for c, variables in s.variables.items() if variables]
+    return [forecast_file(c, h, t, s.latency if latency is None else latency) for c in collections for h in hours]
 
 
-def remote_url(cfg, rf: RemoteFile) -> str:
-    return f"{cfg.sources.geosfp.url.rstrip('/')}/{rf.relative_path}"
+def remote_url(s: Settings, rf: RemoteFile) -> str:
+    return f"{s.url.rstrip('/')}/{rf.relative_path}"
 
 
 # ---------------------------------------------------------------- reading
@@ -212,15 +226,18 @@ def read_geosfp(
     )
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A downloaded file: NetCDF, a GEOS-FP name, the 1152 × 721 grid and the configured variables."""
+def validate_settings(s: Settings) -> dict:
+    return {"variables": s.variables}
+
+
+def validate(path: str | Path, name: str | None = None, *, variables: Mapping[str, Sequence[str]]) -> None:
+    """A downloaded file: NetCDF, a GEOS-FP name, the 1152 × 721 grid and the `variables` of its collection."""
     path = Path(path)
     name = name or path.name
     collection = collection_of(name)
     if collection is None:
         raise DataError(path, f"{name!r} is not a GEOS-FP file name")
-    src = cfg.sources.geosfp
-    wanted = {SLV: src.slv_variables, FLX: src.flx_variables}.get(collection, [])
+    wanted = variables.get(collection, [])
     with _open(path) as nc:
         lat, lon = _axis(nc, path, "lat", DLAT), _axis(nc, path, "lon", DLON)
         if (lat.size, lon.size) != (NLAT, NLON):

@@ -12,8 +12,8 @@ with the file's own lat/lon vectors so cut files (the real test files) and globa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,14 +26,15 @@ from nrt.errors import DataError
 from nrt.grids import IMERG_GRID, Domain, LatLonGrid, imerg_window
 from nrt.sources import RemoteFile, field_stats, time_text
 from nrt.sources import http
+from nrt.sources.base import FilePattern
 from nrt.timeline import HALF_HOUR, motion_starts, newest_imerg_start, utc
 
 NAME = "imerg"
 
-FILE_PATTERN = re.compile(
-    r"3B-HHR(?P<run>-E|-L)?\.MS\.MRG\.3IMERG\."
-    r"(?P<date>\d{8})-S(?P<start>\d{6})-E(?P<end>\d{6})\.(?P<minutes>\d{4})\."
-    r"(?P<version>V\d{2}[A-Z])\.(?P<ext>RT-H5|HDF5)"
+# The one spelling of the name: parse_name reads it, filename writes it. `run` is the tag of _RUN_TAG.
+FILE_PATTERN = FilePattern(
+    "3B-HHR{run}.MS.MRG.3IMERG.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}.{minutes:04d}.{version}.{ext}",
+    run="-E|-L|", version=r"V\d{2}[A-Z]", ext="RT-H5|HDF5",
 )
 
 #: Dataset holding the main field, by major version; later majors fall back to the newest layout.
@@ -49,6 +50,7 @@ VARIABLE_ATTRS = {
 }
 GLOBAL_SHAPE = (IMERG_GRID.nlon, IMERG_GRID.nlat)  # as stored: (lon, lat)
 _RUN_TAG = {"E": "-E", "L": "-L", "F": ""}
+_RUN_OF_TAG = {tag: run for run, tag in _RUN_TAG.items()}
 _RUN_FOLDER = {"E": "early", "L": "late"}
 _GESDISC_PRODUCT = {"E": "GPM_3IMERGHHE", "L": "GPM_3IMERGHHL", "F": "GPM_3IMERGHH"}
 _EXT = {"pps": "RT-H5", "gesdisc": "HDF5"}
@@ -59,12 +61,8 @@ _EXT = {"pps": "RT-H5", "gesdisc": "HDF5"}
 def filename(start: datetime, version: str = "V07B", run: str = "E", server: str = "pps") -> str:
     """The file name of the half-hour granule starting at `start` (run E/L/F; server pps -> .RT-H5, gesdisc -> .HDF5)."""
     start = utc(start)
-    end = start + HALF_HOUR - timedelta(seconds=1)
-    minutes = start.hour * 60 + start.minute
-    return (
-        f"3B-HHR{_RUN_TAG[run]}.MS.MRG.3IMERG.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}"
-        f".{minutes:04d}.{version}.{_EXT[server]}"
-    )
+    return FILE_PATTERN.compose(run=_RUN_TAG[run], start=start, end=start + HALF_HOUR - timedelta(seconds=1),
+                                minutes=start.hour * 60 + start.minute, version=version, ext=_EXT[server])
 
 
 def major(version: str) -> str:
@@ -97,29 +95,25 @@ def gesdisc_relative_path(rf: RemoteFile) -> str:
 
 
 def _run_of(name: str) -> str:
-    match = FILE_PATTERN.fullmatch(name)
-    run = match["run"] if match else "-E"
-    return {"-E": "E", "-L": "L", None: "F"}[run]
+    fields = FILE_PATTERN.parse(name)
+    return _RUN_OF_TAG[fields["run"]] if fields else "E"
 
 
 def parse_name(name: str) -> RemoteFile | None:
-    match = FILE_PATTERN.fullmatch(name)
-    if not match:
+    fields = FILE_PATTERN.parse(name)
+    if fields is None:
         return None
-    try:
-        start = datetime.strptime(match["date"] + match["start"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-    except ValueError:
+    start = fields["start"].replace(tzinfo=timezone.utc)
+    if fields["minutes"] != start.hour * 60 + start.minute or start.minute % 30 or start.second:
         return None
-    if int(match["minutes"]) != start.hour * 60 + start.minute or start.minute % 30 or start.second:
-        return None
-    run = {"-E": "E", "-L": "L", None: "F"}[match["run"]]
-    if match["ext"] == "RT-H5":
+    run = _RUN_OF_TAG[fields["run"]]
+    if fields["ext"] == "RT-H5":
         if run == "F":
             return None  # the final run is never on the NRT server
         subdir = pps_folder(start, run)
     else:
-        subdir = gesdisc_folder(start, match["version"], run)
-    return RemoteFile(NAME, name, match["version"], start, start + HALF_HOUR, subdir)
+        subdir = gesdisc_folder(start, fields["version"], run)
+    return RemoteFile(NAME, name, fields["version"], start, start + HALF_HOUR, subdir)
 
 
 def _remote_file(start: datetime, version: str, server: str) -> RemoteFile:
@@ -127,31 +121,47 @@ def _remote_file(start: datetime, version: str, server: str) -> RemoteFile:
     return RemoteFile(NAME, filename(start, version, "E", server), version, utc(start), utc(start) + HALF_HOUR, subdir)
 
 
-def expected_files(cfg, t: datetime) -> list[RemoteFile]:
-    """The motion-window granules that should exist at cycle time `t` (newest S = floor(t - latency))."""
-    newest = newest_imerg_start(t, timedelta(minutes=cfg.timeline.imerg_latency_minutes))
-    version = max(cfg.sources.imerg.versions)
-    server = cfg.sources.imerg.server
-    return [_remote_file(s, version, server) for s in motion_starts(newest, cfg.timeline.motion_granules)]
+@dataclass(frozen=True)
+class Settings:
+    """What this module's functions use, taken from the config once by `settings(cfg)`."""
+
+    server: str  # pps or gesdisc
+    pps_url: str
+    gesdisc_url: str
+    versions: tuple[str, ...]
+    latency: timedelta
+    motion_granules: int
+    domain: Domain  # validate: a granule must hold plausible data here
+    min_valid_fraction: float
+    max_rate_mmh: float
 
 
-def _base_url(cfg, rf: RemoteFile) -> str:
-    return cfg.sources.imerg.pps_url if rf.name.endswith(".RT-H5") else cfg.sources.imerg.gesdisc_url
-
-
-def remote_url(cfg, rf: RemoteFile) -> str:
-    return f"{_base_url(cfg, rf).rstrip('/')}/{rf.relative_path}"
-
-
-def list_url(cfg, t: datetime) -> str:
+def settings(cfg) -> Settings:
     src = cfg.sources.imerg
-    if src.server == "pps":
-        return f"{src.pps_url.rstrip('/')}/{pps_listing_path(t)}"
-    return f"{src.gesdisc_url.rstrip('/')}/{gesdisc_folder(t, max(src.versions))}/"
+    return Settings(src.server, src.pps_url, src.gesdisc_url, tuple(src.versions),
+                    timedelta(minutes=cfg.timeline.imerg_latency_minutes), cfg.timeline.motion_granules,
+                    cfg.domain.box(), src.min_valid_fraction, src.max_rate_mmh)
 
 
-def parse_listing(cfg, text: str, url: str) -> list[RemoteFile]:
-    if cfg.sources.imerg.server == "pps":
+def expected_files(s: Settings, t: datetime) -> list[RemoteFile]:
+    """The motion-window granules that should exist at cycle time `t` (newest S = floor(t - latency))."""
+    newest = newest_imerg_start(t, s.latency)
+    return [_remote_file(start, max(s.versions), s.server) for start in motion_starts(newest, s.motion_granules)]
+
+
+def remote_url(s: Settings, rf: RemoteFile) -> str:
+    base = s.pps_url if rf.name.endswith(".RT-H5") else s.gesdisc_url
+    return f"{base.rstrip('/')}/{rf.relative_path}"
+
+
+def list_url(s: Settings, t: datetime) -> str:
+    if s.server == "pps":
+        return f"{s.pps_url.rstrip('/')}/{pps_listing_path(t)}"
+    return f"{s.gesdisc_url.rstrip('/')}/{gesdisc_folder(t, max(s.versions))}/"
+
+
+def parse_listing(s: Settings, text: str, url: str) -> list[RemoteFile]:
+    if s.server == "pps":
         folder = urlsplit(url).path.split("/text/", 1)[-1]
         names = http.parse_pps_listing(text, folder, FILE_PATTERN)
     else:
@@ -159,10 +169,10 @@ def parse_listing(cfg, text: str, url: str) -> list[RemoteFile]:
     return [rf for rf in map(parse_name, names) if rf is not None]
 
 
-def select(cfg, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
+def select(s: Settings, t: datetime, expected: list[RemoteFile], listed: list[RemoteFile]) -> tuple[list[RemoteFile], list[str]]:
     """For each expected half-hour, the listed Early granule of the newest allowed version."""
-    allowed = set(cfg.sources.imerg.versions)
-    ext = _EXT[cfg.sources.imerg.server]
+    allowed = set(s.versions)
+    ext = _EXT[s.server]
     chosen, missing = [], []
     for want in expected:
         candidates = [
@@ -309,13 +319,18 @@ def read_imerg(paths: Iterable[str | Path], domain: Domain, variables: Sequence[
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def validate(path: str | Path, cfg, name: str | None = None) -> None:
-    """A downloaded granule: HDF5, the IMERG layout at global size, a named half-hour, data in the domain."""
+def validate_settings(s: Settings) -> dict:
+    return {"domain": s.domain, "limits": s}
+
+
+def validate(path: str | Path, name: str | None = None, *, domain: Domain, limits) -> None:
+    """A downloaded granule: HDF5, the IMERG layout at global size, a named half-hour, plausible data in the
+    domain (`limits`: `min_valid_fraction`, `max_rate_mmh`)."""
     path = Path(path)
-    _rf, fields, _grid, shape = _read_granule(path, name, cfg.domain.box(), ("precipitation",))
+    _rf, fields, _grid, shape = _read_granule(path, name, domain, ("precipitation",))
     if shape[1:] != GLOBAL_SHAPE:
         raise DataError(path, f"precipitation shape {shape}, expected (1, {GLOBAL_SHAPE[0]}, {GLOBAL_SHAPE[1]}) for a global granule")
-    plausible(fields["precipitation"], path, cfg.sources.imerg)
+    plausible(fields["precipitation"], path, limits)
 
 
 def plausible(precip: np.ndarray, path, limits) -> None:

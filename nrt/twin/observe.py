@@ -15,8 +15,8 @@ from pyresample import kd_tree
 from pyresample.geometry import SwathDefinition
 from scipy import ndimage, special
 
-from nrt.grids import LatLonGrid
-from nrt.twin.truth import KM_PER_DEGREE, SpectralField, cell_km, rng_for
+from nrt.grids import KM_PER_DEGREE, LatLonGrid, cell_km
+from nrt.twin.truth import SpectralField, rng_for
 from nrt.twin.spec import DprSettings, GeosfpSettings
 
 # ---------------------------------------------------------------- shared atmosphere

@@ -20,19 +20,12 @@ from datetime import datetime, timezone
 import numpy as np
 from scipy import fft, special
 
-from nrt.grids import LatLonGrid, grid_for
+from nrt.grids import KM_PER_DEGREE, LatLonGrid, cell_km, grid_for
 from nrt.timeline import HALF_HOUR, utc
 from nrt.twin.spec import WorldSettings
 
-KM_PER_DEGREE = 111.195  # great-circle km per degree on the 6371 km sphere
 STEP_HOURS = HALF_HOUR.total_seconds() / 3600
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
-
-
-def cell_km(grid: LatLonGrid) -> tuple[float, float]:
-    """(north-south, east-west) size of a cell in km at the grid's central latitude."""
-    lat_c = math.radians(float(grid.lats.mean()))
-    return KM_PER_DEGREE * grid.res, KM_PER_DEGREE * grid.res * math.cos(lat_c)
 
 
 def rng_for(seed: int, *stream: int | str) -> np.random.Generator:

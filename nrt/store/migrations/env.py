@@ -1,8 +1,8 @@
 """Alembic environment for the nrt catalog.
 
-`nrt.catalog.Catalog.upgrade()` runs this with its own connection (no alembic.ini on the user's
+`nrt.store.Catalog.upgrade()` runs this with its own connection (no alembic.ini on the user's
 machine). Developers create a revision from the source tree with
-`NRT_DB_URL=sqlite:////tmp/dev.sqlite alembic -c nrt/migrations/alembic.ini revision --autogenerate -m "..."`
+`NRT_DB_URL=sqlite:////tmp/dev.sqlite alembic -c nrt/store/migrations/alembic.ini revision --autogenerate -m "..."`
 after `nrt catalog init` on that database.
 """
 
@@ -13,7 +13,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from nrt.catalog import Base
+from nrt.store.schema import Base
 
 
 def run(connection) -> None:
