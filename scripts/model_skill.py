@@ -52,6 +52,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -491,6 +492,17 @@ class Climate:
         return out
 
 
+def sampler_config(args, **options):
+    """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
+    from nrt.errors import ConfigError
+
+    values = dict(item.partition("=")[::2] for item in args.sampler)
+    try:
+        return config.from_dict({"model": {"device": "cpu", **options, **values}}, "model_skill --sampler").model
+    except ConfigError as exc:
+        sys.exit(str(exc))
+
+
 def realrain_score(args) -> dict:
     """Held-out events of config/realrain.toml, per source and pooled: tiles of the radar truth at 0.05°,
     inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or DEM (radar has none)."""
@@ -504,14 +516,20 @@ def realrain_score(args) -> dict:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = config.load(args.config)
-    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
+    ds = Downscaler.load(args.checkpoint, "cpu", sampler_config(args, patch_size=args.tile, patch_overlap=8))
     catalogue = load_catalogue(cfg.train.realrain_catalogue)
+    events = catalogue.held_out()
+    if args.events:  # tuning runs on named training events; skill is reported on the held-out ones
+        unknown = [name for name in args.events if name not in catalogue.events]
+        if unknown:
+            sys.exit(f"model_skill: --events: no event named {unknown[0]!r} in {catalogue.path}")
+        events = [catalogue.events[name] for name in args.events]
     error_model = load_error_model(cfg.train.error_model)
     params = load_params(CSGD_PARAMS)
     pooled, pooled_climate = Pooled(ds.spec.normalize_target), Climate()
     by_source: dict[str, tuple[Pooled, Climate]] = {}
-    started = time.time()
-    for index, event in enumerate(catalogue.held_out()):
+    started, sampling, samples = time.time(), 0.0, 0
+    for index, event in enumerate(events):
         frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
         cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + 104729 * (index + 1))
         rng = np.random.default_rng(args.seed + index)
@@ -524,7 +542,9 @@ def realrain_score(args) -> dict:
             cond, truth, _ = cases[i]
             if args.no_random_error:
                 cond.random_error = None
+            before = time.perf_counter()
             members = ds.sample(cond, members=MEMBERS, seed=args.seed + i, steps=args.steps, solver=args.solver)
+            sampling, samples = sampling + time.perf_counter() - before, samples + 1
             regression = ds.regression_mean(cond)[0]
             bilinear = upsample(cond.precip)[0]
             csgd = csgd_members(params, bilinear[None], cell_km(cond.grid), args.seed + i)
@@ -532,10 +552,14 @@ def realrain_score(args) -> dict:
                 scores.add(truth, bilinear, regression, members, csgd)
                 climate.add(truth, bilinear, members)
             log.info("%s tile %d/%d %.0f s", event.name, k + 1, len(picked), time.time() - started)
-    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": args.steps,
-              "solver": args.solver, "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
+    sampler = ds.sampler if args.steps is None and args.solver is None else dataclasses.replace(
+        ds.sampler, steps=args.steps or ds.sampler.steps, solver=args.solver or ds.sampler.solver)
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": sampler.steps,
+              "solver": sampler.solver, "sampler": dataclasses.asdict(sampler), "evaluations": sampler.evaluations,
+              "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
               "random_error": not args.no_random_error, "held_out_events": catalogue.holdout,
-              "seconds": round(time.time() - started, 1),
+              "events": [event.name for event in events], "seconds": round(time.time() - started, 1),
+              "seconds_per_sample": round(sampling / max(samples, 1), 2),
               "pooled": {**pooled.result(), "climate": pooled_climate.result()},
               "by_source": {name: {**p.result(), "climate": c.result()} for name, (p, c) in sorted(by_source.items())}}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -559,7 +583,7 @@ def pairs_score(args) -> dict:
 
     with xr.open_dataset(folder / "IMERGE.hourly.d1.nc") as raw:
         lat0, lon0 = float(raw["lat"].min()), float(raw["lon"].min())
-    ds = Downscaler.load(args.checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=args.tile, patch_overlap=8))
+    ds = Downscaler.load(args.checkpoint, "cpu", sampler_config(args, patch_size=args.tile, patch_overlap=8))
     params = load_params(CSGD_PARAMS)
     _, nlat, nlon = pair.estimate.shape
     grid = LatLonGrid(0.05, round(lat0 - 0.025, 3), round(lon0 - 0.025, 3), 2 * nlat, 2 * nlon)
@@ -660,8 +684,12 @@ def main() -> int:
     parser.add_argument("--epsilon", type=float, default=1.0, help="train: log1p knee (mm/h)")
     parser.add_argument("--power", type=float, default=0.5, help="train: power-transform exponent")
     parser.add_argument("--tiles", type=int, default=8, help="test tiles scored per held-out source")
-    parser.add_argument("--steps", type=int, default=18)
-    parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
+    parser.add_argument("--steps", type=int, help="default: 18 (score, twin), else model.sampler_steps")
+    parser.add_argument("--solver", choices=["heun", "euler", "dpm2m"], help="default: heun (score, twin), else model.solver")
+    parser.add_argument("--sampler", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="realrain, pairs: model config keys of the sampler (e.g. sampler_rho=7 churn=0.5)")
+    parser.add_argument("--events", nargs="+", metavar="NAME",
+                        help="realrain: score these events of config/realrain.toml instead of the held-out ones (to tune on)")
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors "
                         "(realrain, pairs: default the shipped demo)")
     parser.add_argument("--tile", type=int, default=64, help="realrain: tile size (0.05° cells); pairs: patch size")
@@ -673,6 +701,8 @@ def main() -> int:
     parser.add_argument("--leads", type=int, nargs="+", default=[0, 4])
     parser.add_argument("--every-hours", type=int, default=3, help="twin: spacing of the scored valid times, aligned to multiples of it from 00 UTC")
     args = parser.parse_args()
+    if args.action in ("score", "twin"):  # radar OSSE and twin figures in docs/model.md were made with Heun 18
+        args.steps, args.solver = args.steps or 18, args.solver or "heun"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "prepare":
         prepare(args.out, args.seed, args.split)

@@ -240,11 +240,19 @@ def test_the_noise_range_comes_from_the_checkpoint(trained, tmp_path, monkeypatc
     Downscaler.load(tmp_path / "narrow.safetensors", "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
     Downscaler.load(path, "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
     assert seen == [(0.01, 80.0), (cfg.train.sigma_min, cfg.train.sigma_max)]
-    # a checkpoint from before the range was recorded (the shipped demo) falls back to the training defaults, and says so
+    # the shipped demo records the range it was trained with (the training defaults) and loads without a warning
     with caplog.at_level("WARNING", logger="nrt.model.inference"):
         demo = Downscaler.load("builtin:demo", "cpu")
-    assert "records no sigma_min/sigma_max" in caplog.text and "using the training defaults 0.002 and 800" in caplog.text
+    assert caplog.text == ""
     assert (demo.spec.sigma_min, demo.spec.sigma_max) == (config.TrainConfig().sigma_min, config.TrainConfig().sigma_max)
+    # a checkpoint from before the range was recorded falls back to the training defaults, and says so
+    older = json.loads(json.dumps(ckpt.meta))
+    del older["model"]["sigma_min"], older["model"]["sigma_max"]
+    checkpoint.save(tmp_path / "older.safetensors", ckpt.tensors, older)
+    with caplog.at_level("WARNING", logger="nrt.model.inference"):
+        fallback = Downscaler.load(tmp_path / "older.safetensors", "cpu")
+    assert "records no sigma_min/sigma_max" in caplog.text and "using the training defaults 0.002 and 800" in caplog.text
+    assert (fallback.spec.sigma_min, fallback.spec.sigma_max) == (config.TrainConfig().sigma_min, config.TrainConfig().sigma_max)
     bad = json.loads(json.dumps(ckpt.meta))
     bad["model"].update(sigma_min=5.0, sigma_max=1.0)
     checkpoint.save(tmp_path / "bad.safetensors", ckpt.tensors, bad)

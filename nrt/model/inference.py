@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from nrt.model import allocator, checkpoint
 from nrt.model.conditioning import Conditioning, raw_channels
 from nrt.model.member_noise import StackedRandomGenerator
 from nrt.model.patching import PatchGrid
-from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, edm_sample
+from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, SamplerSettings, edm_sample
 from nrt.model.spec import ModelSpec, records_noise_range
 from nrt.model.workspace import Workspace
 
@@ -49,17 +50,28 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def sampler_settings(model_cfg) -> SamplerSettings:
+    """The sampler of a `model` config section (nrt.config.ModelConfig)."""
+    return SamplerSettings(
+        solver=model_cfg.solver, steps=model_cfg.sampler_steps, rho=model_cfg.sampler_rho,
+        sigma_min=model_cfg.sampler_sigma_min, sigma_max=model_cfg.sampler_sigma_max, churn=model_cfg.churn,
+        churn_sigma_min=model_cfg.churn_sigma_min, churn_noise=model_cfg.churn_noise,
+        churn_sigma_max=math.inf if model_cfg.churn_sigma_max is None else model_cfg.churn_sigma_max,
+    )
+
+
 class Downscaler:
     def __init__(self, spec: ModelSpec, tensors: dict[str, torch.Tensor], *, meta: dict, sha256: str, name: str,
                  device: torch.device, patch_size: int = 64, patch_overlap: int = 8, max_batch: int = 256,
-                 bf16: bool = True, channels_last: bool = False, compile: bool = False, churn: float = 0.0):
+                 bf16: bool = True, channels_last: bool = False, compile: bool = False,
+                 sampler: SamplerSettings = SamplerSettings()):
         self.spec, self.config, self.sha256, self.name, self.device = spec, meta, sha256, name, device
         down = max(spec.regression.downsampling, spec.diffusion.downsampling)
         if patch_size % down:
             raise ConfigError("model.patch_size", f"{patch_size} is not a multiple of the network's downsampling {down}")
         if not 4 <= patch_overlap < patch_size:
             raise ConfigError("model.patch_overlap", f"{patch_overlap} must be at least 4 and less than the patch size")
-        self.patch_size, self.patch_overlap, self.max_batch, self.churn = patch_size, patch_overlap, max_batch, churn
+        self.patch_size, self.patch_overlap, self.max_batch, self.sampler = patch_size, patch_overlap, max_batch, sampler
         self.tile_multiple = down
         self.autocast = device.type == "cuda" and bf16
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -96,7 +108,7 @@ class Downscaler:
         if model_cfg is not None:
             options = {
                 "patch_size": model_cfg.patch_size, "patch_overlap": model_cfg.patch_overlap,
-                "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "churn": model_cfg.churn,
+                "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "sampler": sampler_settings(model_cfg),
                 "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
             }
         downscaler = cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
@@ -141,8 +153,11 @@ class Downscaler:
         return np.where(missing, np.nan, rate).astype(np.float32)
 
     @torch.no_grad()
-    def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int = 18, solver: str = "heun") -> np.ndarray:
+    def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int | None = None,
+               solver: str | None = None) -> np.ndarray:
         """(member, lat, lon) float32 mm/h; member i is driven by coarse member i mod the number given.
+
+        The sampler is `self.sampler` (the config's), with `steps` and `solver` replaced where given.
 
         Member i's noise depends only on (seed, i): the first 10 members of a 30-member ensemble are the
         10 members of a 10-member one (to float tolerance: the network batches differ).
@@ -168,7 +183,11 @@ class Downscaler:
 
             noise = StackedRandomGenerator(self.device, seed, members)
             latents = noise.randn((members, 1, *grid.shape), out=ws.get("latents", (members, 1, *grid.shape), device=self.device))
-            residual = edm_sample(denoise, latents, steps=steps, solver=solver, sigma_min=self.spec.sigma_min,
-                                  sigma_max=self.spec.sigma_max, churn=self.churn, randn_like=noise.randn_like, workspace=ws)
+            settings = self.sampler
+            sigma_min, sigma_max = settings.noise_range(self.spec.sigma_min, self.spec.sigma_max)
+            residual = edm_sample(denoise, latents, steps=steps or settings.steps, solver=solver or settings.solver,
+                                  sigma_min=sigma_min, sigma_max=sigma_max, rho=settings.rho, churn=settings.churn,
+                                  churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
+                                  churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
             return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)
