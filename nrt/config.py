@@ -181,6 +181,7 @@ class ModelConfig(Section):
     churn_sigma_min: float = Field(0.0, ge=0)  # EDM S_tmin: churn only at noise levels in [min, max]
     churn_sigma_max: float | None = Field(None, gt=0)  # EDM S_tmax; default: no upper bound
     churn_noise: float = Field(1.0, gt=0)  # EDM S_noise: scale of the churn noise
+    residual_scale: float = Field(1.0, gt=0)  # multiplies the sampled residual (model space); 1 = the sampler's own spread
 
     @model_validator(mode="after")
     def _sampler_ranges(self):

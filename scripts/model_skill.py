@@ -492,6 +492,20 @@ class Climate:
         return out
 
 
+PSD_BANDS_KM = ((10.0, 20.0), (20.0, 40.0))  # the fine scales the downscaler adds (0.05° cells, 64-cell tiles)
+
+
+def psd_ratio(result: dict) -> dict:
+    """Members' over truth's radially averaged power, averaged in wavelength bands (1 = the truth's texture)."""
+    if "truth" not in result["spectra"]:
+        return {}
+    wavelength = np.array(result["spectra_wavelength_km"])
+    truth, members = (np.array(result["spectra"][k])[1:] for k in ("truth", "ensemble members"))
+    return {f"{low:g}-{high:g} km": float(np.mean(members[(wavelength >= low) & (wavelength < high)])
+                                          / np.mean(truth[(wavelength >= low) & (wavelength < high)]))
+            for low, high in PSD_BANDS_KM}
+
+
 def sampler_config(args, **options):
     """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
     from nrt.errors import ConfigError
@@ -560,7 +574,7 @@ def realrain_score(args) -> dict:
               "random_error": not args.no_random_error, "held_out_events": catalogue.holdout,
               "events": [event.name for event in events], "seconds": round(time.time() - started, 1),
               "seconds_per_sample": round(sampling / max(samples, 1), 2),
-              "pooled": {**pooled.result(), "climate": pooled_climate.result()},
+              "pooled": {**(summary := pooled.result()), "psd_ratio": psd_ratio(summary), "climate": pooled_climate.result()},
               "by_source": {name: {**p.result(), "climate": c.result()} for name, (p, c) in sorted(by_source.items())}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realrain_scores.json").write_text(json.dumps(result, indent=1))

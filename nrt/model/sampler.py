@@ -41,7 +41,9 @@ class SamplerSettings:
 
     A sigma_max below the checkpoint's starts from noise of that size: for a residual whose spread is far below
     the checkpoint's σ_max, the first levels of the full range only return the mean, so a few-step sampler
-    spends its evaluations where the residual's structure is.
+    spends its evaluations where the residual's structure is. `residual_scale` multiplies the sampled residual:
+    a few-step sampler's samples are closer to the posterior mean than the converged ODE's (each large step
+    moves towards D, an average), and this factor, fitted on training events, restores the spread.
     """
 
     solver: Solver = "heun"
@@ -53,6 +55,7 @@ class SamplerSettings:
     churn_sigma_min: float = 0.0
     churn_sigma_max: float = math.inf
     churn_noise: float = 1.0
+    residual_scale: float = 1.0
 
     @property
     def evaluations(self) -> int:
@@ -70,6 +73,8 @@ class SamplerSettings:
         text = f"{self.solver} {self.steps} steps ({self.evaluations} network evaluations)"
         if self.churn > 0:
             text += f", churn {self.churn:g}"
+        if self.residual_scale != 1:
+            text += f", residual x {self.residual_scale:g}"
         return text
 
 
