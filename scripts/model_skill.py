@@ -510,7 +510,7 @@ def sampler_config(args, **options):
     """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
     from nrt.errors import ConfigError
 
-    values = dict(item.partition("=")[::2] for item in args.sampler)
+    values = {key: None if value == "none" else value for key, value in (item.partition("=")[::2] for item in args.sampler)}
     try:
         return config.from_dict({"model": {"device": "cpu", **options, **values}}, "model_skill --sampler").model
     except ConfigError as exc:
@@ -701,7 +701,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="default: 18 (score, twin), else model.sampler_steps")
     parser.add_argument("--solver", choices=["heun", "euler", "dpm2m"], help="default: heun (score, twin), else model.solver")
     parser.add_argument("--sampler", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="realrain, pairs: model config keys of the sampler (e.g. sampler_rho=7 churn=0.5)")
+                        help="realrain, pairs: model config keys of the sampler (e.g. sampler_rho=7 churn=0.5; none unsets a key)")
     parser.add_argument("--events", nargs="+", metavar="NAME",
                         help="realrain: score these events of config/realrain.toml instead of the held-out ones (to tune on)")
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors "
