@@ -29,8 +29,10 @@ the twin's full 0.05° truth:
 Held-out real rain of config/realrain.toml and the real IMERG Early / Stage IV pairs, for the shipped
 checkpoint (issue 15; tables in docs/model.md):
 
-    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler
-    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler \
+        --sampler sampler_sigma_max=none residual_scale=1
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6 \
+        --sampler sampler_sigma_max=none residual_scale=1
 
 `score` reports, per test group and pooled over the headline groups: CRPS of the 30-member ensemble
 (pysteps), the MAE of the bilinearly upsampled input and of the regression mean alone, the CRPS of the
