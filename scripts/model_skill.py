@@ -519,6 +519,16 @@ def sampler_config(args, **options):
         sys.exit(str(exc))
 
 
+def scored_sampler(ds, args):
+    """The sampler `ds.sample` ran: the config's, with --steps and --solver where given."""
+    return dataclasses.replace(ds.sampler, steps=args.steps or ds.sampler.steps, solver=args.solver or ds.sampler.solver)
+
+
+def sampler_record(sampler) -> dict:
+    """The sampler's settings for the JSON result (no bound: null, as JSON has no infinity)."""
+    return {key: None if value == float("inf") else value for key, value in dataclasses.asdict(sampler).items()}
+
+
 def realrain_score(args) -> dict:
     """Held-out events of config/realrain.toml, per source and pooled: tiles of the radar truth at 0.05°,
     inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or DEM (radar has none)."""
@@ -568,10 +578,9 @@ def realrain_score(args) -> dict:
                 scores.add(truth, bilinear, regression, members, csgd)
                 climate.add(truth, bilinear, members)
             log.info("%s tile %d/%d %.0f s", event.name, k + 1, len(picked), time.time() - started)
-    sampler = ds.sampler if args.steps is None and args.solver is None else dataclasses.replace(
-        ds.sampler, steps=args.steps or ds.sampler.steps, solver=args.solver or ds.sampler.solver)
+    sampler = scored_sampler(ds, args)
     result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "csgd_params": CSGD_PARAMS, "steps": sampler.steps,
-              "solver": sampler.solver, "sampler": dataclasses.asdict(sampler), "evaluations": sampler.evaluations,
+              "solver": sampler.solver, "sampler": sampler_record(sampler), "evaluations": sampler.evaluations,
               "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
               "random_error": not args.no_random_error, "held_out_events": catalogue.holdout,
               "events": [event.name for event in events], "seconds": round(time.time() - started, 1),
@@ -617,8 +626,9 @@ def pairs_score(args) -> dict:
         scores.add(truth, imerg, regression, members, csgd)
         climate.add(truth, imerg, members)
         log.info("hour %02d UTC %.0f s", hour, time.time() - started)
-    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": args.steps, "solver": args.solver,
-              "members": MEMBERS, "hours_utc": hours, "seconds": round(time.time() - started, 1),
+    sampler = scored_sampler(ds, args)
+    result = {"checkpoint": str(args.checkpoint), "sha256": ds.sha256, "steps": sampler.steps, "solver": sampler.solver,
+              "sampler": sampler_record(sampler), "evaluations": sampler.evaluations, "members": MEMBERS, "hours_utc": hours, "seconds": round(time.time() - started, 1),
               "scores": {**scores.result(), "climate": climate.result()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pairs_scores.json").write_text(json.dumps(result, indent=1))
