@@ -206,6 +206,9 @@ def test_settings_keep_the_noise_range_within_the_checkpoints():
         SamplerSettings(sigma_min=100.0).noise_range(0.002, 80.0)
     with pytest.raises(ValueError, match="unknown solver"):
         evaluations(4, "dpm3")
+    assert SamplerSettings().describe() == "heun 18 steps (35 network evaluations)"
+    assert SamplerSettings(solver="dpm2m", steps=4, residual_scale=1.18).describe() == \
+        "dpm2m 4 steps (4 network evaluations), residual x 1.18"
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])

@@ -113,7 +113,7 @@ class Downscaler:
                 "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
             }
         downscaler = cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
-        log.info("loaded %s (sha256 %s) on %s", ckpt.path, ckpt.sha256[:12], device)
+        log.info("loaded %s (sha256 %s) on %s; sampler %s", ckpt.path, ckpt.sha256[:12], device, downscaler.sampler.describe())
         return downscaler
 
     def _amp(self):
