@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nrt.config import ModelConfig
 from nrt.errors import ConfigError, DataError
 from nrt.model import allocator, checkpoint
 from nrt.model.conditioning import Conditioning, raw_channels
@@ -94,7 +95,8 @@ class Downscaler:
 
     @classmethod
     def load(cls, path_or_builtin: str | Path, device: str | torch.device = "auto", model_cfg=None) -> Downscaler:
-        """Load a verified checkpoint; `model_cfg` (nrt.config.ModelConfig) supplies the runtime options."""
+        """Load a verified checkpoint; `model_cfg` (nrt.config.ModelConfig) supplies the runtime options
+        (without one: the network's defaults and the config's default sampler)."""
         path = resolve(path_or_builtin)
         ckpt = checkpoint.load(path, "cpu")
         try:
@@ -105,7 +107,7 @@ class Downscaler:
             log.warning("%s records no sigma_min/sigma_max (an older checkpoint); using the training defaults %g and %g",
                         ckpt.path, SIGMA_MIN, SIGMA_MAX)
         device = pick_device(device) if isinstance(device, str) else device
-        options = {}
+        options = {"sampler": sampler_settings(ModelConfig())}
         if model_cfg is not None:
             options = {
                 "patch_size": model_cfg.patch_size, "patch_overlap": model_cfg.patch_overlap,
