@@ -5,6 +5,7 @@ deviation (mm/h) as a share of Heun 18's, and how far its members lie from Heun 
 latents (RMS, in units of Heun 18's ensemble spread). Training events only: tuning never sees `[holdout]`.
 
     OMP_NUM_THREADS=1 nice python scripts/sampler_probe.py solver=dpm2m,steps=4,sigma_max=80 solver=euler,steps=4
+    OMP_NUM_THREADS=1 nice python scripts/sampler_probe.py --members 30 ...   # seconds per 30-member sample
 
 Candidates are comma-separated `SamplerSettings` fields (solver, steps, rho, sigma_min, sigma_max, churn,
 residual_scale, ...).
@@ -31,7 +32,6 @@ from nrt import config  # noqa: E402
 from nrt.model.sampler import SamplerSettings  # noqa: E402
 
 EVENTS = ("mrms-20160921", "knmi-20100826-night", "saf-20180601-morning", "fmi-20160928")
-MEMBERS = 8
 
 
 def parse(candidate: str) -> SamplerSettings:
@@ -57,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("candidates", nargs="+", help="e.g. solver=dpm2m,steps=4,sigma_max=80")
     parser.add_argument("--checkpoint", default="builtin:demo")
+    parser.add_argument("--members", type=int, default=8)
     args = parser.parse_args()
     candidates = [(text, parse(text)) for text in args.candidates]
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -73,16 +74,17 @@ def main() -> int:
     def run(settings: SamplerSettings) -> tuple[list[np.ndarray], float]:
         ds.sampler = settings
         started = time.perf_counter()
-        return [ds.sample(cond, members=MEMBERS, seed=5 + j) for j, cond in enumerate(cases)], time.perf_counter() - started
+        return [ds.sample(cond, members=args.members, seed=5 + j) for j, cond in enumerate(cases)], time.perf_counter() - started
 
     reference, seconds = run(SamplerSettings(solver="heun", steps=18))
     spread = [np.nanmean(r.std(axis=0)) for r in reference]
-    print(f"heun 18: {seconds:.1f} s for {len(cases)} tiles x {MEMBERS} members", flush=True)
+    print(f"heun 18: {seconds / len(cases):.1f} s per sample ({args.members} members, 64 x 64)", flush=True)
     for text, settings in candidates:
         out, seconds = run(settings)
         share = np.mean([np.nanmean(o.std(axis=0)) / s for o, s in zip(out, spread)])
         apart = np.mean([np.sqrt(np.nanmean((o - r) ** 2)) / s for o, r, s in zip(out, reference, spread)])
-        print(f"{text}: spread {share:.3f} of Heun 18's, members {apart:.3f} spreads from Heun 18's, {seconds:.1f} s", flush=True)
+        print(f"{text}: spread {share:.3f} of Heun 18's, members {apart:.3f} spreads from Heun 18's, "
+              f"{seconds / len(cases):.1f} s per sample", flush=True)
     return 0
 
 
