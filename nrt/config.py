@@ -166,8 +166,13 @@ class ModelConfig(Section):
     ood_fallback: bool = True  # ... and the cycle writes the CSGD ensemble instead (needs `fallback`)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
-    sampler_steps: int = Field(18, ge=1)
-    solver: Literal["heun", "euler"] = "heun"
+    # The default sampler: DPM-Solver++(2M), 4 steps from sigma 80 (4 network evaluations per sample), its
+    # residual scaled by 1.18; fitted on training events against Heun 18 (docs/model.md, "few steps, calibrated").
+    sampler_steps: int = Field(4, ge=1)  # network evaluations per sample: steps (euler, dpm2m), 2 steps - 1 (heun)
+    solver: Literal["heun", "euler", "dpm2m"] = "dpm2m"
+    sampler_rho: float = Field(7.0, gt=0)  # EDM schedule exponent: larger puts more steps at low noise
+    sampler_sigma_min: float | None = Field(None, gt=0)  # lowest noise level; default: the checkpoint's sigma_min
+    sampler_sigma_max: float | None = Field(80.0, gt=0)  # starting noise level, within the checkpoint's sigma_max
     patch_size: int = Field(64, ge=16)
     patch_overlap: int = Field(8, ge=4)
     bf16: bool = True
@@ -179,6 +184,18 @@ class ModelConfig(Section):
     input_qdm: bool = False  # quantile delta mapping of the precip input onto the training input's (nrt.model.qdm)
     input_qdm_reference: str = Field("field", min_length=1)  # "field" (plain quantile mapping) or a climatology JSON
     condition_noise_sigma: float = Field(0.0, ge=0)  # noise on the normalised precip condition per member; 0 = off
+    churn_sigma_min: float = Field(0.0, ge=0)  # EDM S_tmin: churn only at noise levels in [min, max]
+    churn_sigma_max: float | None = Field(None, gt=0)  # EDM S_tmax; default: no upper bound
+    churn_noise: float = Field(1.0, gt=0)  # EDM S_noise: scale of the churn noise
+    residual_scale: float = Field(1.18, gt=0)  # multiplies the sampled residual (model space); fitted for builtin:demo, refit per checkpoint
+
+    @model_validator(mode="after")
+    def _sampler_ranges(self):
+        if self.sampler_sigma_min is not None and self.sampler_sigma_max is not None and self.sampler_sigma_min >= self.sampler_sigma_max:
+            raise ValueError(f"sampler_sigma_min ({self.sampler_sigma_min}) must be less than sampler_sigma_max ({self.sampler_sigma_max})")
+        if self.churn_sigma_max is not None and self.churn_sigma_min >= self.churn_sigma_max:
+            raise ValueError(f"churn_sigma_min ({self.churn_sigma_min}) must be less than churn_sigma_max ({self.churn_sigma_max})")
+        return self
 
 
 class NetworkConfig(Section):

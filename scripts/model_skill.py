@@ -29,8 +29,10 @@ the twin's full 0.05° truth:
 Held-out real rain of config/realrain.toml and the real IMERG Early / Stage IV pairs, for the shipped
 checkpoint (issue 15; tables in docs/model.md):
 
-    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler
-    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler \
+        --sampler sampler_sigma_max=none residual_scale=1
+    OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6 \
+        --sampler sampler_sigma_max=none residual_scale=1
 
 The seed techniques of issue 15 item 5 are scored beside the baseline on the same tiles and seeds, each alone:
 `--input-qdm field climatology` (model.input_qdm, reference the field itself or the input's climatology) and
@@ -59,6 +61,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -538,13 +541,14 @@ def variants(args) -> list[tuple[str, str, float]]:
     return out
 
 
-def variant_downscaler(checkpoint, tile: int, mode: str, sigma: float, reference: Path | None):
-    """The checkpoint loaded as the service loads it, with the techniques switched by config keys."""
+def variant_downscaler(args, mode: str, sigma: float, reference: Path | None):
+    """The checkpoint loaded as the service loads it, with the techniques switched by config keys (and the
+    sampler keys of --sampler)."""
     from nrt.model.inference import Downscaler
 
     qdm_keys = {"input_qdm": mode != OFF, "input_qdm_reference": str(reference) if mode == "climatology" else "field"}
-    return Downscaler.load(checkpoint, "cpu", config.ModelConfig(device="cpu", patch_size=tile, patch_overlap=8,
-                                                                 condition_noise_sigma=sigma, **qdm_keys))
+    return Downscaler.load(args.checkpoint, "cpu", sampler_config(args, patch_size=args.tile, patch_overlap=8,
+                                                                  condition_noise_sigma=sigma, **qdm_keys))
 
 
 def write_climatology(values: list[np.ndarray], path: Path, note: str) -> Path:
@@ -575,6 +579,53 @@ def source_climatologies(cfg, catalogue, error_model, sources: set[str], tile: i
             for source, parts in fields.items()}
 
 
+PSD_BANDS_KM = ((10.0, 20.0), (20.0, 40.0))  # the fine scales the downscaler adds (0.05° cells, 64-cell tiles)
+
+
+def psd_ratio(result: dict) -> dict:
+    """Members' over truth's radially averaged power, averaged in wavelength bands (1 = the truth's texture)."""
+    if "truth" not in result["spectra"]:
+        return {}
+    wavelength = np.array(result["spectra_wavelength_km"])
+    truth, members = (np.array(result["spectra"][k])[1:] for k in ("truth", "ensemble members"))
+    return {f"{low:g}-{high:g} km": float(np.mean(members[(wavelength >= low) & (wavelength < high)])
+                                          / np.mean(truth[(wavelength >= low) & (wavelength < high)]))
+            for low, high in PSD_BANDS_KM}
+
+
+def sampler_config(args, **options):
+    """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
+    from nrt.errors import ConfigError
+
+    values = {key: None if value == "none" else value for key, value in (item.partition("=")[::2] for item in args.sampler)}
+    try:
+        return config.from_dict({"model": {"device": "cpu", **options, **values}}, "model_skill --sampler").model
+    except ConfigError as exc:
+        sys.exit(str(exc))
+
+
+def scored_sampler(ds, args):
+    """The sampler `ds.sample` ran: the config's, with --steps and --solver where given."""
+    return dataclasses.replace(ds.sampler, steps=args.steps or ds.sampler.steps, solver=args.solver or ds.sampler.solver)
+
+
+def sampler_record(sampler) -> dict:
+    """The sampler's settings for the JSON result (no bound: null, as JSON has no infinity)."""
+    return {key: None if value == float("inf") else value for key, value in dataclasses.asdict(sampler).items()}
+
+
+def scored_events(catalogue, names: list[str]):
+    """--events: the held-out events, every training event, or the named ones."""
+    if names == ["held-out"]:
+        return catalogue.held_out()
+    if names == ["training"]:
+        return catalogue.training()
+    unknown = [name for name in names if name not in catalogue.events]
+    if unknown:
+        sys.exit(f"model_skill: --events: no event named {unknown[0]!r} in {catalogue.path}")
+    return [catalogue.events[name] for name in names]
+
+
 def realrain_score(args) -> dict:
     """Held-out (or, `--events training`, training) events of config/realrain.toml, per source and pooled: tiles of
     the radar truth at 0.05°, inputs from the fitted IMERG error model (other seeds than training), no GEOS-FP or
@@ -589,7 +640,7 @@ def realrain_score(args) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = config.load(args.config)
     catalogue = load_catalogue(cfg.train.realrain_catalogue)
-    events = catalogue.held_out() if args.events == "held-out" else catalogue.training()
+    events = scored_events(catalogue, args.events)
     error_model = load_error_model(cfg.train.error_model)
     params = load_params(CSGD_PARAMS)
     runs = variants(args)
@@ -597,10 +648,10 @@ def realrain_score(args) -> dict:
     if any(mode == "climatology" for _, mode, _ in runs):
         references = source_climatologies(cfg, catalogue, error_model, {e.source for e in events}, args.tile, args.out / "qdm-reference")
     models: dict[tuple[str, str], object] = {}
-    spec = variant_downscaler(args.checkpoint, args.tile, OFF, 0.0, None).spec
+    spec = variant_downscaler(args, OFF, 0.0, None).spec
     scores = {name: {"pooled": (Pooled(spec.normalize_target), Climate()), "by_source": {}} for name, _, _ in runs}
-    started, sha = time.time(), None
-    offset = 0 if args.events == "held-out" else 1_000_003  # validation tiles: other input errors than any held-out run
+    started, sha, sampling, samples = time.time(), None, 0.0, 0
+    offset = 1_000_003 if args.events == ["training"] else 0  # validation tiles: other input errors than any held-out run
     for index, event in enumerate(events):
         frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
         cases = real_rain_cases(frames, error_model, tile=args.tile, per_frame=4, seed=args.seed + offset + 104729 * (index + 1))
@@ -621,22 +672,28 @@ def realrain_score(args) -> dict:
                     models[key] = variant_downscaler(args.checkpoint, args.tile, mode, sigma, references.get(event.source))
                 ds = models[key]
                 sha = ds.sha256
+                before = time.perf_counter()
                 members = ds.sample(cond, members=MEMBERS, seed=args.seed + i, steps=args.steps, solver=args.solver)
+                if name == "baseline":
+                    sampling, samples = sampling + time.perf_counter() - before, samples + 1
                 regression = ds.regression_mean(cond)[0]
                 by_source = scores[name]["by_source"].setdefault(event.source, (Pooled(spec.normalize_target), Climate()))
                 for target, climate in (by_source, scores[name]["pooled"]):
                     target.add(truth, bilinear, regression, members, csgd)
                     climate.add(truth, bilinear, members)
             log.info("%s tile %d/%d %.0f s", event.name, k + 1, len(picked), time.time() - started)
-    out = {name: {"pooled": {**v["pooled"][0].result(), "climate": v["pooled"][1].result()},
+    out = {name: {"pooled": {**(summary := v["pooled"][0].result()), "psd_ratio": psd_ratio(summary), "climate": v["pooled"][1].result()},
                   "by_source": {src: {**p.result(), "climate": c.result()} for src, (p, c) in sorted(v["by_source"].items())}}
            for name, v in scores.items()}
-    result = {"checkpoint": str(args.checkpoint), "sha256": sha, "csgd_params": CSGD_PARAMS, "steps": args.steps,
-              "solver": args.solver, "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
+    sampler = scored_sampler(models[("baseline", events[0].source)], args)
+    result = {"checkpoint": str(args.checkpoint), "sha256": sha, "csgd_params": CSGD_PARAMS, "steps": sampler.steps,
+              "solver": sampler.solver, "sampler": sampler_record(sampler), "evaluations": sampler.evaluations,
+              "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,
               "random_error": not args.no_random_error, "events": args.events, "scored_events": [e.name for e in events],
               "held_out_events": catalogue.holdout, "qdm_references": {k: str(v) for k, v in references.items()},
               "variants": [{"name": n, "input_qdm": m, "condition_noise_sigma": sg} for n, m, sg in runs],
-              "seconds": round(time.time() - started, 1), **out["baseline"], "by_variant": out}
+              "seconds": round(time.time() - started, 1), "seconds_per_sample": round(sampling / max(samples, 1), 2),
+              **out["baseline"], "by_variant": out}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realrain_scores.json").write_text(json.dumps(result, indent=1))
     plot_rank_psd(result, args.out / "realrain_rank_psd.png")
@@ -665,7 +722,7 @@ def pairs_score(args) -> dict:
         reference = write_climatology([upsample(pair.estimate[h].astype(np.float32)) for h in range(12)],
                                       args.out / "qdm-reference" / "imerg-early-20170801-00-11.json",
                                       "IMERG Early 2017-08-01 00-11 UTC, bilinear to 0.05°")
-    models = {name: variant_downscaler(args.checkpoint, args.tile, mode, sigma, reference) for name, mode, sigma in runs}
+    models = {name: variant_downscaler(args, mode, sigma, reference) for name, mode, sigma in runs}
     params = load_params(CSGD_PARAMS)
     _, nlat, nlon = pair.estimate.shape
     grid = LatLonGrid(0.05, round(lat0 - 0.025, 3), round(lon0 - 0.025, 3), 2 * nlat, 2 * nlon)
@@ -685,8 +742,9 @@ def pairs_score(args) -> dict:
             scores[name][1].add(truth, imerg, members)
             log.info("hour %02d UTC %s %.0f s", hour, name, time.time() - started)
     by_variant = {name: {**p.result(), "climate": c.result()} for name, (p, c) in scores.items()}
-    result = {"checkpoint": str(args.checkpoint), "sha256": models["baseline"].sha256, "steps": args.steps, "solver": args.solver,
-              "members": MEMBERS, "hours_utc": hours, "qdm_reference": str(reference) if reference else None,
+    sampler = scored_sampler(models["baseline"], args)
+    result = {"checkpoint": str(args.checkpoint), "sha256": models["baseline"].sha256, "steps": sampler.steps,
+              "solver": sampler.solver, "sampler": sampler_record(sampler), "evaluations": sampler.evaluations, "members": MEMBERS, "hours_utc": hours, "qdm_reference": str(reference) if reference else None,
               "variants": [{"name": n, "input_qdm": m, "condition_noise_sigma": sg} for n, m, sg in runs],
               "seconds": round(time.time() - started, 1), "scores": by_variant["baseline"], "by_variant": by_variant}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -840,14 +898,17 @@ def main() -> int:
     parser.add_argument("--epsilon", type=float, default=1.0, help="train: log1p knee (mm/h)")
     parser.add_argument("--power", type=float, default=0.5, help="train: power-transform exponent")
     parser.add_argument("--tiles", type=int, default=8, help="test tiles scored per held-out source")
-    parser.add_argument("--steps", type=int, default=18)
-    parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
+    parser.add_argument("--steps", type=int, help="default: 18 (score, twin), else model.sampler_steps")
+    parser.add_argument("--solver", choices=["heun", "euler", "dpm2m"], help="default: heun (score, twin), else model.solver")
+    parser.add_argument("--sampler", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="realrain, pairs: model config keys of the sampler (e.g. sampler_rho=7 churn=0.5; none unsets a key)")
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of OUT/model.safetensors "
                         "(realrain, pairs: default the shipped demo)")
     parser.add_argument("--tile", type=int, default=64, help="realrain: tile size (0.05° cells); pairs: patch size")
     parser.add_argument("--no-random-error", action="store_true", help="realrain: withhold randomError from the model")
-    parser.add_argument("--events", choices=["held-out", "training"], default="held-out",
-                        help="realrain: score the held-out events, or (validation: choosing settings) the training events")
+    parser.add_argument("--events", nargs="+", default=["held-out"], metavar="NAME",
+                        help="realrain: held-out (default), training (every training event: the validation set on which "
+                        "settings are chosen), or named events of config/realrain.toml (to tune on)")
     parser.add_argument("--input-qdm", nargs="+", choices=[OFF, "field", "climatology"], default=[OFF],
                         help="realrain, pairs: also score with model.input_qdm on, reference the field itself or the "
                         "input's climatology (realrain: the source's training events; pairs: IMERG 00-11 UTC)")
@@ -860,6 +921,8 @@ def main() -> int:
     parser.add_argument("--leads", type=int, nargs="+", default=[0, 4])
     parser.add_argument("--every-hours", type=int, default=3, help="twin: spacing of the scored valid times, aligned to multiples of it from 00 UTC")
     args = parser.parse_args()
+    if args.action in ("score", "twin"):  # radar OSSE and twin figures in docs/model.md were made with Heun 18
+        args.steps, args.solver = args.steps or 18, args.solver or "heun"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "prepare":
         prepare(args.out, args.seed, args.split)

@@ -85,6 +85,13 @@ def test_production_example_loads_with_real_servers_postgres_and_gpu(no_secrets,
         ("[timeline]\ngeosfp_latency_hours = -1\n", "timeline.geosfp_latency_hours", "greater than or equal to 0"),
         ("[[alerts.areas]]\nname = 'x'\nwest = 0\nsouth = -95\neast = 1\nnorth = 1\n", "alerts.areas.0.south", "-90"),
         ("[train]\nsigma_min = 90.0\nsigma_max = 80.0\n", "train", "sigma_min (90.0) must be less than sigma_max"),
+        ("[model]\nsolver = 'dpm3'\n", "model.solver", "'heun', 'euler' or 'dpm2m'"),
+        ("[model]\nsampler_rho = 0\n", "model.sampler_rho", "greater than 0"),
+        ("[model]\nsampler_sigma_max = -1.0\n", "model.sampler_sigma_max", "greater than 0"),
+        ("[model]\nsampler_sigma_min = 5.0\nsampler_sigma_max = 2.0\n", "model", "sampler_sigma_min (5.0) must be less than sampler_sigma_max"),
+        ("[model]\nchurn = -0.5\n", "model.churn", "greater than or equal to 0"),
+        ("[model]\nchurn_noise = 0\n", "model.churn_noise", "greater than 0"),
+        ("[model]\nchurn_sigma_min = 3.0\nchurn_sigma_max = 1.0\n", "model", "churn_sigma_min (3.0) must be less than churn_sigma_max"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(tmp_path, no_secrets, toml, key, reason):

@@ -15,7 +15,7 @@ from nrt.errors import ConfigError, DataError
 from nrt.grids import LatLonGrid
 from nrt.model import checkpoint
 from nrt.model.conditioning import Conditioning
-from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve
+from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve, sampler_settings
 from nrt.model.sampler import edm_sample
 from nrt.model.train import train
 
@@ -205,8 +205,11 @@ def test_sampling_reproduces_the_recorded_reference_on_the_demo_checkpoint(solve
     """tests/data/demo_sample_reference.npz: the in-place, float64 sampler's output on the shipped demo checkpoint
     (6 tiles of 24 x 32, 2 nowcast members, 3 ensemble members). That sampler matched the implementation before it
     (commit e77b349: float32 state, fresh tensors each step) to rtol 5e-4 on the checkpoint of the time; the
-    reference was re-recorded when the checkpoint was retrained on real rain. channels_last must not change it."""
-    ds = _demo_downscaler(channels_last=channels_last)
+    reference was re-recorded when the checkpoint was retrained on real rain. channels_last must not change it.
+    The reference is EDM's plain schedule over the checkpoint's whole noise range, unscaled, whatever the
+    config's default sampler is."""
+    ds = _demo_downscaler(channels_last=channels_last, sampler_sigma_min=None, sampler_sigma_max=None, sampler_rho=7.0,
+                          residual_scale=1.0, churn=0.0)
     reference = np.load(WEIGHTS_DIR.parents[2] / "tests" / "data" / "demo_sample_reference.npz")[solver]
     out = ds.sample(_reference_conditioning(), members=3, seed=7, steps=steps, solver=solver)
     np.testing.assert_allclose(out, reference, rtol=5e-4, atol=5e-5)
@@ -216,11 +219,14 @@ def test_sampling_reproduces_the_recorded_reference_on_the_demo_checkpoint(solve
 def test_member_i_does_not_depend_on_the_ensemble_size():
     ds = _demo_downscaler(max_batch=64)  # batches of other sizes, split differently: equal to float tolerance only
     cond = _reference_conditioning()
-    ten = ds.sample(cond, members=10, seed=21, steps=4, solver="euler")
-    thirty = ds.sample(cond, members=30, seed=21, steps=4, solver="euler")
+    ten = ds.sample(cond, members=10, seed=21)  # the default sampler
+    thirty = ds.sample(cond, members=30, seed=21)
     np.testing.assert_allclose(thirty[:10], ten, rtol=1e-4, atol=1e-6)
     assert np.abs(thirty[10:20] - ten).max() > 1e-3  # later members are new draws, not repeats
-    assert np.abs(ds.sample(cond, members=10, seed=22, steps=4, solver="euler") - ten).max() > 1e-3
+    assert np.abs(ds.sample(cond, members=10, seed=22) - ten).max() > 1e-3
+    churned = _demo_downscaler(max_batch=64, churn=2.0)  # churn noise comes from the members' generators too
+    np.testing.assert_allclose(churned.sample(cond, members=30, seed=21)[:10], churned.sample(cond, members=10, seed=21),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_the_noise_range_comes_from_the_checkpoint(trained, tmp_path, monkeypatch, caplog):
@@ -237,16 +243,57 @@ def test_the_noise_range_comes_from_the_checkpoint(trained, tmp_path, monkeypatc
         return edm_sample(*args, **kwargs)
 
     monkeypatch.setattr("nrt.model.inference.edm_sample", spy)
-    Downscaler.load(tmp_path / "narrow.safetensors", "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
-    Downscaler.load(path, "cpu", cfg.model).sample(_conditioning(), members=2, steps=2)
+    full_range = cfg.model.model_copy(update={"sampler_sigma_min": None, "sampler_sigma_max": None})
+    Downscaler.load(tmp_path / "narrow.safetensors", "cpu", full_range).sample(_conditioning(), members=2, steps=2)
+    Downscaler.load(path, "cpu", full_range).sample(_conditioning(), members=2, steps=2)
     assert seen == [(0.01, 80.0), (cfg.train.sigma_min, cfg.train.sigma_max)]
-    # a checkpoint from before the range was recorded (the shipped demo) falls back to the training defaults, and says so
+    # the sampler's own levels apply within the checkpoint's range, never beyond it
+    capped = cfg.model.model_copy(update={"sampler_sigma_min": 0.001, "sampler_sigma_max": 20.0})
+    Downscaler.load(tmp_path / "narrow.safetensors", "cpu", capped).sample(_conditioning(), members=2, steps=2)
+    assert seen[-1] == (0.01, 20.0)
+    # the shipped demo records the range it was trained with (the training defaults) and loads without a warning
     with caplog.at_level("WARNING", logger="nrt.model.inference"):
         demo = Downscaler.load("builtin:demo", "cpu")
-    assert "records no sigma_min/sigma_max" in caplog.text and "using the training defaults 0.002 and 800" in caplog.text
+    assert caplog.text == ""
     assert (demo.spec.sigma_min, demo.spec.sigma_max) == (config.TrainConfig().sigma_min, config.TrainConfig().sigma_max)
+    # a checkpoint from before the range was recorded falls back to the training defaults, and says so
+    older = json.loads(json.dumps(ckpt.meta))
+    del older["model"]["sigma_min"], older["model"]["sigma_max"]
+    checkpoint.save(tmp_path / "older.safetensors", ckpt.tensors, older)
+    with caplog.at_level("WARNING", logger="nrt.model.inference"):
+        fallback = Downscaler.load(tmp_path / "older.safetensors", "cpu")
+    assert "records no sigma_min/sigma_max" in caplog.text and "using the training defaults 0.002 and 800" in caplog.text
+    assert (fallback.spec.sigma_min, fallback.spec.sigma_max) == (config.TrainConfig().sigma_min, config.TrainConfig().sigma_max)
     bad = json.loads(json.dumps(ckpt.meta))
     bad["model"].update(sigma_min=5.0, sigma_max=1.0)
     checkpoint.save(tmp_path / "bad.safetensors", ckpt.tensors, bad)
     with pytest.raises(DataError, match="sigma_min < sigma_max"):
         Downscaler.load(tmp_path / "bad.safetensors", "cpu", cfg.model)
+
+
+def test_the_default_sampler_makes_at_most_four_network_evaluations_per_sample():
+    model_cfg = config.ModelConfig(device="cpu", patch_size=32, patch_overlap=8, max_batch=10**6)  # one call per evaluation
+    ds = Downscaler.load("builtin:demo", "cpu", model_cfg)
+    calls = []
+    network = ds.diffusion_call
+
+    def counting(*args):
+        calls.append(args[1][0].item())  # the noise level of this call
+        return network(*args)
+
+    ds.diffusion_call = counting
+    ds.sample(_reference_conditioning(), members=3, seed=7)
+    assert len(calls) == ds.sampler.evaluations == sampler_settings(config.ModelConfig()).evaluations <= 4
+    assert calls == sorted(calls, reverse=True)  # from high noise to low, each level once
+
+
+def test_residual_scale_multiplies_the_sampled_residual_in_model_space():
+    cond = _reference_conditioning()
+    plain = _demo_downscaler(residual_scale=1.0)
+    scaled = _demo_downscaler(residual_scale=1.5)
+    one, wide = (ds.sample(cond, members=3, seed=4, steps=3, solver="dpm2m") for ds in (plain, scaled))
+    mean = plain.regression_mean(cond)[np.arange(3) % 2]
+    to_z = plain.spec.normalize_target
+    kept = (one > 0) & (wide > 0) & (mean > 0)  # away from the clip at 0 mm/h, where z is not recoverable
+    assert kept.mean() > 0.3
+    np.testing.assert_allclose((to_z(wide) - to_z(mean))[kept], 1.5 * (to_z(one) - to_z(mean))[kept], rtol=1e-3, atol=2e-3)

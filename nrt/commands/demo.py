@@ -5,10 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# A 30-member, 9-valid-time cycle of the demo checkpoint costs about 2 s per network call on 2 CPU cores
-# (docs/model.md): Euler with 4 steps keeps 3 cycles within a few minutes. A GPU affords the full sampler.
-DEMO_STEPS, DEMO_SOLVER = 4, "euler"
-
 
 def register(sub) -> None:
     parser = sub.add_parser(
@@ -19,12 +15,12 @@ def register(sub) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("nrt-demo"), help="work directory (default: ./%(default)s)")
     parser.add_argument("--seed", type=int, default=20250101, help="twin random seed (default: %(default)s)")
     parser.add_argument(
-        "--steps", type=int, default=DEMO_STEPS,
-        help="diffusion sampler steps (default: %(default)s, for a few minutes on 2 CPU cores; production uses model.sampler_steps)",
+        "--steps", type=int,
+        help="diffusion sampler steps (default: model.sampler_steps, the calibrated few-step sampler of docs/model.md)",
     )
     parser.add_argument(
-        "--solver", choices=["euler", "heun"], default=DEMO_SOLVER,
-        help="diffusion sampler (default: %(default)s; Heun costs two network calls per step)",
+        "--solver", choices=["euler", "heun", "dpm2m"],
+        help="diffusion sampler (default: model.solver; Heun costs two network calls per step, the others one)",
     )
     parser.add_argument(
         "--method", choices=["diffusion", "csgd"], default=None,
@@ -38,11 +34,12 @@ def demo(args, cfg) -> int:
     from nrt.service.demo import describe, run_demo
     from nrt.service.worker import hard_exit
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         from nrt.errors import ConfigError
 
         raise ConfigError("--steps", f"must be at least 1 (got {args.steps})")
-    cfg.model.sampler_steps, cfg.model.solver = args.steps, args.solver
+    cfg.model.sampler_steps = args.steps or cfg.model.sampler_steps
+    cfg.model.solver = args.solver or cfg.model.solver
     if args.method is not None:
         cfg.model.method = args.method
     try:

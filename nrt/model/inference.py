@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nrt.config import ModelConfig
 from nrt.errors import ConfigError, DataError
 from nrt.model import allocator, checkpoint
 from nrt.model.condition_noise import inject
@@ -31,7 +33,7 @@ from nrt.model.conditioning import Conditioning, raw_channels
 from nrt.model.member_noise import StackedRandomGenerator
 from nrt.model.patching import PatchGrid
 from nrt.model.qdm import WetQuantiles, qdm
-from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, edm_sample
+from nrt.model.sampler import SIGMA_MAX, SIGMA_MIN, SamplerSettings, edm_sample
 from nrt.model.spec import ModelSpec, records_noise_range
 from nrt.model.workspace import Workspace
 
@@ -78,10 +80,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def sampler_settings(model_cfg) -> SamplerSettings:
+    """The sampler of a `model` config section (nrt.config.ModelConfig)."""
+    return SamplerSettings(
+        solver=model_cfg.solver, steps=model_cfg.sampler_steps, rho=model_cfg.sampler_rho,
+        sigma_min=model_cfg.sampler_sigma_min, sigma_max=model_cfg.sampler_sigma_max, churn=model_cfg.churn,
+        churn_sigma_min=model_cfg.churn_sigma_min, churn_noise=model_cfg.churn_noise,
+        churn_sigma_max=math.inf if model_cfg.churn_sigma_max is None else model_cfg.churn_sigma_max,
+        residual_scale=model_cfg.residual_scale,
+    )
+
+
 class Downscaler:
     def __init__(self, spec: ModelSpec, tensors: dict[str, torch.Tensor], *, meta: dict, sha256: str, name: str,
                  device: torch.device, patch_size: int = 64, patch_overlap: int = 8, max_batch: int = 256,
-                 bf16: bool = True, channels_last: bool = False, compile: bool = False, churn: float = 0.0,
+                 bf16: bool = True, channels_last: bool = False, compile: bool = False,
+                 sampler: SamplerSettings = SamplerSettings(),
                  input_qdm: tuple[WetQuantiles, WetQuantiles | None] | None = None, condition_noise: float = 0.0):
         self.spec, self.config, self.sha256, self.name, self.device = spec, meta, sha256, name, device
         if condition_noise < 0:
@@ -92,7 +106,7 @@ class Downscaler:
             raise ConfigError("model.patch_size", f"{patch_size} is not a multiple of the network's downsampling {down}")
         if not 4 <= patch_overlap < patch_size:
             raise ConfigError("model.patch_overlap", f"{patch_overlap} must be at least 4 and less than the patch size")
-        self.patch_size, self.patch_overlap, self.max_batch, self.churn = patch_size, patch_overlap, max_batch, churn
+        self.patch_size, self.patch_overlap, self.max_batch, self.sampler = patch_size, patch_overlap, max_batch, sampler
         self.tile_multiple = down
         self.autocast = device.type == "cuda" and bf16
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -114,7 +128,8 @@ class Downscaler:
 
     @classmethod
     def load(cls, path_or_builtin: str | Path, device: str | torch.device = "auto", model_cfg=None) -> Downscaler:
-        """Load a verified checkpoint; `model_cfg` (nrt.config.ModelConfig) supplies the runtime options."""
+        """Load a verified checkpoint; `model_cfg` (nrt.config.ModelConfig) supplies the runtime options
+        (without one: the network's defaults and the config's default sampler)."""
         path = resolve(path_or_builtin)
         ckpt = checkpoint.load(path, "cpu")
         try:
@@ -125,18 +140,18 @@ class Downscaler:
             log.warning("%s records no sigma_min/sigma_max (an older checkpoint); using the training defaults %g and %g",
                         ckpt.path, SIGMA_MIN, SIGMA_MAX)
         device = pick_device(device) if isinstance(device, str) else device
-        options = {}
+        options = {"sampler": sampler_settings(ModelConfig())}
         if model_cfg is not None:
             options = {
                 "patch_size": model_cfg.patch_size, "patch_overlap": model_cfg.patch_overlap,
-                "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "churn": model_cfg.churn,
+                "max_batch": model_cfg.max_batch, "bf16": model_cfg.bf16, "sampler": sampler_settings(model_cfg),
                 "channels_last": model_cfg.channels_last, "compile": model_cfg.compile,
                 "condition_noise": model_cfg.condition_noise_sigma,
             }
             if model_cfg.input_qdm:
                 options["input_qdm"] = input_qdm_for(ckpt.meta, str(ckpt.path), model_cfg.input_qdm_reference)
         downscaler = cls(spec, ckpt.tensors, meta=ckpt.meta, sha256=ckpt.sha256, name=str(ckpt.path), device=device, **options)
-        log.info("loaded %s (sha256 %s) on %s", ckpt.path, ckpt.sha256[:12], device)
+        log.info("loaded %s (sha256 %s) on %s; sampler %s", ckpt.path, ckpt.sha256[:12], device, downscaler.sampler.describe())
         return downscaler
 
     def _amp(self):
@@ -191,8 +206,11 @@ class Downscaler:
         return np.where(missing, np.nan, rate).astype(np.float32)
 
     @torch.no_grad()
-    def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int = 18, solver: str = "heun") -> np.ndarray:
+    def sample(self, cond: Conditioning, members: int = 30, seed: int = 0, steps: int | None = None,
+               solver: str | None = None) -> np.ndarray:
         """(member, lat, lon) float32 mm/h; member i is driven by coarse member i mod the number given.
+
+        The sampler is `self.sampler` (the config's), with `steps` and `solver` replaced where given.
 
         Member i's noise depends only on (seed, i): the first 10 members of a 30-member ensemble are the
         10 members of a 10-member one (to float tolerance: the network batches differ).
@@ -218,7 +236,13 @@ class Downscaler:
 
             noise = StackedRandomGenerator(self.device, seed, members)
             latents = noise.randn((members, 1, *grid.shape), out=ws.get("latents", (members, 1, *grid.shape), device=self.device))
-            residual = edm_sample(denoise, latents, steps=steps, solver=solver, sigma_min=self.spec.sigma_min,
-                                  sigma_max=self.spec.sigma_max, churn=self.churn, randn_like=noise.randn_like, workspace=ws)
+            settings = self.sampler
+            sigma_min, sigma_max = settings.noise_range(self.spec.sigma_min, self.spec.sigma_max)
+            residual = edm_sample(denoise, latents, steps=steps or settings.steps, solver=solver or settings.solver,
+                                  sigma_min=sigma_min, sigma_max=sigma_max, rho=settings.rho, churn=settings.churn,
+                                  churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
+                                  churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws)
+            if settings.residual_scale != 1:
+                residual.mul_(settings.residual_scale)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
             return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)

@@ -1,14 +1,22 @@
-"""EDM sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method or Euler, with optional churn.
+"""EDM samplers (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method, Euler, or DPM-Solver++(2M), with
+optional churn.
 
 As in NVlabs/edm's `edm_sampler`, the state is integrated in float64 (the denoiser sees it in its own precision)
 and churn noise comes from the caller's `randn_like`, normally a per-member `StackedRandomGenerator`. The update
-runs in place on four state-sized buffers from a `Workspace`, so a step allocates nothing.
+runs in place on state-sized buffers from a `Workspace`, so a step allocates nothing.
+
+DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's `sample_dpmpp_2m`) is second order at one network evaluation
+per step: it extrapolates the denoised field linearly in log σ from the previous step's. In EDM's σ-parametrisation
+(x = y + σn) its update from σ to σ' is x' = (σ'/σ) x + (1 − σ'/σ) D̂, where D̂ is the extrapolated denoiser;
+with D̂ = D it is exactly Euler's step. Written here rather than imported because k-diffusion is not a
+dependency and the update must run in place on the workspace's buffers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,6 +24,58 @@ import torch
 from nrt.model.workspace import Workspace
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 800.0, 7.0
+SOLVERS = ("heun", "euler", "dpm2m")
+Solver = Literal["heun", "euler", "dpm2m"]
+
+
+def evaluations(steps: int, solver: str) -> int:
+    """Network evaluations per sample: Heun corrects every step but the last (to σ = 0), the others never."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
+    return 2 * steps - 1 if solver == "heun" else steps
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How a sample is integrated. sigma_min/sigma_max None: the checkpoint's own noise range.
+
+    A sigma_max below the checkpoint's starts from noise of that size: for a residual whose spread is far below
+    the checkpoint's σ_max, the first levels of the full range only return the mean, so a few-step sampler
+    spends its evaluations where the residual's structure is. `residual_scale` multiplies the sampled residual:
+    a few-step sampler's samples are closer to the posterior mean than the converged ODE's (each large step
+    moves towards D, an average), and this factor, fitted on training events, restores the spread.
+    """
+
+    solver: Solver = "heun"
+    steps: int = 18
+    rho: float = RHO
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    churn: float = 0.0
+    churn_sigma_min: float = 0.0
+    churn_sigma_max: float = math.inf
+    churn_noise: float = 1.0
+    residual_scale: float = 1.0
+
+    @property
+    def evaluations(self) -> int:
+        return evaluations(self.steps, self.solver)
+
+    def noise_range(self, sigma_min: float, sigma_max: float) -> tuple[float, float]:
+        """The range integrated over, given the checkpoint's: the configured levels, within the trained range."""
+        low = sigma_min if self.sigma_min is None else max(self.sigma_min, sigma_min)
+        high = sigma_max if self.sigma_max is None else min(self.sigma_max, sigma_max)
+        if not low < high:
+            raise ValueError(f"the sampler's noise range is empty ({low} to {high})")
+        return low, high
+
+    def describe(self) -> str:
+        text = f"{self.solver} {self.steps} steps ({self.evaluations} network evaluations)"
+        if self.churn > 0:
+            text += f", churn {self.churn:g}"
+        if self.residual_scale != 1:
+            text += f", residual x {self.residual_scale:g}"
+        return text
 
 
 def sigma_steps(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> torch.Tensor:
@@ -24,6 +84,8 @@ def sigma_steps(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIG
         raise ValueError("the sampler needs at least one step")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"the noise range needs 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+    if rho <= 0:
+        raise ValueError(f"the schedule's rho must be positive (got {rho})")
     if steps == 1:
         ramp = torch.zeros(1, dtype=torch.float64)
     else:
@@ -37,7 +99,7 @@ def edm_sample(
     latents: torch.Tensor,
     *,
     steps: int = 18,
-    solver: Literal["heun", "euler"] = "heun",
+    solver: Solver = "heun",
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
     rho: float = RHO,
@@ -53,25 +115,48 @@ def edm_sample(
     `denoise(x, sigma)` returns D(x; σ) for the whole state x (float64; D may be float32); `latents` are standard
     normal with x's shape. The result is a buffer of `workspace` when one is given: copy it before the next call.
     """
-    if solver not in ("heun", "euler"):
-        raise ValueError(f"unknown solver {solver!r} (heun or euler)")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
     t_steps = sigma_steps(steps, sigma_min, sigma_max, rho).tolist()
     workspace = workspace or Workspace()
-    x_cur, x_next, d_cur, d_prime = (
-        workspace.get(f"sampler.{name}", latents.shape, torch.float64, latents.device)
-        for name in ("x_cur", "x_next", "d_cur", "d_prime")
+    names = ("x_cur", "x_next", "d_cur", "d_prime") if solver != "dpm2m" else ("x_cur", "x_next", "d_cur", "d_prev")
+    x_cur, x_next, d_cur, d_aux = (
+        workspace.get(f"sampler.{name}", latents.shape, torch.float64, latents.device) for name in names
     )
     x_cur.copy_(latents).mul_(t_steps[0])  # widened first, as edm's latents.to(float64) * t_steps[0]
+    t_prev = None  # dpm2m: the level of the previous evaluation, whose denoised field is in d_aux
     for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
         gamma = min(churn / steps, math.sqrt(2) - 1) if churn_sigma_min <= t_cur <= churn_sigma_max else 0.0
         t_hat = t_cur + gamma * t_cur
         if gamma > 0:  # x_hat = x_cur + sqrt(t_hat² - t_cur²) S_noise ε, in place
             x_cur.add_(randn_like(x_cur), alpha=math.sqrt(t_hat**2 - t_cur**2) * churn_noise)
-        torch.sub(x_cur, denoise(x_cur, t_hat), out=d_cur).div_(t_hat)
-        torch.add(x_cur, d_cur, alpha=t_next - t_hat, out=x_next)
-        if solver == "heun" and t_next > 0:
-            torch.sub(x_next, denoise(x_next, t_next), out=d_prime).div_(t_next)
-            d_cur.add_(d_prime).mul_(0.5)  # (d + d')/2: halving is exact, so this equals d/2 + d'/2
+        if solver == "dpm2m":
+            t_prev = _dpm2m_step(denoise, x_cur, x_next, d_cur, d_aux, t_prev, t_hat, t_next)
+        else:
+            torch.sub(x_cur, denoise(x_cur, t_hat), out=d_cur).div_(t_hat)
             torch.add(x_cur, d_cur, alpha=t_next - t_hat, out=x_next)
+            if solver == "heun" and t_next > 0:
+                torch.sub(x_next, denoise(x_next, t_next), out=d_aux).div_(t_next)
+                d_cur.add_(d_aux).mul_(0.5)  # (d + d')/2: halving is exact, so this equals d/2 + d'/2
+                torch.add(x_cur, d_cur, alpha=t_next - t_hat, out=x_next)
         x_cur, x_next = x_next, x_cur
     return x_cur
+
+
+def _dpm2m_step(denoise, x_cur, x_next, denoised, previous, t_prev, t_hat, t_next) -> float:
+    """One DPM-Solver++(2M) step from t_hat to t_next into x_next; `previous` holds D at t_prev (None: first step).
+
+    The last step (to σ = 0) and the first are first order, as in k-diffusion. Returns t_hat, the level of the
+    denoised field now in `previous`.
+    """
+    denoised.copy_(denoise(x_cur, t_hat))
+    ratio = t_next / t_hat
+    if t_prev is not None and t_next > 0:
+        h, h_last = math.log(t_hat / t_next), math.log(t_prev / t_hat)
+        weight = h / (2 * h_last)  # D̂ = (1 + 1/(2r)) D - 1/(2r) D_prev with r = h_last / h
+        previous.sub_(denoised).mul_(-weight).add_(denoised)  # previous := D + w (D - D_prev)
+        torch.mul(x_cur, ratio, out=x_next).add_(previous, alpha=1 - ratio)
+    else:
+        torch.mul(x_cur, ratio, out=x_next).add_(denoised, alpha=1 - ratio)
+    previous.copy_(denoised)
+    return t_hat
