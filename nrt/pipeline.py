@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from nrt import __version__, downscale
-from nrt.acquire import acquire
+from nrt.acquire import acquire, acquire_settings
 from nrt.bridge import bridge, conditions, nowcast_flags
 from nrt.degradation import Degradation, Fallback, NowcastReason, flag
 from nrt.grids import target_grid
@@ -89,7 +89,7 @@ def run_cycle(cycle_time: datetime, cfg, catalog, client, models, clock: Clock |
 def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callable[[str], None]) -> CycleReport:
     from nrt.model.assemble import dem_cache_dir, imerg_variables
     from nrt.model.conditioning import upsample
-    from nrt.products import check_areas, publish_cycle
+    from nrt.products import check_areas, publish_cycle, publish_settings
     from nrt.sources.dem import load_dem
 
     cycle_time, half_hours = tally.cycle_time, int(tally.cycle_time.timestamp()) // 1800
@@ -98,7 +98,7 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
 
     tell("ingest")
     with tally.stage("ingest"):
-        got = acquire(cfg, catalog, cycle_time, client, clock)
+        got = acquire(acquire_settings(cfg), catalog, cycle_time, client, clock)
         tally.degrade(*got.degraded)
         dem = load_dem(got.dem, grid, dem_cache_dir(cfg)) if got.dem else None
 
@@ -138,16 +138,16 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
     with tally.stage("products"):
         # The verification baseline of each valid time: the model's input (IMERG, or the nowcast member mean) at 0.05°.
         published = publish_cycle(ensemble, [(v.valid, v.lead, upsample(v.coarse.mean(axis=0))) for v in coarse.valid_times],
-                                  cfg=cfg, catalog=catalog, grid=grid, cycle_time=cycle_time,
+                                  settings=publish_settings(cfg), catalog=catalog, grid=grid, cycle_time=cycle_time,
                                   forecast_reference_time=coarse.imerg_start, attrs=attrs)
 
     scores = ()
     if got.dpr:
-        from nrt.verify import verify_granules
+        from nrt.verify import verify_granules, verify_settings
 
         tell("verify")
         with tally.stage("verify"):
-            scores = tuple(verify_granules(cfg, catalog, list(got.dpr)))
+            scores = tuple(verify_granules(verify_settings(cfg), catalog, list(got.dpr)))
     log.info("cycle %s done: %d products, nowcast %s, downscale %s, degraded %s, %s", isoformat(cycle_time),
              len(published.products), coarse.nowcast_method, method, tally.degraded or "no",
              ", ".join(f"{k} {v:.1f}s" for k, v in tally.timings.items()))

@@ -33,7 +33,7 @@ from nrt.products import product_path, write_ensemble
 from nrt.twin.generate import generate
 from nrt.twin.spec import TwinSpec
 from nrt.twin.writers import read_truth
-from nrt.verify import verify_granules
+from nrt.verify import verify_granules, verify_settings
 from nrt.verify.report import write_report
 
 V = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def main() -> None:
         dpr_files = sorted((tmp / "twin" / "pps" / "radar" / "DprL2").glob("*.RT-H5"))
 
         started = time.perf_counter()
-        results = verify_granules(cfg, catalog, dpr_files)
+        results = verify_granules(verify_settings(cfg), catalog, dpr_files)
         out["verify_seconds"] = round(time.perf_counter() - started, 2)
         out["products_scored"] = sum(len(r.product_ids) for r in results)
         out["swath_cells"] = results[0].cells if results else 0
