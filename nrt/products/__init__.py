@@ -18,7 +18,7 @@
 
 from nrt.products.alerts import AlertState, alert_states, check_areas
 from nrt.products.ef5 import control_block, export_ef5
-from nrt.products.netcdf import ENSEMBLE, QUICKLOOK, SUMMARY, product_path, read_ensemble, write_ensemble
+from nrt.products.netcdf import ENSEMBLE, QUICKLOOK, SUMMARY, product_path, provenance, read_ensemble, write_ensemble
 from nrt.products.publish import (
     Published,
     ProductRecord,
@@ -39,7 +39,7 @@ __all__ = [
     "ENSEMBLE", "QUICKLOOK", "SUMMARY",
     "AlertState", "alert_states", "check_areas",
     "control_block", "export_ef5",
-    "product_path", "read_ensemble", "write_ensemble",
+    "product_path", "provenance", "read_ensemble", "write_ensemble",
     "Published", "ProductRecord", "PublishSettings", "best_available", "ef5_directory", "export_best_ef5", "publish_cycle",
     "publish_settings", "publish_valid_time", "update_latest",
     "quicklook",
