@@ -114,6 +114,14 @@ def field_stats(values: np.ndarray, valid: np.ndarray) -> dict:
     return {k: (significant(v) if isinstance(v, float) else v) for k, v in stats.items()}
 
 
+def identity(source: str, version: str, rf: RemoteFile, values: np.ndarray, stats: dict, field: str, path: Path,
+             **extra) -> dict:
+    """What `nrt inspect` prints for a granule: its source, version and times, the main field's shape and
+    statistics (`field_stats`), the source's own keys (`extra`) and the path."""
+    return {"source": source, "version": version, "start": time_text(rf.start), "end": time_text(rf.end),
+            "shape": list(values.shape), **stats, "field": field, **extra, "path": str(path)}
+
+
 def significant(value: float, digits: int = 7) -> float:
     """`value` to `digits` significant digits (float32 precision), for compact JSON at any magnitude."""
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value

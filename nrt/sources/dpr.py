@@ -24,7 +24,7 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid, from_area_rows
-from nrt.sources import RemoteFile, field_stats, http, time_text
+from nrt.sources import RemoteFile, field_stats, http, identity
 from nrt.sources.base import FilePattern
 from nrt.timeline import utc
 
@@ -325,14 +325,5 @@ def identify(path: str | Path) -> dict:
             field = f"{group.name.lstrip('/')}/{RATE}"
     except OSError as exc:
         raise DataError(path, f"unreadable HDF5 (truncated or corrupt): {str(exc).splitlines()[0][:160]}") from None
-    return {
-        "source": NAME,
-        "version": rf.version,
-        "start": time_text(rf.start),
-        "end": time_text(rf.end),
-        "shape": list(values.shape),
-        **field_stats(values, values >= 0),
-        "field": field,
-        "orbit": FILE_PATTERN.parse(rf.name)["orbit"],
-        "path": str(path),
-    }
+    return identity(NAME, rf.version, rf, values, field_stats(values, values >= 0), field, path,
+                    orbit=FILE_PATTERN.parse(rf.name)["orbit"])

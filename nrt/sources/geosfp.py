@@ -21,7 +21,7 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid
-from nrt.sources import RemoteFile, field_stats, http, time_text
+from nrt.sources import RemoteFile, field_stats, http, identity, time_text
 from nrt.sources.base import FilePattern
 from nrt.timeline import bridge_valid_times, geosfp_hours_for, geosfp_init_for, newest_imerg_start, utc
 
@@ -258,14 +258,5 @@ def identify(path: str | Path) -> dict:
         values = np.ma.asarray(nc.variables[main][:])
     mask = np.ma.getmaskarray(values)
     data = np.ma.filled(values.astype(np.float64), np.nan)
-    return {
-        "source": NAME,
-        "version": rf.version,
-        "start": time_text(rf.start),
-        "end": time_text(rf.end),
-        "shape": list(values.shape),
-        **field_stats(data, ~mask & np.isfinite(data)),
-        "field": main,
-        "collection": collection_of(path.name),
-        "path": str(path),
-    }
+    return identity(NAME, rf.version, rf, values, field_stats(data, ~mask & np.isfinite(data)), main, path,
+                    collection=collection_of(path.name))
