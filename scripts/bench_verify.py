@@ -94,7 +94,7 @@ def main() -> None:
         out["store_seconds_per_overpass"] = round((time.perf_counter() - started) / max(args.overpasses - 1, 1), 3)
 
         started = time.perf_counter()
-        report = write_report(catalog, V, V + args.overpasses * timedelta(hours=12), tmp / "report", cfg)
+        report = write_report(catalog, V, V + args.overpasses * timedelta(hours=12), tmp / "report", verify_settings(cfg))
         out["report_seconds"] = round(time.perf_counter() - started, 2)
         out["report_overpasses"] = report.overpasses
         out["report_figures"] = len(report.figures)

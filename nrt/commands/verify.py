@@ -41,7 +41,7 @@ def run_verify(args, cfg) -> int:
             scored = verify_granules(verify_settings(cfg), catalog, [g.path for g in granules if g.path and g.end_time > start],
                                      force=args.force)
             print(f"scored {sum(len(s.product_ids) for s in scored)} product(s) in {len(scored)} half-hour(s) with DPR")
-        report = write_report(catalog, start, end, args.out, cfg)
+        report = write_report(catalog, start, end, args.out, verify_settings(cfg))
     finally:
         catalog.close()
     if not report.products:
