@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nrt.degradation import Degradation, flag
 from nrt.errors import NrtError
-from nrt.sources import IngestResult, dpr, geosfp, imerg, ingest
+from nrt.sources import IngestResult, IngestSettings, dpr, geosfp, imerg, ingest, ingest_settings
 from nrt.timeline import HALF_HOUR, Clock, isoformat, newest_imerg_start, utc
 
 log = logging.getLogger("nrt.acquire")
@@ -54,6 +54,23 @@ class Acquired:
     sources: Mapping[str, datetime | None]  # source -> start of its newest granule (None: static)
 
 
+@dataclass(frozen=True)
+class AcquireSettings:
+    """What acquiring uses, taken from the config once by `acquire_settings(cfg)`."""
+
+    ingest: IngestSettings
+    imerg_latency: timedelta
+    motion_granules: int  # IMERG granules in the motion window, and half-hours tried back when S is missing
+    ingest_cutoff: timedelta  # after the cycle time, polling for late files stops
+    poll_backoff_s: float  # the first wait between polls; it doubles
+
+
+def acquire_settings(cfg) -> AcquireSettings:
+    return AcquireSettings(ingest_settings(cfg), timedelta(minutes=cfg.timeline.imerg_latency_minutes),
+                           cfg.timeline.motion_granules, timedelta(minutes=cfg.service.ingest_cutoff_minutes),
+                           cfg.service.poll_backoff_s)
+
+
 # ---------------------------------------------------------------------------------------------- policies
 
 
@@ -77,16 +94,16 @@ def geosfp_verdict(newest: IngestResult, previous: IngestResult | None) -> Degra
 # ---------------------------------------------------------------------------------------------- I/O
 
 
-def ingest_waiting(source: str, cfg, catalog, t: datetime, client, clock: Clock) -> IngestResult:
+def ingest_waiting(source: str, s: AcquireSettings, catalog, t: datetime, client, clock: Clock) -> IngestResult:
     """Ingest `source` for `t`, polling for late files with backoff until the cycle's cutoff.
 
-    The cutoff is `service.ingest_cutoff_minutes` after the cycle time on the service clock, so a
-    backfilled or caught-up cycle polls once and proceeds with what exists.
+    The cutoff is `s.ingest_cutoff` after the cycle time on the service clock, so a backfilled or caught-up
+    cycle polls once and proceeds with what exists.
     """
-    deadline = utc(t) + timedelta(minutes=cfg.service.ingest_cutoff_minutes)
-    delay = cfg.service.poll_backoff_s
+    deadline = utc(t) + s.ingest_cutoff
+    delay = s.poll_backoff_s
     while True:
-        result = ingest(source, cfg, catalog, t, client)
+        result = ingest(source, s.ingest, catalog, t, client)
         remaining = (deadline - clock.now()).total_seconds()
         if not result.missing or remaining <= 0:
             return result
@@ -100,32 +117,31 @@ def imerg_start(path: Path) -> datetime:
     return imerg.parse_name(path.name).start
 
 
-def acquire_imerg(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> tuple[list[Path], list[str]]:
+def acquire_imerg(s: AcquireSettings, catalog, cycle_time: datetime, client, clock: Clock) -> tuple[list[Path], list[str]]:
     """The motion window's IMERG files and the cycle's flag when the newest ones are missing."""
-    latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
-    tries = cfg.timeline.motion_granules
-    nominal = newest_imerg_start(cycle_time, latency)
+    tries = s.motion_granules
+    nominal = newest_imerg_start(cycle_time, s.imerg_latency)
     for back in range(tries):
         t = cycle_time - back * HALF_HOUR
-        result = ingest_waiting("imerg", cfg, catalog, t, client, clock) if back == 0 else ingest("imerg", cfg, catalog, t, client)
+        result = ingest_waiting("imerg", s, catalog, t, client, clock) if back == 0 else ingest("imerg", s.ingest, catalog, t, client)
         files = sorted(set(result.files), key=imerg_start)
-        use, missing = imerg_verdict(imerg_start(files[-1]) if files else None, newest_imerg_start(t, latency), back, tries)
+        use, missing = imerg_verdict(imerg_start(files[-1]) if files else None, newest_imerg_start(t, s.imerg_latency), back, tries)
         if use:
             return files, [flag(Degradation.IMERG_MISSING, isoformat(nominal))] if missing else []
     raise CycleFailed("ingest", f"no IMERG Early granule within {tries} half-hours before {isoformat(nominal)}")
 
 
-def acquire_geosfp(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> tuple[dict[datetime, tuple[Path, ...]], list[str]]:
+def acquire_geosfp(s: AcquireSettings, catalog, cycle_time: datetime, client, clock: Clock) -> tuple[dict[datetime, tuple[Path, ...]], list[str]]:
     """GEOS-FP files by hourly stamp; where the newest forecast is missing, the previous one fills in."""
-    if not cfg.sources.geosfp.enabled:
+    own = s.ingest.sources.get("geosfp")
+    if own is None:  # disabled
         return {}, []
-    result = ingest_waiting("geosfp", cfg, catalog, cycle_time, client, clock)
+    result = ingest_waiting("geosfp", s, catalog, cycle_time, client, clock)
     previous = None
     files = list(result.files)
     if result.missing or result.bad:
-        s = geosfp.settings(cfg)
-        older = geosfp.expected_files(s, cycle_time, s.latency + GEOSFP_RUN_SPACING)
-        previous = ingest("geosfp", cfg, catalog, cycle_time, client, expected=older)
+        older = geosfp.expected_files(own, cycle_time, own.latency + GEOSFP_RUN_SPACING)
+        previous = ingest("geosfp", s.ingest, catalog, cycle_time, client, expected=older)
         files.extend(previous.files)
     verdict = geosfp_verdict(result, previous)
     by_hour: dict[datetime, list[Path]] = {}
@@ -135,22 +151,21 @@ def acquire_geosfp(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> 
     return {hour: tuple(paths) for hour, paths in by_hour.items()}, [verdict] if verdict else []
 
 
-def acquire(cfg, catalog, cycle_time: datetime, client, clock: Clock) -> Acquired:
-    """Every source of the cycle at `cycle_time`, with the fallbacks above."""
-    imerg_files, degraded = acquire_imerg(cfg, catalog, cycle_time, client, clock)
+def acquire(s: AcquireSettings, catalog, cycle_time: datetime, client, clock: Clock) -> Acquired:
+    """Every source of the cycle at `cycle_time`, with the fallbacks above (a disabled source gives no files)."""
+    imerg_files, degraded = acquire_imerg(s, catalog, cycle_time, client, clock)
     sources: dict[str, datetime | None] = {"imerg": imerg_start(imerg_files[-1])}
-    by_hour, flags = acquire_geosfp(cfg, catalog, cycle_time, client, clock)
+    by_hour, flags = acquire_geosfp(s, catalog, cycle_time, client, clock)
     degraded += flags
     if by_hour:  # the newest file's averaging hour starts half an hour before its stamp
         sources["geosfp"] = max(by_hour) - geosfp.AVERAGING / 2
-    dem_files = ingest("dem", cfg, catalog, STATIC_TIME, client).files
+    dem_files = ingest("dem", s.ingest, catalog, STATIC_TIME, client).files
     if dem_files:
         sources["dem"] = None  # static: ingested, with no granule time
     else:
         degraded.append(Degradation.DEM_MISSING)
-    dpr_files = ingest("dpr", cfg, catalog, cycle_time, client).files if cfg.sources.dpr.enabled else []
+    dpr_files = ingest("dpr", s.ingest, catalog, cycle_time, client).files
     if dpr_files:
         sources["dpr"] = max(dpr.parse_name(p.name).start for p in dpr_files)
     return Acquired(tuple(imerg_files), sources["imerg"], by_hour, dem_files[0] if dem_files else None,
                     tuple(dpr_files), tuple(degraded), sources)
-

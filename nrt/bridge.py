@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from nrt.acquire import Acquired
 from nrt.degradation import Degradation, NowcastReason, flag
 from nrt.errors import NrtError
 from nrt.grids import Domain, LatLonGrid, target_grid
@@ -100,3 +102,46 @@ def conditions(made: Bridge, grid: LatLonGrid, dem: xr.Dataset | None, geosfp_fi
         flags.append(why)
         out.append(Conditioning(precip=v.coarse, grid=grid, lead=v.lead, random_error=v.random_error, dem=dem, geosfp=geos))
     return out, [why for why in flags if why]
+
+
+@dataclass(frozen=True)
+class AssembleSettings:
+    """What assembling uses, taken from the config once by `assemble_settings(cfg)`."""
+
+    domain: Domain
+    latency: timedelta  # IMERG Early's: the cycle's nominal newest granule starts at floor(T - latency)
+    nowcast: Any  # the `[nowcast]` section, which `nrt.nowcast` reads whole
+    members: int  # nowcast members
+    seed: int  # the nowcast's; each cycle adds its half-hours since the epoch
+    imerg_variables: tuple[str, ...]  # read besides precipitation
+    geosfp_variables: tuple[str, ...]
+    geosfp_enabled: bool
+    dem_cache: Path  # the DEM regridded to the target grid, kept between cycles
+
+
+def assemble_settings(cfg) -> AssembleSettings:
+    from nrt.model.assemble import dem_cache_dir, imerg_variables
+
+    geos = cfg.sources.geosfp
+    return AssembleSettings(cfg.domain.box(), timedelta(minutes=cfg.timeline.imerg_latency_minutes), cfg.nowcast,
+                            cfg.nowcast.members, cfg.nowcast.seed, tuple(imerg_variables(cfg)),
+                            (*geos.slv_variables, *geos.flx_variables), geos.enabled, dem_cache_dir(cfg))
+
+
+@dataclass(frozen=True)
+class Assembled:
+    bridge: Bridge
+    inputs: tuple  # the model's `Conditioning` at each valid time
+    degraded: tuple[str, ...]  # the nowcast's and GEOS-FP's flags, in the order they arose
+
+
+def assemble(s: AssembleSettings, got: Acquired, cycle_time: datetime, grid: LatLonGrid, read_geosfp: bool) -> Assembled:
+    """The bridge of the cycle at `cycle_time` and each valid time's model inputs, with the DEM and GEOS-FP
+    (read only when `read_geosfp`, see `conditions`)."""
+    from nrt.sources.dem import load_dem
+
+    dem = load_dem(got.dem, grid, s.dem_cache) if got.dem else None
+    made = bridge(got.imerg, cycle_time, domain=s.domain, latency=s.latency, settings=s.nowcast, members=s.members,
+                  seed=s.seed + int(cycle_time.timestamp()) // 1800, variables=list(s.imerg_variables))
+    inputs, flags = conditions(made, grid, dem, got.geosfp, list(s.geosfp_variables), s.geosfp_enabled, read_geosfp)
+    return Assembled(made, tuple(inputs), (*nowcast_flags(made.nowcast_degraded), *flags))

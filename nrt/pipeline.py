@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from nrt import __version__, downscale
-from nrt.acquire import acquire
-from nrt.bridge import bridge, conditions, nowcast_flags
+from nrt import downscale
+from nrt.acquire import acquire, acquire_settings
+from nrt.bridge import assemble, assemble_settings
 from nrt.degradation import Degradation, Fallback, NowcastReason, flag
 from nrt.grids import target_grid
 from nrt.timeline import Clock, isoformat, utc
@@ -87,10 +87,9 @@ def run_cycle(cycle_time: datetime, cfg, catalog, client, models, clock: Clock |
 
 
 def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callable[[str], None]) -> CycleReport:
-    from nrt.model.assemble import dem_cache_dir, imerg_variables
     from nrt.model.conditioning import upsample
-    from nrt.products import check_areas, publish_cycle
-    from nrt.sources.dem import load_dem
+    from nrt.products import check_areas, provenance, publish_cycle, publish_settings
+    from nrt.verify import verify_granules, verify_settings
 
     cycle_time, half_hours = tally.cycle_time, int(tally.cycle_time.timestamp()) // 1800
     grid = target_grid(cfg.domain.box())
@@ -98,56 +97,42 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
 
     tell("ingest")
     with tally.stage("ingest"):
-        got = acquire(cfg, catalog, cycle_time, client, clock)
-        tally.degrade(*got.degraded)
-        dem = load_dem(got.dem, grid, dem_cache_dir(cfg)) if got.dem else None
+        got = acquire(acquire_settings(cfg), catalog, cycle_time, client, clock)
+    tally.degrade(*got.degraded)
 
     tell("nowcast")
     with tally.stage("nowcast"):
-        coarse = bridge(got.imerg, cycle_time, domain=cfg.domain.box(), settings=cfg.nowcast, members=cfg.nowcast.members,
-                        latency=timedelta(minutes=cfg.timeline.imerg_latency_minutes), seed=cfg.nowcast.seed + half_hours,
-                        variables=imerg_variables(cfg))
-        tally.degrade(*nowcast_flags(coarse.nowcast_degraded))
-    inputs, flags = conditions(coarse, grid, dem, got.geosfp, [*cfg.sources.geosfp.slv_variables, *cfg.sources.geosfp.flx_variables],
-                               cfg.sources.geosfp.enabled, models.method == downscale.DIFFUSION and models.diffusion is not None)
-    tally.degrade(*flags)
+        made = assemble(assemble_settings(cfg), got, cycle_time, grid,
+                        read_geosfp=models.method == downscale.DIFFUSION and models.diffusion is not None)
+    tally.degrade(*made.degraded)
+    coarse = made.bridge
 
-    check = downscale.check_inputs(models, inputs, cfg.model.ood_max_z, cfg.model.ood_fallback)
+    check = downscale.check_inputs(models, made.inputs, cfg.model.ood_max_z, cfg.model.ood_fallback)
     if check and check.reason and not check.fallback:
         tally.degrade(check.reason)
     method, fallback = downscale.choose(models, check.reason if check and check.fallback else None)
     if fallback:
         tally.degrade(flag(Degradation.DOWNSCALE_FALLBACK, fallback))
-    tell(f"downscale: {method}, {len(inputs)} valid times")
+    tell(f"downscale: {method}, {len(made.inputs)} valid times")
     with tally.stage("downscale"):
         ensemble = downscale.get_method(method)(
-            inputs, models, members=cfg.model.members, seed=cfg.model.seed + half_hours * 97, options=cfg.model,
+            list(made.inputs), models, members=cfg.model.members, seed=cfg.model.seed + half_hours * 97, options=cfg.model,
             callback=lambda k: tell(f"valid time {isoformat(coarse.valid_times[k].valid)} (lead {coarse.valid_times[k].lead}) done"),
         )
 
-    attrs = {
-        "input_granules": ",".join(p.name for p in got.imerg),
-        "method": method,
-        "checkpoint_sha256": models.diffusion.sha256 if method == downscale.DIFFUSION else models.csgd_sha256,
-        "nowcast_method": coarse.nowcast_method or "none",
-        "software_version": __version__,
-        "degraded": ",".join(tally.degraded) or "none",
-        "input_check": (check.reason or "ok") if check else "not_run",
-        "input_max_abs_z": f"{check.max_z:.2f}" if check else "nan",
-    }
+    checkpoint = models.diffusion.sha256 if method == downscale.DIFFUSION else models.csgd_sha256
+    attrs = provenance([p.name for p in got.imerg], method, checkpoint, coarse.nowcast_method, tally.degraded, check)
     with tally.stage("products"):
         # The verification baseline of each valid time: the model's input (IMERG, or the nowcast member mean) at 0.05°.
         published = publish_cycle(ensemble, [(v.valid, v.lead, upsample(v.coarse.mean(axis=0))) for v in coarse.valid_times],
-                                  cfg=cfg, catalog=catalog, grid=grid, cycle_time=cycle_time,
+                                  settings=publish_settings(cfg), catalog=catalog, grid=grid, cycle_time=cycle_time,
                                   forecast_reference_time=coarse.imerg_start, attrs=attrs)
 
     scores = ()
     if got.dpr:
-        from nrt.verify import verify_granules
-
         tell("verify")
         with tally.stage("verify"):
-            scores = tuple(verify_granules(cfg, catalog, list(got.dpr)))
+            scores = tuple(verify_granules(verify_settings(cfg), catalog, list(got.dpr)))
     log.info("cycle %s done: %d products, nowcast %s, downscale %s, degraded %s, %s", isoformat(cycle_time),
              len(published.products), coarse.nowcast_method, method, tally.degraded or "no",
              ", ".join(f"{k} {v:.1f}s" for k, v in tally.timings.items()))

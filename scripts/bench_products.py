@@ -24,7 +24,7 @@ import xarray as xr
 from nrt import config
 from nrt.store import Catalog
 from nrt.grids import Domain, LatLonGrid, target_grid
-from nrt.products import export_ef5, publish_valid_time, quicklook, read_ensemble, summarize, write_ensemble
+from nrt.products import export_ef5, publish_settings, publish_valid_time, quicklook, read_ensemble, summarize, write_ensemble
 from nrt.products.summary import write_summary
 
 RADAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar" / "bom" / "prcp-c10" / "66" / "2020" / "10" / "31"
@@ -94,7 +94,7 @@ def main() -> None:
         cfg = config.from_dict({"general": {"workdir": str(tmp / "work")}, "products": {"ef5_export": True}}, "<bench>")
         with Catalog.from_config(cfg, migrate=True) as catalog:
             _, report["publish_valid_time_s"] = timed(
-                publish_valid_time, ens, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=valid,
+                publish_valid_time, ens, settings=publish_settings(cfg), catalog=catalog, grid=grid, valid_time=valid, cycle_time=valid,
                 forecast_reference_time=valid - dt.timedelta(hours=4), lead=8, quicklook=True,
             )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in report.items()}, indent=1))

@@ -33,7 +33,7 @@ from nrt.products import product_path, write_ensemble
 from nrt.twin.generate import generate
 from nrt.twin.spec import TwinSpec
 from nrt.twin.writers import read_truth
-from nrt.verify import verify_granules
+from nrt.verify import verify_granules, verify_settings
 from nrt.verify.report import write_report
 
 V = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def main() -> None:
         dpr_files = sorted((tmp / "twin" / "pps" / "radar" / "DprL2").glob("*.RT-H5"))
 
         started = time.perf_counter()
-        results = verify_granules(cfg, catalog, dpr_files)
+        results = verify_granules(verify_settings(cfg), catalog, dpr_files)
         out["verify_seconds"] = round(time.perf_counter() - started, 2)
         out["products_scored"] = sum(len(r.product_ids) for r in results)
         out["swath_cells"] = results[0].cells if results else 0
@@ -94,7 +94,7 @@ def main() -> None:
         out["store_seconds_per_overpass"] = round((time.perf_counter() - started) / max(args.overpasses - 1, 1), 3)
 
         started = time.perf_counter()
-        report = write_report(catalog, V, V + args.overpasses * timedelta(hours=12), tmp / "report", cfg)
+        report = write_report(catalog, V, V + args.overpasses * timedelta(hours=12), tmp / "report", verify_settings(cfg))
         out["report_seconds"] = round(time.perf_counter() - started, 2)
         out["report_overpasses"] = report.overpasses
         out["report_figures"] = len(report.figures)

@@ -44,15 +44,15 @@ def test_geosfp_verdict():
 class Held:
     """A fake granule store: `ingest("imerg", ..., t)` gives the held granules of t's motion window."""
 
-    def __init__(self, starts):
-        self.starts, self.asked = set(starts), []
+    def __init__(self, starts, cfg):
+        self.starts, self.asked, self.cfg = set(starts), [], cfg
 
-    def __call__(self, source, cfg, catalog, t, client, expected=None):
+    def __call__(self, source, settings, catalog, t, client, expected=None):
         assert source == "imerg"
         self.asked.append(t)
-        latency = timedelta(minutes=cfg.timeline.imerg_latency_minutes)
+        latency = timedelta(minutes=self.cfg.timeline.imerg_latency_minutes)
         newest = newest_imerg_start(t, latency)
-        window = [newest - k * HALF_HOUR for k in range(cfg.timeline.motion_granules)]
+        window = [newest - k * HALF_HOUR for k in range(self.cfg.timeline.motion_granules)]
         return IngestResult(files=[Path(imerg.filename(s)) for s in sorted(window) if s in self.starts],
                             missing=[f"{imerg.filename(s)}: not listed" for s in window if s not in self.starts])
 
@@ -64,25 +64,25 @@ def past_cutoff():
 
 
 def test_missing_newest_imerg_moves_the_window_back_and_flags_it(cfg, monkeypatch, past_cutoff):
-    held = Held([S - k * HALF_HOUR for k in range(1, 6)])  # S itself never came
+    held = Held([S - k * HALF_HOUR for k in range(1, 6)], cfg)  # S itself never came
     monkeypatch.setattr(acquire, "ingest", held)
-    files, flags = acquire.acquire_imerg(cfg, None, T, None, past_cutoff)
+    files, flags = acquire.acquire_imerg(acquire.acquire_settings(cfg), None, T, None, past_cutoff)
     assert [imerg.parse_name(p.name).start for p in files] == [S - 3 * HALF_HOUR, S - 2 * HALF_HOUR, S - HALF_HOUR]
     assert flags == ["imerg_missing:2024-06-01T08:30:00Z"]
     assert held.asked == [T, T - HALF_HOUR]
 
 
 def test_complete_imerg_window_is_taken_at_once(cfg, monkeypatch, past_cutoff):
-    held = Held([S - k * HALF_HOUR for k in range(3)])
+    held = Held([S - k * HALF_HOUR for k in range(3)], cfg)
     monkeypatch.setattr(acquire, "ingest", held)
-    files, flags = acquire.acquire_imerg(cfg, None, T, None, past_cutoff)
+    files, flags = acquire.acquire_imerg(acquire.acquire_settings(cfg), None, T, None, past_cutoff)
     assert len(files) == 3 and flags == [] and held.asked == [T]
 
 
 def test_no_imerg_at_all_fails_the_cycle(cfg, monkeypatch, past_cutoff):
-    monkeypatch.setattr(acquire, "ingest", Held([]))
+    monkeypatch.setattr(acquire, "ingest", Held([], cfg))
     with pytest.raises(CycleFailed, match="no IMERG Early granule within 3 half-hours"):
-        acquire.acquire_imerg(cfg, None, T, None, past_cutoff)
+        acquire.acquire_imerg(acquire.acquire_settings(cfg), None, T, None, past_cutoff)
 
 
 def test_late_imerg_is_polled_with_backoff_until_the_cutoff(cfg, monkeypatch):
@@ -95,9 +95,9 @@ def test_late_imerg_is_polled_with_backoff_until_the_cutoff(cfg, monkeypatch):
         def sleep(self, seconds):
             slept.append(seconds)
 
-    held = Held([S - k * HALF_HOUR for k in range(1, 3)])
+    held = Held([S - k * HALF_HOUR for k in range(1, 3)], cfg)
     monkeypatch.setattr(acquire, "ingest", held)
-    acquire.ingest_waiting("imerg", cfg, None, T, None, Waiting())
+    acquire.ingest_waiting("imerg", acquire.acquire_settings(cfg), None, T, None, Waiting())
     cutoff = cfg.service.ingest_cutoff_minutes * 60
     assert sum(slept) == pytest.approx(cutoff) and slept[:2] == [cfg.service.poll_backoff_s, 2 * cfg.service.poll_backoff_s]
     assert len(held.asked) == len(slept) + 1

@@ -488,12 +488,12 @@ def test_probability_panel_leaves_zero_blank_and_marks_no_data():
 def test_plot_command_draws_any_valid_time_and_the_accumulations(tmp_path, cfg, capsys):
     from nrt.store import Catalog
     from nrt.cli import main
-    from nrt.products import publish_valid_time
+    from nrt.products import publish_settings, publish_valid_time
 
     with Catalog.from_config(cfg, migrate=True) as catalog:
         for k in range(2):
             valid = V - (1 - k) * dt.timedelta(minutes=30)
-            publish_valid_time(rain(members=4, seed=k), cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=V,
+            publish_valid_time(rain(members=4, seed=k), settings=publish_settings(cfg), catalog=catalog, grid=GRID, valid_time=valid, cycle_time=V,
                                forecast_reference_time=S, lead=4 - (1 - k), quicklook=False)
     config_file = tmp_path / "nrt.toml"
     config_file.write_text(f'[general]\nworkdir = "{cfg.workdir}"\n')

@@ -17,7 +17,7 @@ from nrt.store import Catalog
 from nrt.cli import main
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
-from nrt.products import best_available, prune, publish_valid_time
+from nrt.products import best_available, prune, publish_settings, publish_valid_time
 from nrt.sources.retention import prune_granules
 from nrt.timeline import HALF_HOUR, floor_halfhour, isoformat
 from nrt.service.queue import JobQueue
@@ -53,7 +53,7 @@ def publish(cfg, catalog, valid: dt.datetime, cycle: dt.datetime, precip: xr.Dat
     start = floor_halfhour(cycle - dt.timedelta(hours=4))
     lead = int((valid - start) / HALF_HOUR)
     return publish_valid_time(
-        precip, cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
+        precip, settings=publish_settings(cfg), catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
         lead=lead, attrs={"checkpoint_sha256": "c0ffee", "nowcast_method": "steps", "input_granules": ["g1", "g2"]},
         quicklook=quicklook,
     )

@@ -14,7 +14,7 @@ import xarray as xr
 from nrt.store import Catalog
 from nrt.grids import LatLonGrid
 from nrt.io import sha256_file
-from nrt.products import publish_valid_time
+from nrt.products import publish_settings, publish_valid_time
 
 UTC = dt.timezone.utc
 GRID = LatLonGrid(0.05, 41.025, -94.475, 10, 12)
@@ -24,7 +24,7 @@ V = dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)
 def publish(cfg, catalog, valid, cycle, value):
     start = cycle - dt.timedelta(hours=4)
     precip = xr.DataArray(np.full((3, *GRID.shape), value, np.float32), dims=("member", "lat", "lon"))
-    return publish_valid_time(precip, cfg=cfg, catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
+    return publish_valid_time(precip, settings=publish_settings(cfg), catalog=catalog, grid=GRID, valid_time=valid, cycle_time=cycle, forecast_reference_time=start,
                               lead=int((valid - start) / dt.timedelta(minutes=30)), quicklook=False)
 
 

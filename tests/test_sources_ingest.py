@@ -20,7 +20,7 @@ from nrt.cli import main
 from nrt.grids import imerg_window, target_grid
 from nrt.io import sha256_file
 from nrt import sources
-from nrt.sources import dem, dpr, geosfp, imerg, ingest, local_path
+from nrt.sources import dem, dpr, geosfp, imerg, ingest, ingest_settings, local_path
 from nrt.sources.http import Client
 
 DPR_V07 = "2A.GPM.DPR.V9-20211125.20140308-S220950-E234217.000144.V07A.HDF5"
@@ -106,14 +106,14 @@ def test_imerg_ingest_downloads_registers_and_skips(setup, mirror, monkeypatch):
     publish_imerg(mirror, cfg, starts[0])
     publish_imerg(mirror, cfg, starts[1], version="V07C")
     publish_imerg(mirror, cfg, starts[1], version="V07B")  # both versions listed: the newer one wins
-    result = ingest("imerg", cfg, catalog, T, client)
+    result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert len(result.files) == 2 and result.bad == []
     assert len(result.missing) == 1 and imerg.filename(starts[2], "V07C") in result.missing[0]
     rows = catalog.granules("imerg", state="downloaded")
     assert [r.version for r in rows] == ["V07B", "V07C"]
     for row in rows:
         assert Path(row.path).is_file() and sha256_file(row.path) == row.sha256 and Path(row.path).stat().st_size == row.size
-        assert Path(row.path) == local_path(cfg, imerg.parse_name(row.name))
+        assert Path(row.path) == local_path(cfg.data_dir, imerg.parse_name(row.name))
     ds = imerg.read_imerg(result.files, cfg.domain.box())
     assert ds.precipitation.shape[0] == 2 and float(ds.precipitation.mean()) == pytest.approx(1.5)
 
@@ -122,20 +122,20 @@ def test_imerg_ingest_downloads_registers_and_skips(setup, mirror, monkeypatch):
     hashed = []
     monkeypatch.setattr(sources, "sha256_file", lambda path: hashed.append(Path(path).name) or sha256_file(path))
     before = mirror.downloads("/imerg/early/")
-    again = ingest("imerg", cfg, catalog, T, client)
+    again = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert sorted(again.files) == sorted(result.files) and mirror.downloads("/imerg/early/") == before
     assert hashed == []
     # ...a file touched since is hashed once, kept as it still matches, and its new time recorded...
     stat = Path(rows[1].path).stat()
     os.utime(rows[1].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert sorted(ingest("imerg", cfg, catalog, T, client).files) == sorted(result.files)
+    assert sorted(ingest("imerg", ingest_settings(cfg), catalog, T, client).files) == sorted(result.files)
     assert hashed == [rows[1].name] and mirror.downloads("/imerg/early/") == before
     assert catalog.get_granule("imerg", rows[1].name).mtime_ns == stat.st_mtime_ns + 10**9
-    ingest("imerg", cfg, catalog, T, client)
+    ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert hashed == [rows[1].name]
     # ...but a local file that no longer matches its checksum is fetched again.
     Path(rows[0].path).write_bytes(b"\x89HDF\r\n\x1a\n damaged")
-    ingest("imerg", cfg, catalog, T, client)
+    ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert mirror.downloads("/imerg/early/") == before + 1
     assert sha256_file(rows[0].path) == rows[0].sha256
 
@@ -145,15 +145,15 @@ def test_bad_granule_is_marked_and_not_retried_forever(setup, mirror):
     start = T.replace(hour=8, minute=0)
     publish_imerg(mirror, cfg, start, corrupt=True)
     name = imerg.filename(start, "V07B")
-    dest = local_path(cfg, imerg.parse_name(name))
+    dest = local_path(cfg.data_dir, imerg.parse_name(name))
     for attempt in range(1, cfg.sources.http.max_bad_attempts + 1):
-        result = ingest("imerg", cfg, catalog, T, client)
+        result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
         assert len(result.bad) == 1 and result.bad[0].startswith(f"{name}: unreadable HDF5")
         row = catalog.get_granule("imerg", name)
         assert (row.state, row.attempts) == ("bad", attempt) and "truncated or corrupt" in row.reason
         assert not dest.exists() and not any(dest.parent.glob(".*"))  # nothing partial where readers look
     downloads = mirror.downloads(name)
-    result = ingest("imerg", cfg, catalog, T, client)
+    result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert mirror.downloads(name) == downloads  # given up
     assert "gave up after 3 attempts" in result.bad[0]
 
@@ -167,7 +167,7 @@ def test_dpr_ingest_takes_listed_swaths_in_the_lookback(setup, mirror, gpm_dir):
     for name in (recent, old):
         shutil.copy(gpm_dir / DPR_V07, folder / name)  # real V07 FS content under NRT names
     (folder / "2A.GPM.DPR.V920211125.not-a-granule.RT-H5").write_bytes(b"x")
-    result = ingest("dpr", cfg, catalog, T, client)
+    result = ingest("dpr", ingest_settings(cfg), catalog, T, client)
     assert [p.name for p in result.files] == [recent] and result.missing == [] and result.bad == []
     swath = dpr.read_dpr(result.files[0])
     assert swath.rate.shape == (10, 10)
@@ -186,7 +186,7 @@ def test_geosfp_ingest_fetches_forecast_files_and_reports_missing(setup, mirror)
         path.parent.mkdir(parents=True, exist_ok=True)
         func = {geosfp.SLV: {"TQV": linear_tqv}, geosfp.FLX: {"PRECTOT": linear_prectot}}[geosfp.collection_of(rf.name)]
         write_file(path, rf.start + timedelta(minutes=30), func)
-    result = ingest("geosfp", cfg, catalog, T, client)
+    result = ingest("geosfp", ingest_settings(cfg), catalog, T, client)
     assert len(result.files) == 3 and result.bad == []
     assert len(result.missing) == 1 and "HTTP 404" in result.missing[0]
     assert {r.state for r in catalog.granules("geosfp")} == {"downloaded", "expected"}
@@ -199,12 +199,12 @@ def test_dem_from_the_server_and_from_a_local_path(setup, mirror, tmp_path):
     source = mirror.root / "dem" / "nrt_twin_dem.nc"
     source.parent.mkdir(parents=True)
     write_etopo(source, -97.0, 40.0, 480, 960, 1 / 120, relief(480, 960))
-    result = ingest("dem", cfg, catalog, T, client)
+    result = ingest("dem", ingest_settings(cfg), catalog, T, client)
     assert [p.name for p in result.files] == ["nrt_twin_dem.nc"] and result.files[0] != source
     local = tmp_path / "etopo_local.nc"
     shutil.copy(source, local)
     cfg.sources.dem.url = str(local)
-    result = ingest("dem", cfg, catalog, T, client)
+    result = ingest("dem", ingest_settings(cfg), catalog, T, client)
     assert result.files == [local]  # registered in place, not copied
     assert catalog.get_granule("dem", "etopo_local.nc").path == str(local)
     ds = dem.load_dem(local, target_grid(cfg.domain.box()))
@@ -214,7 +214,7 @@ def test_dem_from_the_server_and_from_a_local_path(setup, mirror, tmp_path):
 def test_unreachable_listing_counts_as_missing(setup):
     cfg, catalog, client = setup
     cfg.sources.imerg.pps_url = "http://127.0.0.1:9/pps"  # discard port: connection refused
-    result = ingest("imerg", cfg, catalog, T, client)
+    result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert result.files == [] and len(result.missing) == 3
     assert all("listing unavailable" in m for m in result.missing)
 
@@ -242,8 +242,8 @@ def give_up_on(cfg, catalog, client, mirror, start) -> str:
     publish_imerg(mirror, cfg, start, corrupt=True)
     name = imerg.filename(start, "V07B")
     for _ in range(cfg.sources.http.max_bad_attempts):
-        ingest("imerg", cfg, catalog, T, client)
-    assert "gave up" in ingest("imerg", cfg, catalog, T, client).bad[0]
+        ingest("imerg", ingest_settings(cfg), catalog, T, client)
+    assert "gave up" in ingest("imerg", ingest_settings(cfg), catalog, T, client).bad[0]
     return name
 
 
@@ -260,7 +260,7 @@ def test_a_refused_granule_is_fetched_again_when_the_server_replaces_it(setup, m
     name = give_up_on(cfg, catalog, client, mirror, start)
     downloads = mirror.downloads(name)
     good_copy(mirror, cfg, start)
-    result = ingest("imerg", cfg, catalog, T, client)
+    result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert mirror.downloads(name) == downloads + 1 and result.bad == []
     assert catalog.get_granule("imerg", name).state == "downloaded"
 
@@ -276,7 +276,7 @@ def test_a_bad_mark_expires_after_bad_retry_hours(setup, mirror):
     assert row.retry_after is not None and row.remote_tag.startswith("size=")
     time.sleep(0.6)
     downloads = mirror.downloads(name)
-    assert "gave up" not in " ".join(ingest("imerg", cfg, catalog, T, client).bad)  # tried, and refused again
+    assert "gave up" not in " ".join(ingest("imerg", ingest_settings(cfg), catalog, T, client).bad)  # tried, and refused again
     assert mirror.downloads(name) == downloads + 1
     assert catalog.get_granule("imerg", name).retry_after > row.retry_after  # and the next back-off started
 
@@ -304,7 +304,7 @@ def test_downloads_left_when_the_ingest_deadline_passes_are_reported_missing(set
     for k in range(3):
         publish_imerg(mirror, cfg, T.replace(hour=7, minute=0) + k * timedelta(minutes=30))
     cfg.sources.http.ingest_deadline_s = 1e-6
-    result = ingest("imerg", cfg, catalog, T, client)
+    result = ingest("imerg", ingest_settings(cfg), catalog, T, client)
     assert result.files == [] and len(result.missing) == 3
     assert all("ingest deadline of 1e-06 s reached" in line for line in result.missing)
 

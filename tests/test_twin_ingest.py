@@ -12,7 +12,7 @@ import pytest
 
 from nrt.store import Catalog
 from nrt.grids import imerg_window, target_grid
-from nrt.sources import dem, dpr, geosfp, imerg, ingest
+from nrt.sources import dem, dpr, geosfp, imerg, ingest, ingest_settings
 from nrt.sources.http import Client
 from nrt.twin import naming
 from nrt.twin.server import serve_in_thread
@@ -101,7 +101,7 @@ def test_ingest_fetches_every_source_through_the_mirror(tree, mirror, cfg):
     catalog = Catalog.open(cfg.database_url, migrate=True)
     try:
         with Client.from_config(cfg) as client:
-            results = {source: ingest(source, cfg, catalog, T, client) for source in ("imerg", "dpr", "geosfp", "dem")}
+            results = {source: ingest(source, ingest_settings(cfg), catalog, T, client) for source in ("imerg", "dpr", "geosfp", "dem")}
     finally:
         catalog.close()
     for source, result in results.items():

@@ -15,10 +15,10 @@ from nrt.store import Catalog
 from nrt.grids import target_grid
 from nrt.io import sha256_file
 from nrt.model.conditioning import upsample
-from nrt.products import product_path, publish_valid_time, write_ensemble
+from nrt.products import product_path, publish_settings, publish_valid_time, write_ensemble
 from nrt.service.metrics import Metrics
 from nrt.twin.writers import read_truth
-from nrt.verify import crps_ensemble, pool, score_overpass, score_sets, verify_granules
+from nrt.verify import crps_ensemble, pool, score_overpass, score_sets, verify_granules, verify_settings
 from nrt.verify.online import gridded_truth, read_product
 from nrt.verify.scores import crpss, rank_histogram
 
@@ -266,13 +266,13 @@ def test_swath_scores_agree_with_full_truth_scores_on_the_same_cells(cfg, world)
     # Through the pipeline's own publishing path, so the stored baseline variable is exercised too.
     reference = V - 2 * timedelta(minutes=30)
     published = publish_valid_time(
-        xr.DataArray(calibrated(truth, rng), dims=("member", "lat", "lon")), cfg=cfg, catalog=catalog, grid=grid,
+        xr.DataArray(calibrated(truth, rng), dims=("member", "lat", "lon")), settings=publish_settings(cfg), catalog=catalog, grid=grid,
         valid_time=V, cycle_time=reference + timedelta(hours=4), forecast_reference_time=reference, lead=2,
         quicklook=False, input_precipitation=baseline,
     )
     product_id = published.products[0].id
 
-    results = verify_granules(cfg, catalog, world["dpr"])
+    results = verify_granules(verify_settings(cfg), catalog, world["dpr"])
     assert [r.valid_time for r in results] == [V] and results[0].product_ids == [product_id]
 
     dpr_truth, mask = gridded_truth(world["dpr"], V, grid, cfg.sources.dpr.footprint_km)
@@ -301,7 +301,7 @@ def test_zero_residual_product_scores_worse_against_dpr(cfg, world):
     broken = np.repeat(ens.mean(axis=0, keepdims=True), ens.shape[0], axis=0)
     good_id = add_product(cfg, catalog, grid, ens, None, lead=1)
     bad_id = add_product(cfg, catalog, grid, broken, None, lead=3)
-    verify_granules(cfg, catalog, world["dpr"])
+    verify_granules(verify_settings(cfg), catalog, world["dpr"])
     good, bad = stored(catalog, good_id), stored(catalog, bad_id)
     assert bad[("crps", None)] > 1.1 * good[("crps", None)]
     assert abs(bad[("spread_skill", None)] - 1) > abs(good[("spread_skill", None)] - 1) + 0.5
@@ -335,14 +335,14 @@ def test_each_product_is_scored_once_and_each_overpass_counted_once(cfg, world):
     rng = np.random.default_rng(8)
     metrics = Metrics()
     first = add_product(cfg, catalog, grid, calibrated(truth, rng), upsample(coarsen(truth)), lead=4)
-    results = verify_granules(cfg, catalog, world["dpr"])
+    results = verify_granules(verify_settings(cfg), catalog, world["dpr"])
     assert len(results) == 1 and results[0].new_overpass and results[0].product_ids == [first]
     metrics.record_scores(results[0].gauge_rows, new_overpass=results[0].new_overpass)  # as record_cycle does
-    assert verify_granules(cfg, catalog, world["dpr"]) == []  # nothing new: nothing rescored
+    assert verify_granules(verify_settings(cfg), catalog, world["dpr"]) == []  # nothing new: nothing rescored
 
     # A later cycle brings a smaller lead for the same half-hour: only it is scored, and the overpass is not new.
     second = add_product(cfg, catalog, grid, calibrated(truth, rng), upsample(coarsen(truth)), lead=0)
-    results = verify_granules(cfg, catalog, world["dpr"])
+    results = verify_granules(verify_settings(cfg), catalog, world["dpr"])
     assert results[0].product_ids == [second] and not results[0].new_overpass
     metrics.record_scores(results[0].gauge_rows, new_overpass=results[0].new_overpass)  # as record_cycle does
     text = generate_latest(metrics.registry).decode()
@@ -359,7 +359,7 @@ def test_each_product_is_scored_once_and_each_overpass_counted_once(cfg, world):
         assert gauge == pytest.approx(1 - crps / theirs, rel=1e-9)
 
     csgd_crps = stored(catalog, second, "csgd")[("crps", None)]
-    forced = verify_granules(cfg, catalog, world["dpr"], force=True)
+    forced = verify_granules(verify_settings(cfg), catalog, world["dpr"], force=True)
     assert sorted(forced[0].product_ids) == sorted([first, second])
     rows = catalog.scores(product_id=second, truth_source="dpr", metric="crps", model="nrt")
     assert len(rows) == 1 and rows[0].lead == 0 and rows[0].value == pytest.approx(crps)
@@ -377,9 +377,9 @@ def test_unreadable_inputs_are_skipped_without_stopping_the_cycle(cfg, world, tm
     corrupt = tmp_path / world["dpr"][0].name.replace("S120257", "S120258")
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
 
-    assert verify_granules(cfg, catalog, [wrong_name, corrupt]) == []
+    assert verify_granules(verify_settings(cfg), catalog, [wrong_name, corrupt]) == []
     assert "not_a_dpr_file.h5" in caplog.text and "verification of 2024-06-01T12:00:00Z failed" in caplog.text
-    results = verify_granules(cfg, catalog, world["dpr"])
+    results = verify_granules(verify_settings(cfg), catalog, world["dpr"])
     assert results[0].product_ids == [good]
     assert f"product {gone}" in caplog.text and "no file" in caplog.text
 
@@ -389,7 +389,7 @@ def test_no_scores_without_enough_swath_cells(cfg, world):
     product = add_product(cfg, catalog, grid, calibrated(truth, np.random.default_rng(11)), None, lead=1)
     strict = cfg.model_copy(deep=True)
     strict.verify.min_swath_cells = grid.shape[0] * grid.shape[1]
-    assert verify_granules(strict, catalog, world["dpr"]) == []
+    assert verify_granules(verify_settings(strict), catalog, world["dpr"]) == []
     assert catalog.scores(product_id=product) == []
 
 

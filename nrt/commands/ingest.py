@@ -36,10 +36,11 @@ def register(sub) -> None:
 
 def run_ingest(args, cfg) -> int:
     from nrt.store import Catalog
-    from nrt.sources import SOURCE_NAMES, ingest
+    from nrt.sources import SOURCE_NAMES, ingest, ingest_settings
     from nrt.sources.http import Client
 
     sources = args.source or list(SOURCE_NAMES)
+    settings = ingest_settings(cfg)
     any_bad = any_error = False
     with Catalog.from_config(cfg) as catalog, Client.from_config(cfg) as client:
         for source in dict.fromkeys(sources):
@@ -47,7 +48,7 @@ def run_ingest(args, cfg) -> int:
                 cleared = catalog.clear_bad(source)
                 if cleared:
                     print(f"{source}: cleared {cleared} bad mark(s)", file=sys.stderr)
-            result = ingest(source, cfg, catalog, args.time, client)
+            result = ingest(source, settings, catalog, args.time, client)
             any_bad |= bool(result.bad)
             any_error |= bool(result.errors)
             print(json.dumps({"source": source, "time": isoformat(args.time), **result.as_dict()}), flush=True)

@@ -29,7 +29,7 @@ def register(sub) -> None:
 def run_verify(args, cfg) -> int:
     from nrt.service import open_catalog
     from nrt.timeline import isoformat
-    from nrt.verify import verify_granules
+    from nrt.verify import verify_granules, verify_settings
     from nrt.verify.online import GRANULE_REACH
     from nrt.verify.report import write_report
 
@@ -38,10 +38,10 @@ def run_verify(args, cfg) -> int:
     try:
         if args.score:
             granules = catalog.granules(source="dpr", start=start - GRANULE_REACH, end=end + timedelta(minutes=30), state="downloaded")
-            scored = verify_granules(cfg, catalog, [g.path for g in granules if g.path and g.end_time > start],
+            scored = verify_granules(verify_settings(cfg), catalog, [g.path for g in granules if g.path and g.end_time > start],
                                      force=args.force)
             print(f"scored {sum(len(s.product_ids) for s in scored)} product(s) in {len(scored)} half-hour(s) with DPR")
-        report = write_report(catalog, start, end, args.out, cfg)
+        report = write_report(catalog, start, end, args.out, verify_settings(cfg))
     finally:
         catalog.close()
     if not report.products:

@@ -8,7 +8,7 @@
 - `quicklook`: maps with borders and alert areas: the PNG per cycle (`quicklook`) and single maps (`plot_map`);
 - `alerts`: exceedance over operator areas (`alert_states`);
 - `publish`: one valid time (and a cycle's valid times) end to end, best-available lookup and `latest.json`
-  (`publish_valid_time`, `publish_cycle`, `best_available`, `update_latest`, `export_best_ef5`);
+  (`publish_settings`, `publish_valid_time`, `publish_cycle`, `best_available`, `update_latest`, `export_best_ef5`);
 - `stac`: the STAC catalog beside the products (`update_stac`);
 - `mapserver`: the live map page behind `nrt serve` (`MapData`, `make_server`);
 - `dataset`: best available per valid time as one dataset (`open_best`);
@@ -18,14 +18,16 @@
 
 from nrt.products.alerts import AlertState, alert_states, check_areas
 from nrt.products.ef5 import control_block, export_ef5
-from nrt.products.netcdf import ENSEMBLE, QUICKLOOK, SUMMARY, product_path, read_ensemble, write_ensemble
+from nrt.products.netcdf import ENSEMBLE, QUICKLOOK, SUMMARY, product_path, provenance, read_ensemble, write_ensemble
 from nrt.products.publish import (
     Published,
     ProductRecord,
     best_available,
+    PublishSettings,
     ef5_directory,
     export_best_ef5,
     publish_cycle,
+    publish_settings,
     publish_valid_time,
     update_latest,
 )
@@ -37,8 +39,9 @@ __all__ = [
     "ENSEMBLE", "QUICKLOOK", "SUMMARY",
     "AlertState", "alert_states", "check_areas",
     "control_block", "export_ef5",
-    "product_path", "read_ensemble", "write_ensemble",
-    "Published", "ProductRecord", "best_available", "ef5_directory", "export_best_ef5", "publish_cycle", "publish_valid_time", "update_latest",
+    "product_path", "provenance", "read_ensemble", "write_ensemble",
+    "Published", "ProductRecord", "PublishSettings", "best_available", "ef5_directory", "export_best_ef5", "publish_cycle",
+    "publish_settings", "publish_valid_time", "update_latest",
     "quicklook",
     "PruneReport", "prune",
     "ProductStats", "accumulations", "best_mean_fields", "summarize", "write_summary",

@@ -19,7 +19,7 @@ leaves at most a hidden `.name.part-*` file.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,22 @@ def crs_attrs() -> dict:
     from pyproj import CRS
 
     return CRS.from_epsg(4326).to_cf()
+
+
+def provenance(input_granules: Sequence[str], method: str, checkpoint_sha256: str, nowcast_method: str | None,
+               degraded: Sequence[str], check) -> dict:
+    """The provenance attributes of a cycle's products (see `global_attrs`); `check` is the downscaling's
+    input check (`nrt.downscale.InputVerdict`), None when it did not run."""
+    return {
+        "input_granules": ",".join(input_granules),
+        "method": method,
+        "checkpoint_sha256": checkpoint_sha256,
+        "nowcast_method": nowcast_method or "none",
+        "software_version": nrt.__version__,
+        "degraded": ",".join(degraded) or "none",
+        "input_check": (check.reason or "ok") if check else "not_run",
+        "input_max_abs_z": f"{check.max_z:.2f}" if check else "nan",
+    }
 
 
 def global_attrs(title: str, attrs: Mapping | None, created: dt.datetime | None = None) -> dict:

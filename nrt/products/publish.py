@@ -91,7 +91,7 @@ class ImplausibleProduct(NrtError):
 def check_plausible(members: np.ndarray, limits, valid_time: dt.datetime, cycle_time: dt.datetime) -> None:
     """Raise `ImplausibleProduct` unless the (member, ..., lat, lon) rates look like rain.
 
-    `limits` is `cfg.products` (`min_valid_fraction`, `max_rate_mmh`).
+    `limits` has `min_valid_fraction` and `max_rate_mmh` (`PublishSettings`, or the `products` config section).
     """
     values = np.asarray(members, dtype=np.float32).reshape(members.shape[0], -1)
     finite = np.isfinite(values)
@@ -221,6 +221,39 @@ def ef5_directory(cfg) -> Path:
     return cfg.products.ef5_directory or cfg.product_dir / "ef5"
 
 
+@dataclass(frozen=True)
+class PublishSettings:
+    """What publishing uses, taken from the config once by `publish_settings(cfg)` (keys of `products`
+    unless noted)."""
+
+    product_dir: Path
+    min_valid_fraction: float  # `check_plausible`'s limits
+    max_rate_mmh: float
+    thresholds_mmh: tuple[float, ...]
+    accumulation_hours: tuple[int, ...]
+    quantize: bool
+    deflate_level: int
+    quicklook: bool
+    quicklook_threshold_mmh: float
+    quicklook_member: int
+    basins: tuple
+    areas: tuple  # `alerts.areas`: drawn on the quicklook, and the alert states of a cycle
+    ef5_export: bool
+    ef5_dir: Path
+    ef5_stamp: str
+    ef5_nodata: float
+    latest_hours: float
+
+
+def publish_settings(cfg) -> PublishSettings:
+    pc = cfg.products
+    return PublishSettings(
+        cfg.product_dir, pc.min_valid_fraction, pc.max_rate_mmh, tuple(pc.thresholds_mmh), tuple(pc.accumulation_hours),
+        pc.quantize, pc.deflate_level, pc.quicklook, pc.quicklook_threshold_mmh, pc.quicklook_member, tuple(pc.basins),
+        tuple(cfg.alerts.areas), pc.ef5_export, ef5_directory(cfg), pc.ef5_stamp, pc.ef5_nodata, pc.latest_hours,
+    )
+
+
 def export_best_ef5(catalog, valid_time: dt.datetime, out_dir: Path, *, stamp: str = "end", nodata: float = -9999.0) -> list[Path]:
     """Export the best-available ensemble of `valid_time` for EF5; [] when there is none."""
     row = best_available(catalog, valid_time, ENSEMBLE)
@@ -232,7 +265,7 @@ def export_best_ef5(catalog, valid_time: dt.datetime, out_dir: Path, *, stamp: s
 def publish_valid_time(
     precip: xr.DataArray,
     *,
-    cfg,
+    settings: PublishSettings,
     catalog,
     grid: LatLonGrid,
     valid_time: dt.datetime,
@@ -254,7 +287,7 @@ def publish_valid_time(
     `netcdf.global_attrs`), its `checkpoint_sha256` also goes to the catalog. `input_precipitation` (lat, lon)
     is the upsampled model input stored beside the members as the verification baseline.
     """
-    pc = cfg.products
+    pc = settings
     valid, cycle = utc(valid_time), utc(cycle_time)
     check_plausible(np.asarray(precip.values), pc, valid, cycle)
     meta = {**(attrs or {}), "cycle_time": cycle}
@@ -265,7 +298,7 @@ def publish_valid_time(
     where = dict(valid_time=valid, cycle_time=cycle, lead=lead, members=members, checkpoint=checkpoint)
     records = []
 
-    ens_path = product_path(cfg.product_dir, ENSEMBLE, valid, cycle)
+    ens_path = product_path(pc.product_dir, ENSEMBLE, valid, cycle)
     with placed(catalog, ens_path) as staged:
         write_dataset(staged, ds, data_vars(ds), deflate_level=pc.deflate_level, quantize=pc.quantize,
                       chunks={"member": 1, "time": 1})
@@ -273,7 +306,7 @@ def publish_valid_time(
 
     values = ds[PRECIP_VAR].values[:, 0]
     stats = summarize(values, pc.thresholds_mmh)
-    sum_path = product_path(cfg.product_dir, SUMMARY, valid, cycle)
+    sum_path = product_path(pc.product_dir, SUMMARY, valid, cycle)
     with placed(catalog, sum_path) as staged:
         write_summary(
             staged, stats, grid=grid, valid_time=valid, forecast_reference_time=forecast_reference_time,
@@ -281,7 +314,7 @@ def publish_valid_time(
         )
     records.append(register_file(catalog, SUMMARY, sum_path, **where))
     accum_paths = write_accumulations(
-        cfg.product_dir, best_mean_fields(catalog, valid, max(pc.accumulation_hours), stats["mean"]), pc.accumulation_hours,
+        pc.product_dir, best_mean_fields(catalog, valid, max(pc.accumulation_hours), stats["mean"]), pc.accumulation_hours,
         grid=grid, valid_time=valid, cycle_time=cycle, forecast_reference_time=forecast_reference_time,
         attrs={**meta, "lead_half_hours": int(lead)}, quantize=pc.quantize, deflate_level=pc.deflate_level,
         place=lambda path: placed(catalog, path),
@@ -291,11 +324,11 @@ def publish_valid_time(
     if quicklook is None:
         quicklook = pc.quicklook and valid == floor_halfhour(cycle)
     if quicklook:
-        ql_path = product_path(cfg.product_dir, QUICKLOOK, valid, cycle)
+        ql_path = product_path(pc.product_dir, QUICKLOOK, valid, cycle)
         with placed(catalog, ql_path) as staged:
             draw_quicklook(
                 ds[PRECIP_VAR], staged, threshold=pc.quicklook_threshold_mmh, member=min(pc.quicklook_member, members - 1),
-                title=quicklook_title(valid, cycle, lead, members), areas=cfg.alerts.areas, basins=pc.basins,
+                title=quicklook_title(valid, cycle, lead, members), areas=pc.areas, basins=pc.basins,
             )
         records.append(register_file(catalog, QUICKLOOK, ql_path, **where))
 
@@ -304,11 +337,11 @@ def publish_valid_time(
     ef5 = []
     if pc.ef5_export and is_best:
         # As `nrt export ef5` does (nodata filled from older cycles, the rest logged), so both give identical GeoTIFFs.
-        ef5 = export_range(catalog, valid, valid, ef5_directory(cfg), stamp=pc.ef5_stamp, nodata=pc.ef5_nodata, gaps_file=False).written
-    with writing(cfg.product_dir / "latest.json"):
-        update_latest(catalog, cfg.product_dir, pc.latest_hours)
-    with writing(cfg.product_dir / STAC_DIR):  # a disk filling up here once gave a bare "[Errno 28]" (the soak)
-        update_stac(catalog, cfg.product_dir, pc.latest_hours)
+        ef5 = export_range(catalog, valid, valid, pc.ef5_dir, stamp=pc.ef5_stamp, nodata=pc.ef5_nodata, gaps_file=False).written
+    with writing(pc.product_dir / "latest.json"):
+        update_latest(catalog, pc.product_dir, pc.latest_hours)
+    with writing(pc.product_dir / STAC_DIR):  # a disk filling up here once gave a bare "[Errno 28]" (the soak)
+        update_stac(catalog, pc.product_dir, pc.latest_hours)
     result = Published(records, product_stats(stats, pc.thresholds_mmh), is_best, ef5)
     log.info(
         "published %s cycle %s lead %d: %d files, mean %.3f mm/h%s",
@@ -326,7 +359,7 @@ class PublishedCycle:
 
 
 def publish_cycle(
-    ensemble: np.ndarray, valid_times: list[tuple[dt.datetime, int, np.ndarray]], *, cfg, catalog, grid: LatLonGrid,
+    ensemble: np.ndarray, valid_times: list[tuple[dt.datetime, int, np.ndarray]], *, settings: PublishSettings, catalog, grid: LatLonGrid,
     cycle_time: dt.datetime, forecast_reference_time: dt.datetime, attrs: Mapping,
 ) -> PublishedCycle:
     """`publish_valid_time` for each (valid time, lead, input precipitation) of a cycle, oldest first, with the
@@ -335,12 +368,12 @@ def publish_cycle(
     for k, (valid, lead, input_precipitation) in enumerate(valid_times):
         members = xr.DataArray(ensemble[:, k : k + 1], dims=("member", "time", "lat", "lon"))
         published = publish_valid_time(
-            members, cfg=cfg, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
+            members, settings=settings, catalog=catalog, grid=grid, valid_time=valid, cycle_time=cycle_time,
             forecast_reference_time=forecast_reference_time, lead=lead, attrs=attrs, input_precipitation=input_precipitation,
         )
         products.extend(published.products)
         if k == len(valid_times) - 1:
-            alerts = alert_states(members, grid, cfg.alerts.areas)
+            alerts = alert_states(members, grid, settings.areas)
             for alert in alerts:
                 if alert.active:
                     log.warning("ALERT %s: P(rain > %g mm/h) = %.2f >= %.2f at %s",

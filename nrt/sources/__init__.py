@@ -23,10 +23,12 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -112,6 +114,14 @@ def field_stats(values: np.ndarray, valid: np.ndarray) -> dict:
     return {k: (significant(v) if isinstance(v, float) else v) for k, v in stats.items()}
 
 
+def identity(source: str, version: str, rf: RemoteFile, values: np.ndarray, stats: dict, field: str, path: Path,
+             **extra) -> dict:
+    """What `nrt inspect` prints for a granule: its source, version and times, the main field's shape and
+    statistics (`field_stats`), the source's own keys (`extra`) and the path."""
+    return {"source": source, "version": version, "start": time_text(rf.start), "end": time_text(rf.end),
+            "shape": list(values.shape), **stats, "field": field, **extra, "path": str(path)}
+
+
 def significant(value: float, digits: int = 7) -> float:
     """`value` to `digits` significant digits (float32 precision), for compact JSON at any magnitude."""
     return float(f"{value:.{digits}g}") if math.isfinite(value) else value
@@ -121,9 +131,30 @@ def time_text(t: datetime | None) -> str | None:
     return None if t is None else isoformat(t)
 
 
-def local_path(cfg, rf: RemoteFile) -> Path:
-    """Where a downloaded file lives: <workdir>/data/<source>/<server folder>/<name>."""
-    return cfg.data_dir / rf.source / rf.relative_path
+def local_path(data_dir: Path, rf: RemoteFile) -> Path:
+    """Where a downloaded file lives: <data_dir>/<source>/<server folder>/<name>."""
+    return Path(data_dir) / rf.source / rf.relative_path
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What `ingest` uses, taken from the config once by `ingest_settings(cfg)`."""
+
+    data_dir: Path
+    sources: Mapping[str, Any]  # each enabled source -> its module's `Settings`
+    max_concurrency: int
+    download_deadline_s: float
+    ingest_deadline_s: float
+    max_bad_attempts: int
+    bad_retry: timedelta
+
+
+def ingest_settings(cfg) -> IngestSettings:
+    http = cfg.sources.http
+    enabled = [name for name in SOURCE_NAMES if getattr(getattr(cfg.sources, name), "enabled", True)]
+    return IngestSettings(cfg.data_dir, MappingProxyType({name: module(name).settings(cfg) for name in enabled}),
+                          http.max_concurrency, http.download_deadline_s, http.ingest_deadline_s, http.max_bad_attempts,
+                          timedelta(hours=http.bad_retry_hours))
 
 
 def _is_remote(url: str) -> bool:
@@ -186,12 +217,13 @@ def _already_held(row, catalog) -> bool:
     return True
 
 
-def _fetch(mod: ModuleType, s, cfg, rf: RemoteFile, client, reading: threading.Lock, stage_deadline: float) -> Path:
+def _fetch(mod: ModuleType, s, settings: IngestSettings, rf: RemoteFile, client, reading: threading.Lock,
+           stage_deadline: float) -> Path:
     url = mod.remote_url(s, rf)
     # The download's own clock starts when a slot frees up; the source's deadline caps it either way.
-    deadline = min(stage_deadline, time.monotonic() + cfg.sources.http.download_deadline_s)
+    deadline = min(stage_deadline, time.monotonic() + settings.download_deadline_s)
     if time.monotonic() >= deadline:
-        raise FetchError(url, f"not started: ingest deadline of {cfg.sources.http.ingest_deadline_s:g} s reached")
+        raise FetchError(url, f"not started: ingest deadline of {settings.ingest_deadline_s:g} s reached")
 
     def check(path: Path) -> None:
         with reading:  # netCDF-C is not thread-safe; validation is short next to the transfer
@@ -203,7 +235,7 @@ def _fetch(mod: ModuleType, s, cfg, rf: RemoteFile, client, reading: threading.L
             raise FetchError(url, "no such local file")
         check(path)
         return path
-    return client.download(url, local_path(cfg, rf), validate=check, deadline=deadline)
+    return client.download(url, local_path(settings.data_dir, rf), validate=check, deadline=deadline)
 
 
 def _still_refused(mod: ModuleType, s, rf: RemoteFile, held, client) -> bool:
@@ -221,24 +253,24 @@ def _still_refused(mod: ModuleType, s, rf: RemoteFile, held, client) -> bool:
     return True
 
 
-def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[RemoteFile] | None = None) -> IngestResult:
+def ingest(source: str, settings: IngestSettings, catalog, t: datetime, client,
+           expected: list[RemoteFile] | None = None) -> IngestResult:
     """Fetch and register every file of `source` that should exist by `t` for that time (or the `expected` ones)."""
     mod = module(source)
     t = utc(t)
-    if not getattr(getattr(cfg.sources, source), "enabled", True):
+    if source not in settings.sources:
         return IngestResult()
+    s = settings.sources[source]
     try:
-        s = mod.settings(cfg)
         wanted, missing = resolve(mod, s, t, client, expected)
     except ListingFailed as failed:
         errors = [] if not_published(failed.error) else [str(failed.error)]
         return IngestResult(missing=failed.missing, errors=errors)
     result = IngestResult(missing=list(missing))
-    http = cfg.sources.http
     todo: list[RemoteFile] = []
     for rf in wanted:
         held = catalog.get_granule(rf.source, rf.name)
-        if held is not None and held.state == "bad" and held.attempts >= http.max_bad_attempts and _still_refused(mod, s, rf, held, client):
+        if held is not None and held.state == "bad" and held.attempts >= settings.max_bad_attempts and _still_refused(mod, s, rf, held, client):
             until = f", refused until {isoformat(held.retry_after)}" if held.retry_after else ""
             result.bad.append(f"{rf.name}: {held.reason} (gave up after {held.attempts} attempts{until})")
         elif _already_held(held, catalog):
@@ -247,11 +279,11 @@ def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[Remote
             catalog.expect_granule(rf.source, rf.name, rf.version, rf.start, rf.end)
             todo.append(rf)
 
-    workers = max(1, min(http.max_concurrency, len(todo)))
+    workers = max(1, min(settings.max_concurrency, len(todo)))
     reading = threading.Lock()
-    stage_deadline = time.monotonic() + http.ingest_deadline_s
+    stage_deadline = time.monotonic() + settings.ingest_deadline_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{source}") as pool:
-        futures = [(rf, pool.submit(_fetch, mod, s, cfg, rf, client, reading, stage_deadline)) for rf in todo]
+        futures = [(rf, pool.submit(_fetch, mod, s, settings, rf, client, reading, stage_deadline)) for rf in todo]
         # Catalog writes stay on this thread; the pool only moves bytes.
         for rf, future in futures:
             try:
@@ -259,7 +291,7 @@ def ingest(source: str, cfg, catalog, t: datetime, client, expected: list[Remote
             except DataError as exc:
                 log.warning("bad %s granule %s: %s", source, rf.name, exc.reason)
                 catalog.mark_bad(rf.source, rf.name, exc.reason, remote_tag=getattr(exc, "remote_tag", None),
-                                 retry_after=datetime.now(timezone.utc) + timedelta(hours=http.bad_retry_hours))
+                                 retry_after=datetime.now(timezone.utc) + settings.bad_retry)
                 result.bad.append(f"{rf.name}: {exc.reason}")
                 continue
             except FetchError as exc:

@@ -25,29 +25,36 @@ class FilePattern:
 
     Fields are strings matching the regex given for them, zero-padded integers (`{minutes:04d}`) or
     datetimes in strftime directives (`{start:%Y%m%d}`); a datetime may be spread over several fields of the
-    same name (`{start:%Y%m%d}-S{start:%H%M%S}`), which parse back into one value.
+    same name (`{start:%Y%m%d}-S{start:%H%M%S}`), which parse back into one value. A part in square brackets
+    is optional (`[.{orbit:06d}]`): it parses to None-valued fields when absent and is left out of a name
+    composed with any of its fields None. `fullmatch` groups carry the field names (the first occurrence).
     """
 
     def __init__(self, template: str, **fields: str):
         self.template = template
+        self._sections = [(text, optional) for text, optional in _sections(template) if text]
+        self._specs: list[tuple[str, str]] = []
         parts, seen = [], {}
-        for literal, name, spec, _conversion in string.Formatter().parse(template):
-            parts.append(re.escape(literal))
-            if name is None:
-                continue
-            count = seen[name] = seen.get(name, 0) + 1
-            group = f"{name}__{count}"
-            if spec and "%" in spec:
-                body = re.sub("|".join(map(re.escape, _DIRECTIVES)), lambda m: _DIRECTIVES[m.group(0)], re.escape(spec))
-            elif spec and _INT_SPEC.fullmatch(spec):
-                body = rf"\d{{{_INT_SPEC.fullmatch(spec).group(1)}}}"
-            elif name in fields:
-                body = fields[name]
-            else:
-                raise ValueError(f"file pattern field {name!r} needs a regex, an integer or a strftime spec")
-            parts.append(f"(?P<{group}>{body})")
+        for text, optional in self._sections:
+            section = []
+            for literal, name, spec, _conversion in string.Formatter().parse(text):
+                section.append(re.escape(literal))
+                if name is None:
+                    continue
+                count = seen[name] = seen.get(name, 0) + 1
+                self._specs.append((name, spec))
+                group = name if count == 1 else f"{name}__{count}"
+                if spec and "%" in spec:
+                    body = re.sub("|".join(map(re.escape, _DIRECTIVES)), lambda m: _DIRECTIVES[m.group(0)], re.escape(spec))
+                elif spec and _INT_SPEC.fullmatch(spec):
+                    body = rf"\d{{{_INT_SPEC.fullmatch(spec).group(1)}}}"
+                elif name in fields:
+                    body = fields[name]
+                else:
+                    raise ValueError(f"file pattern field {name!r} needs a regex, an integer or a strftime spec")
+                section.append(f"(?P<{group}>{body})")
+            parts.append(f"(?:{''.join(section)})?" if optional else "".join(section))
         self.regex = re.compile("".join(parts))
-        self._specs = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
 
     def fullmatch(self, name: str) -> re.Match | None:
         """The regex match of a whole name (what listing parsers filter by)."""
@@ -58,15 +65,17 @@ class FilePattern:
         match = self.regex.fullmatch(name)
         if match is None:
             return None
-        texts: dict[str, list[tuple[str, str]]] = {}
+        texts: dict[str, list[tuple[str, str | None]]] = {}
         seen: dict[str, int] = {}
         for field, spec in self._specs:
-            seen[field] = seen.get(field, 0) + 1
-            texts.setdefault(field, []).append((spec, match[f"{field}__{seen[field]}"]))
+            count = seen[field] = seen.get(field, 0) + 1
+            texts.setdefault(field, []).append((spec, match[field if count == 1 else f"{field}__{count}"]))
         values = {}
         for field, pieces in texts.items():
             spec, text = pieces[0]
-            if spec and "%" in spec:
+            if any(t is None for _, t in pieces):
+                values[field] = None  # in an optional part that is absent
+            elif spec and "%" in spec:
                 try:
                     values[field] = datetime.strptime("".join(t for _, t in pieces), "".join(s for s, _ in pieces))
                 except ValueError:
@@ -78,7 +87,16 @@ class FilePattern:
         return values
 
     def compose(self, **values: Any) -> str:
-        return self.template.format(**values)
+        return "".join(
+            text.format(**values) for text, optional in self._sections
+            if not (optional and any(values.get(name) is None for _, name, _, _ in string.Formatter().parse(text) if name))
+        )
+
+
+def _sections(template: str) -> list[tuple[str, bool]]:
+    """`a[b]c` -> [("a", False), ("b", True), ("c", False)]."""
+    pieces = re.split(r"\[([^\[\]]*)\]", template)
+    return [(text, i % 2 == 1) for i, text in enumerate(pieces)]
 
 
 class Source(Protocol):

@@ -13,7 +13,6 @@ float32 mm/hr, fill -9999.9, and per-scan `ScanTime/{Year,Month,DayOfMonth,Hour,
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,14 +24,16 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid, from_area_rows
-from nrt.sources import RemoteFile, field_stats, http, time_text
+from nrt.sources import RemoteFile, field_stats, http, identity
+from nrt.sources.base import FilePattern
 from nrt.timeline import utc
 
 NAME = "dpr"
 
-FILE_PATTERN = re.compile(
-    r"2A\.GPM\.DPR\.(?P<algorithm>V\d+-?\d{8})\.(?P<date>\d{8})-S(?P<start>\d{6})-E(?P<end>\d{6})"
-    r"(?:\.(?P<orbit>\d{6}))?\.(?P<version>V\d{2}[A-Z])\.(?P<ext>RT-H5|HDF5)"
+# The one spelling of both names: NRT files (.RT-H5) carry no orbit number, research files (.HDF5) always do.
+FILE_PATTERN = FilePattern(
+    "2A.GPM.DPR.{algorithm}.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}[.{orbit:06d}].{version}.{ext}",
+    algorithm=r"V\d+-?\d{8}", version=r"V\d{2}[A-Z]", ext="RT-H5|HDF5",
 )
 
 SWATH_GROUPS = ("FS", "NS")  # V07 full swath, V06 normal scan
@@ -52,15 +53,15 @@ def _algorithm(version: str, nrt: bool) -> str:
 def nrt_filename(start: datetime, end: datetime, version: str = "V07A", algorithm: str | None = None) -> str:
     """NRT name, e.g. `2A.GPM.DPR.V920211125.20220818-S004128-E011127.V07A.RT-H5`."""
     start, end = utc(start), utc(end)
-    algorithm = algorithm or _algorithm(version, nrt=True)
-    return f"2A.GPM.DPR.{algorithm}.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}.{version}.RT-H5"
+    return FILE_PATTERN.compose(algorithm=algorithm or _algorithm(version, nrt=True), start=start, end=end, orbit=None,
+                                version=version, ext="RT-H5")
 
 
 def research_filename(start: datetime, end: datetime, orbit: int, version: str = "V07A", algorithm: str | None = None) -> str:
     """Research (orbit) name, e.g. `2A.GPM.DPR.V9-20211125.20140308-S220950-E234217.000144.V07A.HDF5`."""
     start, end = utc(start), utc(end)
-    algorithm = algorithm or _algorithm(version, nrt=False)
-    return f"2A.GPM.DPR.{algorithm}.{start:%Y%m%d}-S{start:%H%M%S}-E{end:%H%M%S}.{orbit:06d}.{version}.HDF5"
+    return FILE_PATTERN.compose(algorithm=algorithm or _algorithm(version, nrt=False), start=start, end=end, orbit=orbit,
+                                version=version, ext="HDF5")
 
 
 def pps_listing_path() -> str:
@@ -79,20 +80,17 @@ def gesdisc_folder(start: datetime, version: str = "V07A") -> str:
 
 
 def parse_name(name: str) -> RemoteFile | None:
-    match = FILE_PATTERN.fullmatch(name)
-    if not match:
+    fields = FILE_PATTERN.parse(name)
+    if fields is None:
         return None
-    nrt = match["ext"] == "RT-H5"
-    if nrt == bool(match["orbit"]):
-        return None  # NRT files carry no orbit number; research files always do
-    try:
-        start = datetime.strptime(match["date"] + match["start"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-        end_clock = datetime.strptime(match["date"] + match["end"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-    except ValueError:
+    nrt = fields["ext"] == "RT-H5"
+    if nrt == (fields["orbit"] is not None):
         return None
+    start = fields["start"].replace(tzinfo=timezone.utc)
+    end_clock = datetime.combine(start.date(), fields["end"].time(), timezone.utc)
     end = end_clock if end_clock > start else end_clock + timedelta(days=1)  # a granule may cross midnight
-    subdir = PPS_FOLDER if nrt else gesdisc_folder(start, match["version"])
-    return RemoteFile(NAME, name, match["version"], start, end, subdir)
+    subdir = PPS_FOLDER if nrt else gesdisc_folder(start, fields["version"])
+    return RemoteFile(NAME, name, fields["version"], start, end, subdir)
 
 
 @dataclass(frozen=True)
@@ -327,15 +325,5 @@ def identify(path: str | Path) -> dict:
             field = f"{group.name.lstrip('/')}/{RATE}"
     except OSError as exc:
         raise DataError(path, f"unreadable HDF5 (truncated or corrupt): {str(exc).splitlines()[0][:160]}") from None
-    match = FILE_PATTERN.fullmatch(rf.name)
-    return {
-        "source": NAME,
-        "version": rf.version,
-        "start": time_text(rf.start),
-        "end": time_text(rf.end),
-        "shape": list(values.shape),
-        **field_stats(values, values >= 0),
-        "field": field,
-        "orbit": int(match["orbit"]) if match["orbit"] else None,
-        "path": str(path),
-    }
+    return identity(NAME, rf.version, rf, values, field_stats(values, values >= 0), field, path,
+                    orbit=FILE_PATTERN.parse(rf.name)["orbit"])

@@ -11,7 +11,6 @@ The reader interpolates linearly in time to the half-hour's centre, then bilinea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,14 +21,16 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import LatLonGrid
-from nrt.sources import RemoteFile, field_stats, http, time_text
+from nrt.sources import RemoteFile, field_stats, http, identity, time_text
+from nrt.sources.base import FilePattern
 from nrt.timeline import bridge_valid_times, geosfp_hours_for, geosfp_init_for, newest_imerg_start, utc
 
 NAME = "geosfp"
 
-FILE_PATTERN = re.compile(
-    r"GEOS\.fp\.(?P<stream>asm|fcst)\.(?P<collection>[a-z0-9]+_[a-z0-9_]+?_Nx)\."
-    r"(?:(?P<init>\d{8}_\d{2})\+)?(?P<valid>\d{8}_\d{4})\.(?P<version>V\d{2})\.nc4"
+# The one spelling of both names: forecast files (fcst) carry their initialisation, assimilation files (asm) do not.
+FILE_PATTERN = FilePattern(
+    "GEOS.fp.{stream}.{collection}.[{init:%Y%m%d_%H}+]{valid:%Y%m%d_%H%M}.{version}.nc4",
+    stream="asm|fcst", collection=r"[a-z0-9]+_[a-z0-9_]+?_Nx", version=r"V\d{2}",
 )
 
 SLV = "tavg1_2d_slv_Nx"
@@ -44,12 +45,11 @@ PRECIP_VARIABLES = ("PRECTOT", "PRECCON")
 # ---------------------------------------------------------------- naming and portal layout
 
 def forecast_filename(collection: str, init: datetime, valid: datetime, version: str = "V01") -> str:
-    init, valid = utc(init), utc(valid)
-    return f"GEOS.fp.fcst.{collection}.{init:%Y%m%d_%H}+{valid:%Y%m%d_%H%M}.{version}.nc4"
+    return FILE_PATTERN.compose(stream="fcst", collection=collection, init=utc(init), valid=utc(valid), version=version)
 
 
 def asm_filename(collection: str, valid: datetime, version: str = "V01") -> str:
-    return f"GEOS.fp.asm.{collection}.{utc(valid):%Y%m%d_%H%M}.{version}.nc4"
+    return FILE_PATTERN.compose(stream="asm", collection=collection, init=None, valid=utc(valid), version=version)
 
 
 def forecast_folder(init: datetime) -> str:
@@ -62,21 +62,15 @@ def asm_folder(valid: datetime) -> str:
 
 
 def parse_name(name: str) -> RemoteFile | None:
-    match = FILE_PATTERN.fullmatch(name)
-    if not match:
+    fields = FILE_PATTERN.parse(name)
+    if fields is None or (fields["stream"] == "fcst") != (fields["init"] is not None):
         return None
-    fcst = match["stream"] == "fcst"
-    if fcst != bool(match["init"]):
-        return None
-    try:
-        valid = datetime.strptime(match["valid"], "%Y%m%d_%H%M").replace(tzinfo=timezone.utc)
-        init = datetime.strptime(match["init"], "%Y%m%d_%H").replace(tzinfo=timezone.utc) if fcst else None
-    except ValueError:
-        return None
+    valid = fields["valid"].replace(tzinfo=timezone.utc)
+    init = fields["init"].replace(tzinfo=timezone.utc) if fields["init"] else None
     if valid.minute != 30 or (init is not None and init > valid):
         return None
-    subdir = forecast_folder(init) if fcst else asm_folder(valid)
-    return RemoteFile(NAME, name, match["version"], valid - AVERAGING / 2, valid + AVERAGING / 2, subdir)
+    subdir = forecast_folder(init) if init else asm_folder(valid)
+    return RemoteFile(NAME, name, fields["version"], valid - AVERAGING / 2, valid + AVERAGING / 2, subdir)
 
 
 def collection_of(name: str) -> str | None:
@@ -264,14 +258,5 @@ def identify(path: str | Path) -> dict:
         values = np.ma.asarray(nc.variables[main][:])
     mask = np.ma.getmaskarray(values)
     data = np.ma.filled(values.astype(np.float64), np.nan)
-    return {
-        "source": NAME,
-        "version": rf.version,
-        "start": time_text(rf.start),
-        "end": time_text(rf.end),
-        "shape": list(values.shape),
-        **field_stats(data, ~mask & np.isfinite(data)),
-        "field": main,
-        "collection": collection_of(path.name),
-        "path": str(path),
-    }
+    return identity(NAME, rf.version, rf, values, field_stats(data, ~mask & np.isfinite(data)), main, path,
+                    collection=collection_of(path.name))

@@ -24,7 +24,7 @@ import xarray as xr
 
 from nrt.errors import DataError
 from nrt.grids import IMERG_GRID, Domain, LatLonGrid, imerg_window
-from nrt.sources import RemoteFile, field_stats, time_text
+from nrt.sources import RemoteFile, field_stats, identity
 from nrt.sources import http
 from nrt.sources.base import FilePattern
 from nrt.timeline import HALF_HOUR, motion_starts, newest_imerg_start, utc
@@ -358,14 +358,5 @@ def identify(path: str | Path) -> dict:
             product_version = _header(h5).get("ProductVersion", rf.version)
     except OSError as exc:
         raise DataError(path, f"unreadable HDF5 (truncated or corrupt): {str(exc).splitlines()[0][:160]}") from None
-    return {
-        "source": NAME,
-        "version": product_version,
-        "start": time_text(rf.start),
-        "end": time_text(rf.end),
-        "shape": list(values.shape),
-        **field_stats(values, values >= 0),
-        "run": {"E": "early", "L": "late", "F": "final"}[_run_of(rf.name)],
-        "field": name.lstrip("/"),
-        "path": str(path),
-    }
+    return identity(NAME, product_version, rf, values, field_stats(values, values >= 0), name.lstrip("/"), path,
+                    run={"E": "early", "L": "late", "F": "final"}[_run_of(rf.name)])

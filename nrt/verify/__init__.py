@@ -8,10 +8,12 @@
 See docs/verification.md for the definitions.
 """
 
-from nrt.verify.online import TRUTH_SOURCE, OverpassScores, verify_granule, verify_granules, verify_half_hour
+from nrt.verify.online import (
+    TRUTH_SOURCE, OverpassScores, VerifySettings, verify_granule, verify_granules, verify_half_hour, verify_settings,
+)
 from nrt.verify.scores import BASELINES, BILINEAR, CSGD, NRT, ScoreSet, crps_ensemble, gauge_rows, pool, score_overpass, score_sets
 
 __all__ = [
-    "TRUTH_SOURCE", "OverpassScores", "verify_granule", "verify_granules", "verify_half_hour",
+    "TRUTH_SOURCE", "OverpassScores", "VerifySettings", "verify_granule", "verify_granules", "verify_half_hour", "verify_settings",
     "BASELINES", "BILINEAR", "CSGD", "NRT", "ScoreSet", "crps_ensemble", "gauge_rows", "pool", "score_overpass", "score_sets",
 ]

@@ -55,6 +55,26 @@ class OverpassScores:
         return gauge_rows(pool(self.sets))
 
 
+@dataclass(frozen=True)
+class VerifySettings:
+    """What verification uses, taken from the config once by `verify_settings(cfg)` (keys of `verify` unless noted)."""
+
+    grid: LatLonGrid  # the domain's 0.05° target grid
+    footprint_km: float  # `sources.dpr.footprint_km`
+    csgd_params: Path  # `model.csgd_params`: the CSGD baseline
+    min_swath_cells: int
+    thresholds_mmh: tuple[float, ...]
+    brier_thresholds_mmh: tuple[float, ...]
+    rank_min_mmh: float
+    reliability_bins: int
+
+
+def verify_settings(cfg) -> VerifySettings:
+    vc = cfg.verify
+    return VerifySettings(target_grid(cfg.domain.box()), cfg.sources.dpr.footprint_km, cfg.model.csgd_params, vc.min_swath_cells,
+                          tuple(vc.thresholds_mmh), tuple(vc.brier_thresholds_mmh), vc.rank_min_mmh, vc.reliability_bins)
+
+
 def half_hours(path: Path) -> list[datetime]:
     """The half-hours a DPR granule's file name says it reaches into."""
     rf = dpr.parse_name(Path(path).name)
@@ -105,13 +125,13 @@ def read_product(path: str | Path, grid: LatLonGrid) -> tuple[np.ndarray, np.nda
     return members, baseline
 
 
-def csgd_baseline_params(cfg):
-    """The CSGD parameters of `model.csgd_params`, or None (logged) when they need a covariate products lack."""
+def csgd_baseline_params(path: Path):
+    """The CSGD parameters in `path`, or None (logged) when they need a covariate products lack."""
     from nrt.csgd import load_params
 
-    params = load_params(cfg.model.csgd_params)
+    params = load_params(path)
     if params.regression.covariate is not None:
-        log.warning("%s needs %s, which products do not store: no CSGD baseline", cfg.model.csgd_params, params.regression.covariate)
+        log.warning("%s needs %s, which products do not store: no CSGD baseline", path, params.regression.covariate)
         return None
     return params
 
@@ -130,7 +150,7 @@ def _scored_cells(catalog, product_id: int) -> float | None:
     return rows[0].value if rows else None
 
 
-def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] = (), force: bool = False) -> OverpassScores | None:
+def verify_half_hour(s: VerifySettings, catalog, valid_time: datetime, paths: Iterable[Path] = (), force: bool = False) -> OverpassScores | None:
     """Score the ensemble products valid at `valid_time` against DPR; None when nothing new was scored."""
     valid_time = utc(valid_time)
     products = catalog.products(since=valid_time, until=valid_time, kind=ENSEMBLE)
@@ -138,20 +158,19 @@ def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] =
         log.debug("no products valid at %s to verify", isoformat(valid_time))
         return None
     files = swath_files(catalog, valid_time, paths)
-    grid = target_grid(cfg.domain.box())
-    found = gridded_truth(files, valid_time, grid, cfg.sources.dpr.footprint_km) if files else None
+    grid = s.grid
+    found = gridded_truth(files, valid_time, grid, s.footprint_km) if files else None
     if found is None:
         return None
     truth, mask = found
     cells = int(mask.sum())
-    if cells < cfg.verify.min_swath_cells:
-        log.debug("DPR covers %d cells of the domain at %s (< %d): not scored", cells, isoformat(valid_time), cfg.verify.min_swath_cells)
+    if cells < s.min_swath_cells:
+        log.debug("DPR covers %d cells of the domain at %s (< %d): not scored", cells, isoformat(valid_time), s.min_swath_cells)
         return None
 
-    params = csgd_baseline_params(cfg)
+    params = csgd_baseline_params(s.csgd_params)
     previous = {p.id: _scored_cells(catalog, p.id) for p in products}
     result = OverpassScores(valid_time, [f.name for f in files], cells, all(v is None for v in previous.values()))
-    vc = cfg.verify
     for product in products:
         if not force and previous[product.id] is not None and previous[product.id] >= cells:
             continue
@@ -169,8 +188,8 @@ def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] =
         if baseline is not None and params is not None:
             csgd = csgd_baseline(baseline, params, grid, members.shape[0], valid_time, product.lead)
         rows = score_overpass(
-            members, baseline, truth, mask, vc.thresholds_mmh, vc.brier_thresholds_mmh,
-            rank_min=vc.rank_min_mmh, reliability_bins=vc.reliability_bins, csgd=csgd,
+            members, baseline, truth, mask, s.thresholds_mmh, s.brier_thresholds_mmh,
+            rank_min=s.rank_min_mmh, reliability_bins=s.reliability_bins, csgd=csgd,
         )
         if not rows:
             continue
@@ -188,7 +207,7 @@ def verify_half_hour(cfg, catalog, valid_time: datetime, paths: Iterable[Path] =
     return result
 
 
-def verify_granules(cfg, catalog, paths: Iterable[str | Path], force: bool = False) -> list[OverpassScores]:
+def verify_granules(s: VerifySettings, catalog, paths: Iterable[str | Path], force: bool = False) -> list[OverpassScores]:
     """Score every product valid in the half-hours the DPR granules `paths` reach into, oldest first.
 
     A half-hour that fails (an unreadable granule or product) is logged and skipped, so verification never
@@ -204,7 +223,7 @@ def verify_granules(cfg, catalog, paths: Iterable[str | Path], force: bool = Fal
     results = []
     for valid_time in sorted(times):
         try:
-            scored = verify_half_hour(cfg, catalog, valid_time, usable, force)
+            scored = verify_half_hour(s, catalog, valid_time, usable, force)
         except NrtError as exc:
             log.warning("verification of %s failed: %s", isoformat(valid_time), exc)
             continue
@@ -213,6 +232,6 @@ def verify_granules(cfg, catalog, paths: Iterable[str | Path], force: bool = Fal
     return results
 
 
-def verify_granule(cfg, catalog, path: str | Path, force: bool = False) -> list[OverpassScores]:
+def verify_granule(s: VerifySettings, catalog, path: str | Path, force: bool = False) -> list[OverpassScores]:
     """`verify_granules` for one granule."""
-    return verify_granules(cfg, catalog, [path], force)
+    return verify_granules(s, catalog, [path], force)

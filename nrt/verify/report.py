@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from nrt import __version__
 from nrt.io import atomic_path
 from nrt.timeline import isoformat, utc
-from nrt.verify.online import TRUTH_SOURCE
+from nrt.verify.online import TRUTH_SOURCE, VerifySettings
 from nrt.verify.scores import BASELINES, BILINEAR, CSGD, NRT, ScoreSet, crpss, pool, score_sets
 
 REPORT = "report.md"
@@ -320,14 +321,15 @@ def markdown(pooled: Pooled, start: datetime, end: datetime, overpasses: int, pr
     return "\n".join(lines)
 
 
-def scored_thresholds(pooled: Pooled, metric: str, configured: list[float]) -> list[float]:
+def scored_thresholds(pooled: Pooled, metric: str, configured: Sequence[float]) -> list[float]:
     """The configured thresholds that were scored, else every threshold scored (the config changed since)."""
     scored = sorted({t for s in pooled.by_lead.values() for t in s.thresholds(metric)})
     return [t for t in configured if t in scored] or scored
 
 
-def write_report(catalog, start: datetime, end: datetime, out: str | Path, cfg) -> Report:
-    """Write `<out>/report.md` and its PNG figures for the DPR scores of products valid in [start, end]."""
+def write_report(catalog, start: datetime, end: datetime, out: str | Path, settings: VerifySettings) -> Report:
+    """Write `<out>/report.md` and its PNG figures for the DPR scores of products valid in [start, end]; the
+    thresholds shown are those of `settings` (see `scored_thresholds`)."""
     start, end = utc(start), utc(end)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,8 +345,8 @@ def write_report(catalog, start: datetime, end: datetime, out: str | Path, cfg) 
             tmp.write_text(text)
         return report
     pooled = pool_span(sets)
-    thresholds = scored_thresholds(pooled, "hits", cfg.verify.thresholds_mmh)
-    brier = scored_thresholds(pooled, "brier", cfg.verify.brier_thresholds_mmh)
+    thresholds = scored_thresholds(pooled, "hits", settings.thresholds_mmh)
+    brier = scored_thresholds(pooled, "brier", settings.brier_thresholds_mmh)
     report.figures = [
         plot_scores_by_lead(pooled, out / "scores_by_lead.png"),
         plot_crps_by_lead(pooled, out / "crps_by_lead.png"),
