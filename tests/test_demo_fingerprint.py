@@ -1,7 +1,11 @@
 """`nrt demo`'s products are what they were before the architecture redesign (issue 18), byte for byte.
 
 tests/data/demo_fingerprint_small.json was recorded by scripts/demo_fingerprint.py on the code before the
-redesign, with tests/data/demo_fingerprint.toml (small domain, 4 members, one Euler step, one thread). Any
+redesign (425e04b), with tests/data/demo_fingerprint.toml (small domain, 4 members, one Euler step, one
+thread); the redesign reproduced it. It was recorded again after the few-step sampler (issue 19) became the
+default: its noise range (σ_max 80) and residual scale change every ensemble. With the old sampler pinned
+(`sampler_sigma_max = 800`, `residual_scale = 1`) the merged code matched the old record in every data
+variable; only `checkpoint_sha256` differed (demo.json gained its σ range; the tensors are the same). Any
 change to a product's values or attributes (creation times aside) shows up as a named difference. A change
 that is meant to alter the products records the fingerprint again, and says why in its commit.
 """
