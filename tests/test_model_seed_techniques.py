@@ -256,19 +256,10 @@ def test_the_shipped_checkpoint_records_its_training_input_quantiles_and_runs_wi
 
 @pytest.fixture(scope="module")
 def skill():
-    import importlib.util
-    import sys
+    from conftest import script_module
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("model_skill", REPO / "scripts" / "model_skill.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with script_module("model_skill") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_skill_report_band_power_ratios_and_rank_summary(skill):

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import script_module
 
 
 @pytest.fixture(scope="module")
 def skill():
-    spec = importlib.util.spec_from_file_location("model_skill", REPO / "scripts" / "model_skill.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with script_module("model_skill") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 @pytest.mark.parametrize("count, minutes", [(92, 5), (40, 5), (60, 10), (18, 10)])

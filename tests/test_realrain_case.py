@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
+from conftest import script_module
 from nrt.timeline import HALF_HOUR, utc
 from nrt.twin import truth
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "realrain_case.py"
-
-
 @pytest.fixture(scope="module")
 def case():
-    spec = importlib.util.spec_from_file_location("realrain_case", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with script_module("realrain_case") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def crps_pairwise(members: np.ndarray, obs: np.ndarray) -> float:
