@@ -62,3 +62,15 @@ def tiny_config_text(workdir, dataset, steps=(40, 40), checkpoint_every=10, **tr
         "[train.diffusion]", "model_channels = 8", "channel_mult = [1, 2]",
     ]
     return "\n".join(lines) + "\n"
+
+
+def train_tiny(folder, steps: tuple[int, int]):
+    """A tiny model trained on a synthetic set under `folder`: (config, set path, checkpoint path)."""
+    from nrt import config
+    from nrt.model.train import train
+
+    dataset = write_synthetic_set(folder / "set.safetensors")
+    conf = folder / "train.toml"
+    conf.write_text(tiny_config_text(folder / "work", dataset, steps=steps))
+    cfg = config.load(conf)
+    return cfg, dataset, train(cfg, dataset, folder / "model.safetensors", folder / "run", progress=False).output

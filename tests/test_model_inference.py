@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_helpers import GRID, coarsen, rain_field, tiny_config_text, write_synthetic_set
+from model_helpers import GRID, coarsen, rain_field, train_tiny
 from nrt import config
 from nrt.errors import ConfigError, DataError
 from nrt.grids import LatLonGrid
@@ -17,7 +17,6 @@ from nrt.model import checkpoint
 from nrt.model.conditioning import Conditioning
 from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve, sampler_settings
 from nrt.model.sampler import edm_sample
-from nrt.model.train import train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,13 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
-    tmp = tmp_path_factory.mktemp("trained")
-    dataset = write_synthetic_set(tmp / "set.safetensors")
-    conf = tmp / "train.toml"
-    conf.write_text(tiny_config_text(tmp / "work", dataset, steps=(30, 30)))
-    cfg = config.load(conf)
-    result = train(cfg, dataset, tmp / "model.safetensors", tmp / "run", progress=False)
-    return cfg, result.output
+    cfg, _, output = train_tiny(tmp_path_factory.mktemp("trained"), (30, 30))
+    return cfg, output
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

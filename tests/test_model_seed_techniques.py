@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from model_helpers import GRID, coarsen, rain_field, tiny_config_text, write_synthetic_set
+from model_helpers import GRID, coarsen, rain_field, tiny_config_text, train_tiny
 from nrt import config, downscale
 from nrt.errors import ConfigError, DataError
 from nrt.model import checkpoint
@@ -113,13 +113,7 @@ def test_zero_condition_noise_is_the_identity_and_noise_is_reproducible_per_memb
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
-    tmp = tmp_path_factory.mktemp("trained")
-    dataset = write_synthetic_set(tmp / "set.safetensors")
-    conf = tmp / "train.toml"
-    conf.write_text(tiny_config_text(tmp / "work", dataset, steps=(10, 10)))
-    cfg = config.load(conf)
-    result = train(cfg, dataset, tmp / "model.safetensors", tmp / "run", progress=False)
-    return cfg, dataset, result.output
+    return train_tiny(tmp_path_factory.mktemp("trained"), (10, 10))
 
 
 def test_training_records_the_training_inputs_precipitation_quantiles(trained):
