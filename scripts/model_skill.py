@@ -669,7 +669,7 @@ def realrain_score(args) -> dict:
             for name, mode, sigma in runs:
                 key = (name, event.source)
                 if key not in models:
-                    models[key] = variant_downscaler(args.checkpoint, args.tile, mode, sigma, references.get(event.source))
+                    models[key] = variant_downscaler(args, mode, sigma, references.get(event.source))
                 ds = models[key]
                 sha = ds.sha256
                 before = time.perf_counter()

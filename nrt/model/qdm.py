@@ -17,6 +17,10 @@ Zeros are handled explicitly: only wet values (>= the threshold stored with the 
 distributions conditional on wet; dry cells and NaN stay as given, and mapped values stay at least the
 threshold, so the wet fraction is the input's. The map keeps the cells' order: the ratio of two empirical
 quantile curves can dip, so mapped values are made non-decreasing in x (a running maximum).
+
+Written here rather than taken from xclim (`sdba.QuantileDeltaMapping`): that trains on and adjusts time
+series of xarray objects and would be a large dependency, while this maps one field between two stored
+quantile curves (the checkpoint's and the reference file's) with numpy interpolation.
 """
 
 from __future__ import annotations
