@@ -128,7 +128,10 @@ def steps_method(inp: MethodInputs) -> np.ndarray:
 
     def store(step_db: np.ndarray) -> None:
         # pysteps hands over each lead as it is made: keep it as float32 mm/h instead of a float64 dB stack.
-        out[:, len(done)] = from_db(step_db, inp.threshold)
+        # NaN marks rain drawn from beyond the frames: a member's perturbed motion (bps, Laplace-distributed, so
+        # unbounded) can outrun the upwind buffer, which is sized for max_speed_kmh. Count it dry, as pysteps'
+        # outval="min" would; steps passes its own outval positionally, so extrap_kwargs can't carry it.
+        out[:, len(done)] = np.nan_to_num(from_db(step_db, inp.threshold), nan=0.0)
         done.append(True)
 
     _quiet(

@@ -114,6 +114,20 @@ def test_motion_faster_than_the_buffer_allows_is_slowed_to_max_speed(settings):
     assert np.isfinite(inner).all()
 
 
+def test_steps_members_whose_perturbed_motion_outruns_the_buffer_stay_finite(settings):
+    # STEPS perturbs each member's motion (bps, Laplace-distributed, ~25 km/h at 2 h) on top of a motion already
+    # clipped to max_speed_kmh, which the buffer is sized for: some members draw rain from beyond the frames' edge.
+    # The soak saw such a member reach the domain as NaN, and the publisher refused the cycle on every attempt.
+    settings.max_speed_kmh = 60.0
+    frames = as_frames(moving(rain_field(), 3, u=8, v=0))
+    result = nc.nowcast(frames, settings, steps=4, members=12, seed=5, method="steps")
+    assert result.method_used == "steps"
+    buffer_cells = math.ceil(nc.buffer_degrees_for(60.0, 2.0, LAT0 + RES * NY) / RES)
+    assert np.isfinite(result.precip.values[:, :, :, buffer_cells:]).all()
+    # what comes from beyond the frames is dry, as pysteps' outval="min" makes it: no rain is invented upwind
+    assert float(np.nanmin(result.precip.values)) >= 0.0
+
+
 def test_result_is_a_cf_dataarray_with_valid_times(settings):
     frames = as_frames(moving(rain_field(), 3, u=1, v=1))
     result = nc.nowcast(frames, settings, steps=8, members=3)

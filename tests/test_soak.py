@@ -44,10 +44,9 @@ def check(result: dict) -> None:
     assert (result["lost"], result["duplicated"], result["partial"], result["worse_superseding"]) == (0, 0, 0, 0)
     outcomes = result["outcomes"]
     assert outcomes.get("ok", 0) + outcomes.get("degraded", 0) + outcomes.get("failed", 0) == CYCLES
-    # A cycle may fail for good only when the mirror has no IMERG for it (ingest) or, rarely, when a STEPS member
-    # carries NaN onto the domain and the publisher refuses it (products; docs/reliability.md), never because of
-    # the injected infrastructure faults (kill -9, outage, disk full: stage "cycle"), which are retried.
-    assert set(result["failure_reasons"]) <= {"ingest", "products"} and outcomes.get("failed", 0) <= 2
+    # A cycle may fail for good only when the mirror has no IMERG for it (ingest), never because of the injected
+    # infrastructure faults (kill -9, outage, disk full: stage "cycle") or refused NaN outputs, which are retried.
+    assert set(result["failure_reasons"]) <= {"ingest"}
     done = CYCLES - outcomes.get("failed", 0)
     assert result["products"] == done * 3 * 3  # 3 valid times a cycle: ensemble, summary, 1 h accumulation
     assert outcomes.get("ok after a retry", 0) + outcomes.get("degraded after a retry", 0) >= 1  # refused NaN outputs, redone
