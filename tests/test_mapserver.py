@@ -123,3 +123,37 @@ def test_browser_moves_the_slider_and_the_overlay_follows(server):
     finally:
         driver.quit()
     assert FIGURE.stat().st_size > 10_000
+
+
+def test_nrt_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
+    # systemd stops the map service with SIGTERM: the command must close its socket and exit 0, not be killed.
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "nrt.toml"
+    config.write_text(f'[general]\nworkdir = "{tmp_path / "work"}"\n')
+    with Catalog.open(f"sqlite:///{tmp_path / 'work' / 'catalog.sqlite'}", migrate=True):
+        pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nrt.cli", "--config", str(config), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status = status_of(f"http://127.0.0.1:{port}/")
+                break
+            except urllib.error.URLError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow start"
+                time.sleep(0.2)
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/" in out

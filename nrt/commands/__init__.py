@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from datetime import datetime
 
 from nrt.errors import ConfigError
@@ -18,3 +20,16 @@ def parse_span(start: str, end: str) -> tuple[datetime, datetime]:
     if last < first:
         raise ConfigError("--end", f"{isoformat(last)} is before --start {isoformat(first)}")
     return first, last
+
+
+def serve_until_stopped(server) -> int:
+    """Serve an http.server until Ctrl-C or SIGTERM (systemd's stop), then close its socket; exit code 0."""
+    # shutdown() waits for serve_forever to return, so it must come from another thread than the serving one.
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

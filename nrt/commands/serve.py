@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nrt.commands import serve_until_stopped
+
 
 def register(sub) -> None:
     parser = sub.add_parser("serve", help="serve the live map page of the latest products (read-only)")
@@ -19,10 +21,4 @@ def serve(args, cfg) -> int:
         data = MapData(catalog, cfg.alerts.areas, cfg.products.quicklook_threshold_mmh, args.hours, cfg.products.basins)
         server = make_server(data, args.host, args.port)
         print(f"nrt map on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-    return 0
+        return serve_until_stopped(server)

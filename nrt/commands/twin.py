@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from dataclasses import replace
 
+from nrt.commands import serve_until_stopped
 from nrt.errors import ConfigError
 from nrt.grids import Domain
 from nrt.timeline import isoformat, utc
@@ -89,11 +88,4 @@ def serve_command(args, cfg) -> int:
         print(f"twin {spec['start']} .. {spec['end']}, seed {spec['seed']}, domain {spec['domain']}")
     print(f"serving {args.root} at {server.base_url} (/pps: user = password = an e-mail address); Ctrl-C stops",
           flush=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_stopped(server)
