@@ -2,9 +2,7 @@
 
 Each step is a function of values that returns values (`nrt.acquire`, `nrt.bridge`, `nrt.downscale`,
 `nrt.products`, `nrt.verify`); this module only composes them, times them and tallies the degraded-mode
-flags they return into the immutable `CycleReport`. The configured downscaling method (residual diffusion
-or the CSGD ensemble) turns the bridge into the 0.05° ensemble, member i conditioned on nowcast member i;
-when the diffusion model cannot run, the cycle writes the CSGD ensemble and records why.
+flags they return into the immutable `CycleReport`.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from nrt import downscale
 from nrt.acquire import acquire, acquire_settings
 from nrt.bridge import assemble, assemble_settings
-from nrt.degradation import Degradation, Fallback, NowcastReason, flag
+from nrt.degradation import Fallback, NowcastReason
+from nrt.downscale import downscale, downscale_settings, plan_downscale
 from nrt.grids import target_grid
 from nrt.timeline import Clock, isoformat, utc
 
@@ -91,8 +89,7 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
     from nrt.products import check_areas, provenance, publish_cycle, publish_settings
     from nrt.verify import verify_granules, verify_settings
 
-    cycle_time, half_hours = tally.cycle_time, int(tally.cycle_time.timestamp()) // 1800
-    grid = target_grid(cfg.domain.box())
+    cycle_time, grid = tally.cycle_time, target_grid(cfg.domain.box())
     check_areas(cfg.alerts.areas, grid)  # a misplaced alert area fails the cycle before any work, not after it
 
     tell("ingest")
@@ -102,26 +99,20 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
 
     tell("nowcast")
     with tally.stage("nowcast"):
-        made = assemble(assemble_settings(cfg), got, cycle_time, grid,
-                        read_geosfp=models.method == downscale.DIFFUSION and models.diffusion is not None)
+        made = assemble(assemble_settings(cfg), got, cycle_time, grid, read_geosfp=models.diffusion_loaded)
     tally.degrade(*made.degraded)
     coarse = made.bridge
 
-    check = downscale.check_inputs(models, made.inputs, cfg.model.ood_max_z, cfg.model.ood_fallback)
-    if check and check.reason and not check.fallback:
-        tally.degrade(check.reason)
-    method, fallback = downscale.choose(models, check.reason if check and check.fallback else None)
-    if fallback:
-        tally.degrade(flag(Degradation.DOWNSCALE_FALLBACK, fallback))
-    tell(f"downscale: {method}, {len(made.inputs)} valid times")
+    settings = downscale_settings(cfg)
+    plan = plan_downscale(settings, models, made.inputs)
+    tally.degrade(*plan.degraded)
+    tell(f"downscale: {plan.method}, {len(made.inputs)} valid times")
     with tally.stage("downscale"):
-        ensemble = downscale.get_method(method)(
-            list(made.inputs), models, members=cfg.model.members, seed=cfg.model.seed + half_hours * 97, options=cfg.model,
-            callback=lambda k: tell(f"valid time {isoformat(coarse.valid_times[k].valid)} (lead {coarse.valid_times[k].lead}) done"),
-        )
+        ensemble = downscale(settings, models, plan, made.inputs, cycle_time, callback=lambda k: tell(
+            f"valid time {isoformat(coarse.valid_times[k].valid)} (lead {coarse.valid_times[k].lead}) done"))
 
-    checkpoint = models.diffusion.sha256 if method == downscale.DIFFUSION else models.csgd_sha256
-    attrs = provenance([p.name for p in got.imerg], method, checkpoint, coarse.nowcast_method, tally.degraded, check)
+    attrs = provenance([p.name for p in got.imerg], plan.method, plan.checkpoint_sha256, coarse.nowcast_method,
+                       tally.degraded, plan.check)
     with tally.stage("products"):
         # The verification baseline of each valid time: the model's input (IMERG, or the nowcast member mean) at 0.05°.
         published = publish_cycle(ensemble, [(v.valid, v.lead, upsample(v.coarse.mean(axis=0))) for v in coarse.valid_times],
@@ -134,10 +125,10 @@ def _run(tally: _Tally, cfg, catalog, client, models, clock: Clock, tell: Callab
         with tally.stage("verify"):
             scores = tuple(verify_granules(verify_settings(cfg), catalog, list(got.dpr)))
     log.info("cycle %s done: %d products, nowcast %s, downscale %s, degraded %s, %s", isoformat(cycle_time),
-             len(published.products), coarse.nowcast_method, method, tally.degraded or "no",
+             len(published.products), coarse.nowcast_method, plan.method, tally.degraded or "no",
              ", ".join(f"{k} {v:.1f}s" for k, v in tally.timings.items()))
     return CycleReport(
         cycle_time, coarse.imerg_start, dict(tally.timings), tuple(tally.degraded), coarse.nowcast_method,
-        coarse.nowcast_degraded, method, (fallback,) if fallback else (), tuple(published.products), dict(got.sources),
-        published.summary, tuple(published.alerts), scores,
+        coarse.nowcast_degraded, plan.method, (plan.fallback,) if plan.fallback else (), tuple(published.products),
+        dict(got.sources), published.summary, tuple(published.alerts), scores,
     )

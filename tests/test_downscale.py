@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -32,6 +33,10 @@ def test_registry_picks_methods_by_name_and_rejects_others_naming_the_key():
 
 def model_options(tmp_path, **update):
     return config.ModelConfig(device="cpu", members=6, sampler_steps=2, solver="euler", **update)
+
+
+def settings(members: int) -> downscale.DownscaleSettings:
+    return downscale.downscale_settings(config.from_dict({"model": {"method": "csgd", "members": members}}))
 
 
 def copy_demo(tmp_path):
@@ -100,12 +105,12 @@ def test_csgd_member_i_follows_nowcast_member_i_and_lead_zero_is_shared():
     lead0 = Conditioning(precip=coarse_members([4.0]), grid=GRID, lead=0)
     lead1 = Conditioning(precip=coarse_members([0.0, 8.0]), grid=GRID, lead=1)  # a dry and a wet nowcast member
     done = []
-    out = downscale.csgd([lead0, lead1], models, members=6, seed=3, options=None, callback=done.append)
+    out = downscale.csgd([lead0, lead1], models, settings(members=6), seed=3, callback=done.append)
     assert out.shape == (6, 2, *GRID.shape) and out.dtype == np.float32 and done == [0, 1]
     means = out[:, 1].mean(axis=(1, 2))
     assert np.all(means[1::2] > 4 * means[0::2] + 1.0)  # odd members follow the wet member, even the dry one
     assert out[:, 0].mean() > 1.5 and (out[:, 0] > 0).mean() > 0.6  # all members draw around IMERG's 4 mm/h at lead 0
-    again = downscale.csgd([lead0, lead1], models, members=6, seed=3, options=None)
+    again = downscale.csgd([lead0, lead1], models, settings(members=6), seed=3)
     np.testing.assert_array_equal(out, again)
 
 
@@ -113,5 +118,23 @@ def test_csgd_keeps_missing_input_missing():
     models = downscale.load_models(config.ModelConfig(method="csgd"))
     precip = coarse_members([2.0])
     precip[0, :3] = np.nan
-    out = downscale.csgd([Conditioning(precip=precip, grid=GRID)], models, members=4, seed=0, options=None)
+    out = downscale.csgd([Conditioning(precip=precip, grid=GRID)], models, settings(members=4), seed=0)
     assert np.isnan(out[:, 0, :5]).all() and np.isfinite(out[:, 0, 8:]).all()
+
+
+def test_a_model_that_failed_to_load_plans_the_flagged_csgd_fallback_and_each_cycle_draws_its_own_seed():
+    models = downscale.load_models(config.ModelConfig(method="csgd"))
+    unloadable = downscale.Models("diffusion", csgd=models.csgd, csgd_sha256=models.csgd_sha256,
+                                  unavailable=Fallback.CHECKPOINT_UNLOADABLE)
+    plan = downscale.plan_downscale(settings(4), unloadable, [])
+    assert plan == downscale.DownscalePlan("csgd", Fallback.CHECKPOINT_UNLOADABLE, None,
+                                           ("downscale_fallback:checkpoint_unloadable",), models.csgd_sha256)
+    assert downscale.plan_downscale(settings(4), models, []).degraded == ()
+
+    inputs = [Conditioning(precip=coarse_members([2.0]), grid=GRID)]
+    cycle_time = datetime(2026, 6, 1, 12, 30, tzinfo=timezone.utc)
+    out = downscale.downscale(settings(4), unloadable, plan, inputs, cycle_time)
+    seed = settings(4).seed + int(cycle_time.timestamp()) // 1800 * 97
+    np.testing.assert_array_equal(out, downscale.csgd(inputs, models, settings(4), seed=seed))
+    later = downscale.downscale(settings(4), unloadable, plan, inputs, cycle_time + timedelta(minutes=30))
+    np.testing.assert_array_equal(later, downscale.csgd(inputs, models, settings(4), seed=seed + 97))

@@ -156,7 +156,8 @@ def test_config_switches_reach_the_networks_inputs_through_the_service_path(trai
     seen = []
     _spy(ds, "regression_call", seen)  # one tile covers the 32 x 48 domain: the tile is the input
     cond = _cond()
-    downscale.diffusion([cond], models, members=3, seed=11, options=options)
+    settings = downscale.downscale_settings(cfg.model_copy(update={"model": options.model_copy(update={"members": 3})}))
+    downscale.diffusion([cond], models, settings, seed=11)
     raw = raw_channels(cond, ds.spec.channels)
     target = WetQuantiles.from_dict(checkpoint.load(path).meta["input_quantiles"]["precip"])
     raw[:, 0] = qdm(raw[:, 0], target, WetQuantiles.from_dict(json.loads(reference.read_text())))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import xarray as xr
 from scipy.ndimage import gaussian_filter
 
 from nrt import nowcast as nc
+from nrt.nowcast.methods import AUTO_WORKERS_MAX, worker_count
 from nrt.config import NowcastConfig
 from nrt.degradation import NowcastReason
 from nrt.errors import DataError
@@ -180,13 +182,13 @@ def test_parallel_workers_give_the_serial_ensemble_bit_for_bit(settings, monkeyp
 
 
 def test_worker_count_defaults_to_the_usable_cores_up_to_the_cap(monkeypatch):
-    monkeypatch.setattr(nc.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
-    assert nc.worker_count(0) == 2
-    monkeypatch.setattr(nc.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert nc.worker_count(0) == nc.AUTO_WORKERS_MAX
-    assert nc.worker_count(12) == 12  # an explicit setting is taken as given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert worker_count(0) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert worker_count(0) == AUTO_WORKERS_MAX
+    assert worker_count(12) == 12  # an explicit setting is taken as given
     with pytest.raises(ValueError, match="num_workers"):
-        nc.worker_count(-1)
+        worker_count(-1)
 
 
 def test_sprog_is_deterministic_and_follows_a_perfectly_advected_field(settings):

@@ -15,7 +15,7 @@ log = logging.getLogger("nrt.commands.nowcast")
 
 
 def register(sub) -> None:
-    from nrt.nowcast import METHODS, MOTION_METHODS
+    from nrt.nowcast.methods import METHODS, MOTION_METHODS
 
     parser = sub.add_parser(
         "nowcast",
