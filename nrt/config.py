@@ -175,7 +175,7 @@ class ModelConfig(Section):
     sampler_sigma_max: float | None = Field(80.0, gt=0)  # starting noise level, within the checkpoint's sigma_max
     patch_size: int = Field(64, ge=16)
     patch_overlap: int = Field(8, ge=4)
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast where the device runs bf16 natively (CUDA; CPUs with avx512_bf16/amx_bf16), else float32
     channels_last: bool = True  # NHWC convolutions; on the team VM's CPU 0.86x the CPU time of NCHW (docs/benchmarks.md)
     compile: bool = False
     seed: int = 20250101

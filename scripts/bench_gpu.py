@@ -9,7 +9,7 @@ timing does not depend on them) on the CONUS 0.05° domain (520 x 1160 cells, 21
    torch.compile -> torch.compile(mode="reduce-overhead"); per variant: seconds per tile and per member (for
    the sampler given, `--steps`/`--solver`), peak GPU memory, achieved TFLOP/s against the measured peak of its
    precision, and its largest difference from the fp32 output on the same tiles;
-3. an end-to-end `Downscaler.sample` (all members, `--e2e-steps` Euler steps, the shipped options: bf16 on CUDA).
+3. an end-to-end `Downscaler.sample` (all members, `--e2e-steps` Euler steps, the shipped options: bf16 where the device runs it natively).
 
 Variants run in that order and each is skipped, with the reason recorded, once `--budget-s` is spent; a variant
 that fails records its error and the run goes on. The JSON report goes to `--out`; a table goes to stderr.
@@ -151,7 +151,7 @@ def bench_variant(variant, ds, inputs, reference, peaks, flops_per_tile, per_mem
 
 
 def end_to_end(ds, shape, members, layout, flops_per_tile, regression_flops, args, device) -> dict:
-    """`Downscaler.sample` with the shipped options (bf16 autocast on CUDA, NCHW, eager), Euler `--e2e-steps`."""
+    """`Downscaler.sample` with the shipped options (bf16 autocast where native, NCHW, eager), Euler `--e2e-steps`."""
     grid = LatLonGrid(0.05, 24.025, -124.975, *shape)
     cond = conditioning(grid)
     ds.sample(cond, members=2, seed=0, steps=1, solver="euler")

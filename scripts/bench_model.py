@@ -12,7 +12,8 @@ Cases:
 `--efficiency` (demo case) measures the machine against itself in one run: the peak of a large fp32 matmul
 (and bf16 where the CPU has avx512_bf16/amx_bf16), a 3 x 3 convolution at each of the network's channel counts
 on the sampler's batch, the sample's FLOPs (FlopCounterMode), and the achieved GFLOP/s with its ratio to each
-peak; `--bf16` adds the same sample under CPU bf16 autocast, with its largest difference from fp32.
+peak; `--bf16` adds the same sample with `model.bf16` on (bf16 autocast, the default where the CPU has
+avx512_bf16/amx_bf16) against the bf16 convolution peak too, with its largest difference from fp32.
 
 `--scaling` (demo networks) times one sample against the grid (66 x 132, 132 x 264, 264 x 528 at
 `--scaling-members`) and against the members (10, 30, 60 on 66 x 132). Each case runs in a fresh subprocess
@@ -26,7 +27,7 @@ network actually sees (tiles x tile cells x members, overlap included).
 Weights are freshly initialised (timing does not depend on them) unless `--checkpoint` names one.
 
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case demo
-    OMP_NUM_THREADS=2 python scripts/bench_model.py --checkpoint builtin:demo --steps 4 --solver euler --efficiency --bf16
+    OMP_NUM_THREADS=2 python scripts/bench_model.py --checkpoint builtin:demo --steps 4 --solver dpm2m --efficiency --bf16 --channels-last
     OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_model.py --case production --tiles 4
     python scripts/bench_model.py --case production --device cuda --variants        # on a GPU host
     nice -n 5 python scripts/bench_model.py --scaling --threads 1 --steps 2 --solver euler --repeat 3
@@ -111,31 +112,29 @@ def usage_since(start: tuple[float, float, int]) -> dict:
             "minor_faults": int(faults), "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def demo_downscaler(cfg, args, device) -> Downscaler:
-    model_cfg = cfg.model.model_copy(update={"channels_last": args.channels_last})
+def demo_downscaler(cfg, args, device, bf16: bool) -> Downscaler:
+    model_cfg = cfg.model.model_copy(update={"channels_last": args.channels_last, "bf16": bf16})
     if args.checkpoint:
         return Downscaler.load(args.checkpoint, device, model_cfg)
     demo = config.load(REPO / "config" / "train-demo.toml").train.diffusion
     sizes = {"model_channels": demo.model_channels, "channel_mult": tuple(demo.channel_mult), "num_blocks": demo.num_blocks}
     options = dict(patch_size=cfg.model.patch_size, patch_overlap=cfg.model.patch_overlap, max_batch=cfg.model.max_batch,
-                   channels_last=args.channels_last)
+                   channels_last=args.channels_last, bf16=bf16)
     return random_downscaler(cfg, sizes, device, **options)
 
 
-def timed_sample(ds: Downscaler, cond: Conditioning, args, autocast_bf16: bool = False) -> tuple[np.ndarray, float, dict]:
+def timed_sample(ds: Downscaler, cond: Conditioning, args) -> tuple[np.ndarray, float, dict]:
     """One sample after a 2-member warm-up: (members, seconds, CPU usage)."""
-    amp = torch.autocast(ds.device.type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
-    with amp:
-        ds.sample(cond, members=2, seed=0, steps=2)
-        efficiency.sync(ds.device)
-        usage, t0 = cpu_usage(), time.perf_counter()
-        out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
-        efficiency.sync(ds.device)
+    ds.sample(cond, members=2, seed=0, steps=2)
+    efficiency.sync(ds.device)
+    usage, t0 = cpu_usage(), time.perf_counter()
+    out = ds.sample(cond, members=args.members, seed=1, steps=args.steps, solver=args.solver)
+    efficiency.sync(ds.device)
     return out, time.perf_counter() - t0, usage_since(usage)
 
 
 def bench_demo(cfg, args, device) -> dict:
-    ds = demo_downscaler(cfg, args, device)
+    ds = demo_downscaler(cfg, args, device, cfg.model.bf16)
     grid = target_grid(cfg.domain.box())
     cond = conditioning(grid)
     out, seconds, usage = timed_sample(ds, cond, args)
@@ -143,15 +142,15 @@ def bench_demo(cfg, args, device) -> dict:
     patches = f"{len(tiles)} of {tiles.tile[0]}x{tiles.tile[1]}"
     return {
         "case": "demo", "grid": list(grid.shape), "members": args.members, "steps": args.steps, "solver": args.solver,
-        "channels_last": args.channels_last, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
-        "seconds_per_sample": round(seconds, 2), **usage, "output_shape": list(out.shape),
+        "channels_last": args.channels_last, "bf16": ds.autocast, "patches": patches,
+        "parameters_per_network": parameter_count(ds.diffusion), "seconds_per_sample": round(seconds, 2), **usage, "output_shape": list(out.shape),
         "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, tiles.tile)[0] / 1e9, 3),
     }
 
 
 def bench_efficiency(cfg, args, device) -> list[dict]:
     """Peaks of this machine, then the sample's achieved GFLOP/s against them (JSON lines)."""
-    ds = demo_downscaler(cfg, args, device)
+    ds = demo_downscaler(cfg, args, device, bf16=False)
     grid = target_grid(cfg.domain.box())
     cond = conditioning(grid)
     layout = PatchGrid(*grid.shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
@@ -162,15 +161,25 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
     if bf16_flags:
         rows.append(efficiency.matmul_peak(device, torch.bfloat16))
     rows += efficiency.conv_rates(ds.spec.diffusion, layout.tile, batch, device, channels_last=args.channels_last)
+    if args.bf16:
+        rows += efficiency.conv_rates(ds.spec.diffusion, layout.tile, batch, device, dtype=torch.bfloat16,
+                                      channels_last=args.channels_last)
     for row in rows:
         print(json.dumps(row), flush=True)
     rate = "gflops_cpu" if device.type == "cpu" else "gflops"  # the load-robust rate where the CPU is shared
     matmul = {row["dtype"]: row[rate] for row in rows if row["measure"] == "matmul_peak"}
-    conv_peak = max(row[rate] for row in rows if row["measure"] == "conv3x3")
+    conv_peaks = {dtype: max(row[rate] for row in rows if row["measure"] == "conv3x3" and row["dtype"] == dtype)
+                  for dtype in {row["dtype"] for row in rows if row["measure"] == "conv3x3"}}
+    conv_peak = conv_peaks["float32"]
     flops = efficiency.sample_flops(ds, len(layout), layout.tile, args.members, cond.precip.shape[0], args.steps, args.solver)
     reference = None
-    for precision in ["fp32"] + (["bf16-autocast"] if args.bf16 else []):
-        out, seconds, usage = timed_sample(ds, cond, args, autocast_bf16=precision != "fp32")
+    for precision in ["fp32"] + (["bf16"] if args.bf16 else []):
+        if precision == "bf16":
+            ds = demo_downscaler(cfg, args, device, bf16=True)
+            if not ds.autocast:
+                print(json.dumps({"measure": "sample", "precision": "bf16", "skipped": "this device does not run bf16 natively"}))
+                continue
+        out, seconds, usage = timed_sample(ds, cond, args)
         speeds = efficiency.rates(flops, seconds, usage["user_s"] + usage["system_s"], device)
         achieved = speeds[rate]
         row = {"measure": "sample", "precision": precision, "grid": list(grid.shape), "members": args.members,
@@ -185,6 +194,7 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
             row["max_abs_diff_vs_fp32_mmh"] = round(float(np.nanmax(np.abs(out - reference))), 4)
             row["mean_spread_fp32_mmh"] = round(float(np.nanmean(reference.std(axis=0))), 4)
             row["of_bf16_matmul_peak"] = round(achieved / matmul["bfloat16"], 3) if "bfloat16" in matmul else None
+            row["of_bf16_conv_peak"] = round(achieved / conv_peaks["bfloat16"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -214,7 +224,7 @@ def part_timers(ds: Downscaler):
 
 def scaling_case(cfg, args, device, shape: tuple[int, int], members: int) -> dict:
     """One scaling case in this process: a cold sample, then the fastest of `--repeat` warm ones, by part."""
-    ds = demo_downscaler(cfg, args, device)
+    ds = demo_downscaler(cfg, args, device, bf16=False)  # float32, as the recorded scaling figures
     grid = LatLonGrid(0.05, 40.325, -96.675, *shape)
     cond = conditioning(grid)
     layout = PatchGrid(*shape, ds.patch_size, ds.patch_overlap, ds.tile_multiple)
@@ -330,14 +340,14 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--members", type=int, default=30)
     parser.add_argument("--steps", type=int, default=18)
-    parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
+    parser.add_argument("--solver", choices=["heun", "euler", "dpm2m"], default="heun")
     parser.add_argument("--tiles", type=int, default=0, help="production: time this many patches and extrapolate")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--variants", action="store_true", help="production: bf16 x channels_last x compile on/off")
     parser.add_argument("--checkpoint", help="demo: time this checkpoint instead of random weights")
     parser.add_argument("--channels-last", action="store_true", help="demo: channels_last memory format")
     parser.add_argument("--efficiency", action="store_true", help="demo: peaks of this machine and the sample's share of them")
-    parser.add_argument("--bf16", action="store_true", help="efficiency: also time the sample under CPU bf16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="efficiency: also time the sample with model.bf16 on (bf16 autocast)")
     parser.add_argument("--scaling", action="store_true", help="demo networks: time per sample against grid size and members")
     parser.add_argument("--scaling-members", type=int, default=10, help="scaling: members of the grid sweep")
     parser.add_argument("--scaling-case", type=int, nargs=3, metavar=("H", "W", "M"), help=argparse.SUPPRESS)  # one case, in this process

@@ -685,7 +685,7 @@ def realrain_score(args) -> dict:
     out = {name: {"pooled": {**(summary := v["pooled"][0].result()), "psd_ratio": psd_ratio(summary), "climate": v["pooled"][1].result()},
                   "by_source": {src: {**p.result(), "climate": c.result()} for src, (p, c) in sorted(v["by_source"].items())}}
            for name, v in scores.items()}
-    sampler = scored_sampler(models[("baseline", events[0].source)], args)
+    sampler = scored_sampler(next(ds for (name, _), ds in models.items() if name == "baseline"), args)  # an event may have no tile
     result = {"checkpoint": str(args.checkpoint), "sha256": sha, "csgd_params": CSGD_PARAMS, "steps": sampler.steps,
               "solver": sampler.solver, "sampler": sampler_record(sampler), "evaluations": sampler.evaluations,
               "members": MEMBERS, "tile": args.tile, "tiles_per_event": args.tiles,

@@ -15,7 +15,7 @@ from nrt.errors import ConfigError, DataError
 from nrt.grids import LatLonGrid
 from nrt.model import checkpoint
 from nrt.model.conditioning import Conditioning
-from nrt.model.inference import WEIGHTS_DIR, Downscaler, resolve, sampler_settings
+from nrt.model.inference import WEIGHTS_DIR, Downscaler, bf16_native, resolve, sampler_settings
 from nrt.model.sampler import edm_sample
 
 
@@ -200,9 +200,9 @@ def test_sampling_reproduces_the_recorded_reference_on_the_demo_checkpoint(solve
     (6 tiles of 24 x 32, 2 nowcast members, 3 ensemble members). That sampler matched the implementation before it
     (commit e77b349: float32 state, fresh tensors each step) to rtol 5e-4 on the checkpoint of the time; the
     reference was re-recorded when the checkpoint was retrained on real rain. channels_last must not change it.
-    The reference is EDM's plain schedule over the checkpoint's whole noise range, unscaled, whatever the
-    config's default sampler is."""
-    ds = _demo_downscaler(channels_last=channels_last, sampler_sigma_min=None, sampler_sigma_max=None, sampler_rho=7.0,
+    The reference is EDM's plain schedule over the checkpoint's whole noise range, unscaled, in float32, whatever
+    the config's default sampler and precision are."""
+    ds = _demo_downscaler(channels_last=channels_last, bf16=False, sampler_sigma_min=None, sampler_sigma_max=None, sampler_rho=7.0,
                           residual_scale=1.0, churn=0.0)
     reference = np.load(WEIGHTS_DIR.parents[2] / "tests" / "data" / "demo_sample_reference.npz")[solver]
     out = ds.sample(_reference_conditioning(), members=3, seed=7, steps=steps, solver=solver)
@@ -291,3 +291,21 @@ def test_residual_scale_multiplies_the_sampled_residual_in_model_space():
     kept = (one > 0) & (wide > 0) & (mean > 0)  # away from the clip at 0 mm/h, where z is not recoverable
     assert kept.mean() > 0.3
     np.testing.assert_allclose((to_z(wide) - to_z(mean))[kept], 1.5 * (to_z(one) - to_z(mean))[kept], rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("capabilities,native", [({"avx512_bf16": True, "amx_bf16": False}, True),
+                                                 ({"avx512_bf16": False, "amx_bf16": True}, True),
+                                                 ({"avx512_bf16": False, "amx_bf16": False}, False), ({}, False)])
+def test_bf16_autocast_runs_on_the_cpu_only_where_the_cpu_has_bf16(monkeypatch, capabilities, native):
+    """Without avx512_bf16 or amx_bf16 a CPU emulates bf16, slower than float32: the networks stay in float32 there."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert bf16_native(torch.device("cpu")) is native
+    cond = _reference_conditioning()
+    float32 = _demo_downscaler(bf16=False).sample(cond, members=3, seed=7)
+    default = _demo_downscaler()
+    assert default.autocast is native
+    out = default.sample(cond, members=3, seed=7)
+    if native:  # bf16 rounding shows, far below the ensemble spread
+        assert 1e-4 < np.abs(out - float32).max() < 0.1 * float32.std(axis=0).max()
+    else:
+        np.testing.assert_array_equal(out, float32)

@@ -56,3 +56,28 @@ def test_stac_lists_the_current_products_with_their_files(cfg):
     assert three.properties["start_datetime"] == "2024-06-01T10:00:00Z" and three.properties["end_datetime"] == "2024-06-01T13:00:00Z"
     assert json.loads((cfg.product_dir / "latest.json").read_text())["newest_valid_time"]  # latest.json stays
     assert not list((cfg.product_dir / "stac").rglob(".*"))  # no temp file left
+
+
+def test_stac_rewrites_only_the_items_whose_product_changed(cfg):
+    from nrt.products.stac import update_stac
+
+    stac = cfg.product_dir / "stac"
+    with Catalog.from_config(cfg, migrate=True) as catalog:
+        publish(cfg, catalog, V, V + dt.timedelta(hours=1), 1.0)
+        first = {p: p.stat().st_ino for p in stac.glob("*/item_*.json")}
+        publish(cfg, catalog, V + dt.timedelta(minutes=30), V + dt.timedelta(hours=1), 1.0)
+        assert {p: p.stat().st_ino for p in first} == first  # the first valid time's Items were kept, not rewritten
+        stale = next(iter(first))
+        data = json.loads(stale.read_text())
+        data["assets"]["data"]["file:checksum"] = "1220" + "0" * 64  # as if its product file had been replaced
+        stale.write_text(json.dumps(data))
+        kept = {p: p.read_text() for p in stac.rglob("*.json")}
+        update_stac(catalog, cfg.product_dir, publish_settings(cfg).latest_hours)
+        assert stale.stat().st_ino != first[stale]
+        updated = {p: p.read_text() for p in stac.rglob("*.json")}
+        for path in stac.rglob("*.json"):
+            path.unlink()
+        update_stac(catalog, cfg.product_dir, publish_settings(cfg).latest_hours)
+        fresh = {p: p.read_text() for p in stac.rglob("*.json")}
+    assert updated == fresh  # kept Items and the catalog are exactly what a fresh build writes
+    assert kept[stale] != fresh[stale] and sum(kept[p] != fresh[p] for p in fresh) == 1

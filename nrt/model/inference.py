@@ -80,6 +80,17 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` runs bf16 natively: CUDA, or a CPU with avx512_bf16 or amx_bf16. Elsewhere a CPU emulates
+    bf16 and autocast would be slower than float32, so the networks stay in float32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
 def sampler_settings(model_cfg) -> SamplerSettings:
     """The sampler of a `model` config section (nrt.config.ModelConfig)."""
     return SamplerSettings(
@@ -108,7 +119,7 @@ class Downscaler:
             raise ConfigError("model.patch_overlap", f"{patch_overlap} must be at least 4 and less than the patch size")
         self.patch_size, self.patch_overlap, self.max_batch, self.sampler = patch_size, patch_overlap, max_batch, sampler
         self.tile_multiple = down
-        self.autocast = device.type == "cuda" and bf16
+        self.autocast = bf16 and bf16_native(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.regression, self.diffusion = spec.build()
         for net, prefix in ((self.regression, "regression."), (self.diffusion, "diffusion.")):
@@ -155,10 +166,11 @@ class Downscaler:
         return downscaler
 
     def _amp(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     def run_batched(self, fn, *tensors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """fn(*tensors) over the leading (tile) axis in chunks of `max_batch`, under bf16 autocast on CUDA.
+        """fn(*tensors) over the leading (tile) axis in chunks of `max_batch`, under bf16 autocast where the
+        device runs bf16 natively (`bf16_native`) and `model.bf16` is on.
 
         The float32 result is written into `out` when given (else into a new tensor).
         """

@@ -104,6 +104,23 @@ def product_item(row, href: str):
     return item
 
 
+def _written_item(item_path: Path, row, href: str) -> dict | None:
+    """The Item written earlier for this very product (same file, checksum and catalog fields), or None.
+
+    Every valid time rewrites the catalog of the last `hours`; reusing the unchanged Items spares reopening
+    each product file and rewriting (and syncing) its JSON, which grew with the number of current products."""
+    try:
+        data = json.loads(item_path.read_text())
+        asset, properties = data["assets"]["data"], data["properties"]
+        same = (asset["href"] == href and asset["file:checksum"] == SHA256_MULTIHASH_PREFIX + row.sha256
+                and asset["file:size"] == int(row.size) and properties["nrt:kind"] == row.kind
+                and properties["nrt:cycle_time"] == isoformat(row.cycle_time) and properties["nrt:lead"] == int(row.lead)
+                and properties["nrt:members"] == int(row.members) and properties["datetime"] == isoformat(utc(row.valid_time)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if same else None
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -132,19 +149,21 @@ def update_stac(catalog, product_dir: Path, hours: float = 24.0) -> Path:
         kind_dir = root_dir / kind
         items = []
         for row in kind_rows:
-            item = product_item(row, os.path.relpath(Path(row.path).resolve(), kind_dir.resolve()))
-            item_path = kind_dir / f"item_{item.id}.json"  # not nrt_*: only product files carry that prefix
-            data = item.to_dict(include_self_link=False, transform_hrefs=False)
-            data["links"] = [{"rel": "root", "href": "../catalog.json", "type": "application/json"},
-                             {"rel": "collection", "href": "./collection.json", "type": "application/json"},
-                             {"rel": "parent", "href": "./collection.json", "type": "application/json"}]
-            data["collection"] = f"nrt-{kind}"
-            _write_json(item_path, data)
+            href = os.path.relpath(Path(row.path).resolve(), kind_dir.resolve())
+            item_path = kind_dir / f"item_{Path(row.path).stem}.json"  # not nrt_*: only product files carry that prefix
+            data = _written_item(item_path, row, href)
+            if data is None:
+                data = product_item(row, href).to_dict(include_self_link=False, transform_hrefs=False)
+                data["links"] = [{"rel": "root", "href": "../catalog.json", "type": "application/json"},
+                                 {"rel": "collection", "href": "./collection.json", "type": "application/json"},
+                                 {"rel": "parent", "href": "./collection.json", "type": "application/json"}]
+                data["collection"] = f"nrt-{kind}"
+                _write_json(item_path, data)
             kept.add(item_path)
-            items.append(item)
-        bboxes = np.array([i.bbox for i in items if i.bbox is not None]) if any(i.bbox for i in items) else None
+            items.append(data)
+        bboxes = np.array([i["bbox"] for i in items if i.get("bbox")]) if any(i.get("bbox") for i in items) else None
         spatial = [[float(bboxes[:, 0].min()), float(bboxes[:, 1].min()), float(bboxes[:, 2].max()), float(bboxes[:, 3].max())]] if bboxes is not None else [[-180, -90, 180, 90]]
-        times = sorted(i.datetime for i in items)
+        times = sorted(pystac.utils.str_to_datetime(i["properties"]["datetime"]) for i in items)
         collection = pystac.Collection(
             id=f"nrt-{kind}", description=f"nrt {kind} products, best available per valid time",
             extent=pystac.Extent(pystac.SpatialExtent(spatial), pystac.TemporalExtent([[times[0], times[-1]]])), license="other",
@@ -152,7 +171,7 @@ def update_stac(catalog, product_dir: Path, hours: float = 24.0) -> Path:
         data = collection.to_dict(include_self_link=False, transform_hrefs=False)
         data["links"] = [{"rel": "root", "href": "../catalog.json", "type": "application/json"},
                          {"rel": "parent", "href": "../catalog.json", "type": "application/json"}]
-        data["links"] += [{"rel": "item", "href": f"./item_{i.id}.json", "type": "application/geo+json"} for i in items]
+        data["links"] += [{"rel": "item", "href": f"./item_{i['id']}.json", "type": "application/geo+json"} for i in items]
         _write_json(kind_dir / "collection.json", data)
         kept.add(kind_dir / "collection.json")
         root["links"].append({"rel": "child", "href": f"./{kind}/collection.json", "type": "application/json", "title": kind})
