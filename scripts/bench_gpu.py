@@ -7,9 +7,10 @@ timing does not depend on them) on the CONUS 0.05° domain (520 x 1160 cells, 21
 2. one diffusion-network call on a fixed batch of tiles under each variant, each factor on and off against
    the one before it: fp32 -> TF32 -> bf16 autocast -> channels_last -> CUDA graph (captured by hand) ->
    torch.compile -> torch.compile(mode="reduce-overhead"); per variant: seconds per tile and per member (for
-   the sampler given, `--steps`/`--solver`), peak GPU memory, achieved TFLOP/s against the measured peak of its
-   precision, and its largest difference from the fp32 output on the same tiles;
-3. an end-to-end `Downscaler.sample` (all members, `--e2e-steps` Euler steps, the shipped options: bf16 where the device runs it natively).
+   the sampler given, `--steps`/`--solver`, by default the configured one), peak GPU memory, achieved TFLOP/s
+   against the measured peak of its precision, and its largest difference from the fp32 output on the same tiles;
+3. one whole valid time end to end: `Downscaler.sample` of all members with that sampler and the shipped options
+   (bf16 where the device runs it natively, NCHW, eager), the regression included; nine of them make a cycle.
 
 Variants run in that order and each is skipped, with the reason recorded, once `--budget-s` is spent; a variant
 that fails records its error and the run goes on. The JSON report goes to `--out`; a table goes to stderr.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from nrt import config  # noqa: E402
 from nrt.grids import LatLonGrid  # noqa: E402
-from nrt.model.inference import pick_device  # noqa: E402
+from nrt.model.inference import pick_device, sampler_settings  # noqa: E402
 from nrt.model.networks import parameter_count  # noqa: E402
 from nrt.model.patching import PatchGrid  # noqa: E402
 
@@ -49,6 +50,7 @@ VARIANTS = [  # name, bf16, tf32, channels_last, CUDA graph, torch.compile mode 
     ("bf16", True, False, False, False, None),
     ("bf16+channels_last", True, False, True, False, None),
     ("bf16+channels_last+cuda_graph", True, False, True, True, None),
+    ("bf16+compile", True, False, False, False, "default"),
     ("bf16+channels_last+compile", True, False, True, False, "default"),
     ("bf16+channels_last+compile_reduce_overhead", True, False, True, False, "reduce-overhead"),
 ]
@@ -88,12 +90,14 @@ def amp(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def network_call(net, inputs, device, bf16: bool, channels_last: bool, graph: bool):
+def network_call(net, inputs, device, bf16: bool, channels_last: bool, graph: bool, reduce_overhead: bool = False):
     """A zero-argument callable running `net` on the fixed `inputs`; with `graph`, a replay of a captured CUDA graph."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     inputs = [t.contiguous(memory_format=memory_format) if t.dim() == 4 else t for t in inputs]
 
     def run():
+        if reduce_overhead:  # a new step: the previous call's CUDA-graph outputs may be overwritten (torch.compile docs)
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad(), amp(device, bf16):
             return net(*inputs)
 
@@ -125,8 +129,8 @@ def bench_variant(variant, ds, inputs, reference, peaks, flops_per_tile, per_mem
     if compile_mode:
         net = torch.compile(net, mode=compile_mode)
     started = time.perf_counter()
-    call = network_call(net, inputs, device, bf16, channels_last, graph)
-    output = call().float()  # first call: compilation, capture, autotuning
+    call = network_call(net, inputs, device, bf16, channels_last, graph, reduce_overhead=compile_mode == "reduce-overhead")
+    output = call().float().clone()  # first call: compilation, capture, autotuning; a copy, as a CUDA graph reuses its output
     efficiency.sync(device)
     row["first_call_s"] = round(time.perf_counter() - started, 2)
     if device.type == "cuda":
@@ -151,21 +155,30 @@ def bench_variant(variant, ds, inputs, reference, peaks, flops_per_tile, per_mem
 
 
 def end_to_end(ds, shape, members, layout, flops_per_tile, regression_flops, args, device) -> dict:
-    """`Downscaler.sample` with the shipped options (bf16 autocast where native, NCHW, eager), Euler `--e2e-steps`."""
+    """One valid time: `Downscaler.sample` with the config's options (bf16, channels_last, compile, max_batch).
+
+    The warm-up is a whole sample of the same size, so that torch.compile has compiled every batch shape."""
     grid = LatLonGrid(0.05, 24.025, -124.975, *shape)
     cond = conditioning(grid)
-    ds.sample(cond, members=2, seed=0, steps=1, solver="euler")
+    started = time.perf_counter()
+    ds.sample(cond, members=members, seed=0, steps=args.steps, solver=args.solver)
+    efficiency.sync(device)
+    warm_up = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     efficiency.sync(device)
     start = time.perf_counter()
-    out = ds.sample(cond, members=members, seed=1, steps=args.e2e_steps, solver="euler")
+    out = ds.sample(cond, members=members, seed=1, steps=args.steps, solver=args.solver)
     efficiency.sync(device)
     seconds = time.perf_counter() - start
-    flops = len(layout) * (members * args.e2e_steps * flops_per_tile + cond.precip.shape[0] * regression_flops)
+    evals = efficiency.network_evaluations(args.steps, args.solver)
+    flops = len(layout) * (members * evals * flops_per_tile + cond.precip.shape[0] * regression_flops)
     row = {
-        "members": members, "steps": args.e2e_steps, "solver": "euler", "bf16": ds.autocast, "seconds": round(seconds, 3),
-        "seconds_per_member_per_evaluation": significant(seconds / members / args.e2e_steps),
+        "members": members, "steps": args.steps, "solver": args.solver, "bf16": ds.autocast,
+        "channels_last": ds.memory_format == torch.channels_last, "compile": ds.diffusion_call is not ds.diffusion,
+        "max_batch": ds.max_batch, "warm_up_seconds": round(warm_up, 1), "seconds": round(seconds, 3),
+        "seconds_per_member_per_evaluation": significant(seconds / members / evals),
+        "cycle_seconds_9_valid_times": significant(9 * seconds),
         "tflops": significant(flops / seconds / 1e12), "finite": bool(torch.isfinite(torch.from_numpy(out)).all()),
     }
     if device.type == "cuda":
@@ -179,20 +192,25 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a seconds-long case for CI on the CPU")
     parser.add_argument("--out", type=Path, default=Path("bench-gpu.json"), help="JSON report (default bench-gpu.json)")
     parser.add_argument("--members", type=int, help="ensemble members (default 30; tiny 3)")
-    parser.add_argument("--steps", type=int, default=18, help="sampler steps the per-member figures assume")
-    parser.add_argument("--solver", choices=["heun", "euler"], default="heun")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the config's model.sampler_steps)")
+    parser.add_argument("--solver", choices=["heun", "euler", "dpm2m"], help="sampler solver (default: the config's model.solver)")
     parser.add_argument("--batch", type=int, help="tiles per timed network call (default 512; tiny 8)")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per variant (the best is kept)")
-    parser.add_argument("--e2e-steps", type=int, default=2, help="Euler steps of the end-to-end sample")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip the remaining variants after this long")
     parser.add_argument("--matmul-n", type=int, help="side of the peak matmul (default 8192; tiny 256)")
+    parser.add_argument("--config", type=Path, help="nrt config whose [model] options (bf16, channels_last, compile, "
+                        "max_batch, sampler) the end-to-end sample uses (default: the built-in defaults)")
+    parser.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS], metavar="NAME",
+                        help="time only these network variants (default: all, in order)")
     args = parser.parse_args()
     began = time.perf_counter()
     device = pick_device(args.device)
     members = args.members or (3 if args.tiny else 30)
     sizes, shape = (TINY, (40, 60)) if args.tiny else (PRODUCTION, CONUS_SHAPE)
     patch, overlap = (16, 4) if args.tiny else (64, 8)
-    cfg = config.load(None)
+    cfg = config.load(args.config)
+    args.steps = args.steps or cfg.model.sampler_steps
+    args.solver = args.solver or cfg.model.solver
     report = {"environment": environment(device), "case": "tiny" if args.tiny else "production-conus",
               "grid": list(shape), "members": members, "sampler": {"steps": args.steps, "solver": args.solver}}
     log(f"{report['case']} on {report['environment'].get('gpu', device)}")
@@ -227,6 +245,8 @@ def main() -> int:
     report["variants"], reference = [], None
     for variant in VARIANTS:
         name = variant[0]
+        if args.variants and name not in args.variants:
+            continue
         if name in CUDA_ONLY and device.type != "cuda":
             report["variants"].append({"variant": name, "skipped": "needs CUDA"})
             continue
@@ -252,7 +272,10 @@ def main() -> int:
 
     log("end-to-end sample")
     try:
-        report["end_to_end"] = end_to_end(ds, shape, members, layout, flops_per_tile, regression_flops, args, device)
+        options = {"bf16": cfg.model.bf16, "channels_last": cfg.model.channels_last, "compile": cfg.model.compile,
+                   "max_batch": args.batch or cfg.model.max_batch, "sampler": sampler_settings(cfg.model)}
+        e2e = random_downscaler(cfg, sizes, device, patch_size=patch, patch_overlap=overlap, **options)
+        report["end_to_end"] = end_to_end(e2e, shape, members, layout, flops_per_tile, regression_flops, args, device)
     except Exception as exc:  # the variants' figures are still written
         report["end_to_end"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     timed = [row for row in report["variants"] if "seconds_per_member" in row]

@@ -132,6 +132,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="nowcast.num_workers values to run (0 = auto)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
+    parser.add_argument("--no-tracemalloc", action="store_true", help="skip the second, traced run of each case (halves the time)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,8 +152,9 @@ def main() -> int:
             timed = min(runs, key=lambda r: r["wall_s"])
             timed["wall_s_all"] = [r["wall_s"] for r in runs]
             timed["load_1min_all"] = [r["load_1min"] for r in runs]
-            traced = json.loads(subprocess.run(base + ["--trace"], check=True, capture_output=True, text=True).stdout)
-            timed["tracemalloc_peak_mib"] = traced["tracemalloc_peak_mib"]
+            if not args.no_tracemalloc:
+                traced = json.loads(subprocess.run(base + ["--trace"], check=True, capture_output=True, text=True).stdout)
+            timed["tracemalloc_peak_mib"] = None if args.no_tracemalloc else traced["tracemalloc_peak_mib"]
             first = next((r for r in rows if r["case"] == case), None)
             timed["speedup"] = round(first["wall_s"] / timed["wall_s"], 2) if first else 1.0
             rows.append(timed)

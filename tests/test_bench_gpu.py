@@ -24,11 +24,11 @@ def test_the_gpu_benchmark_runs_its_tiny_case_on_the_cpu_and_reports_every_varia
     assert report["case"] == "tiny" and report["members"] == 3 and report["environment"]["device"] == "cpu"
     assert set(report["matmul_peak_tflops"]) == {"float32", "bfloat16"} and min(report["matmul_peak_tflops"].values()) > 0
     rows = {row["variant"]: row for row in report["variants"]}
-    assert list(rows) == ["fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cuda_graph",
+    assert list(rows) == ["fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cuda_graph", "bf16+compile",
                           "bf16+channels_last+compile", "bf16+channels_last+compile_reduce_overhead"]
     for name in ("tf32", "bf16+channels_last+cuda_graph", "bf16+channels_last+compile_reduce_overhead"):
         assert rows[name] == {"variant": name, "skipped": "needs CUDA"}
-    assert "CUDA only" in rows["bf16+channels_last+compile"]["skipped"]
+    assert "CUDA only" in rows["bf16+compile"]["skipped"] and "CUDA only" in rows["bf16+channels_last+compile"]["skipped"]
     timed = [rows[name] for name in ("fp32", "bf16", "bf16+channels_last")]
     for row in timed:
         assert row["seconds_per_call"] > 0 and row["tflops"] > 0 and row["of_peak"] > 0
