@@ -1,4 +1,4 @@
-"""The fault-injection soak in its short form, 2 simulated days (96 cycles): the real scheduler, two real worker
+"""The fault-injection soak in its short form, 1 simulated day (48 cycles): the real scheduler, two real worker
 processes running the real pipeline on the twin mirror behind the fault-injecting proxy, the real catalog and
 publisher, with mirror faults, late and missing granules, kill -9, NaN model outputs, disk-full episodes and a
 database outage (on PostgreSQL also a restart). Nothing may be lost, duplicated, partial or superseded by a worse
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CYCLES = 96
+CYCLES = 48
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def soak(tmp_path: Path, twin_dir: Path, *args: str) -> dict:
     out = tmp_path / "soak.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "2", "--cycle-seconds", "1.2", "--warmup-s", "10", "--seed", "3",
+        [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "1", "--cycle-seconds", "1.2", "--warmup-s", "10", "--seed", "3",
          "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
          "--workdir", str(tmp_path / "soak"), "--twin-dir", str(twin_dir), "--json", str(out),
          "--timeout-s", "600", *args],
