@@ -5,12 +5,13 @@ timing does not depend on them) on the CONUS 0.05° domain (520 x 1160 cells, 21
 
 1. the device's measured matmul peaks: fp32 (TF32 off), TF32 and bf16;
 2. one diffusion-network call on a fixed batch of tiles under each variant, each factor on and off against
-   the one before it: fp32 -> TF32 -> bf16 autocast -> channels_last -> CUDA graph (captured by hand) ->
-   torch.compile -> torch.compile(mode="reduce-overhead"); per variant: seconds per tile and per member (for
+   the one before it: fp32 -> TF32 -> bf16 autocast -> channels_last -> CUDA graph (captured by hand); then
+   bf16 + torch.compile in NCHW and in channels_last, and torch.compile(mode="reduce-overhead"); per variant: seconds per tile and per member (for
    the sampler given, `--steps`/`--solver`, by default the configured one), peak GPU memory, achieved TFLOP/s
    against the measured peak of its precision, and its largest difference from the fp32 output on the same tiles;
-3. one whole valid time end to end: `Downscaler.sample` of all members with that sampler and the shipped options
-   (bf16 where the device runs it natively, NCHW, eager), the regression included; nine of them make a cycle.
+3. one whole valid time end to end: `Downscaler.sample` of all members with that sampler and the `[model]`
+   options of `--config` (bf16 where the device runs it natively, channels_last, torch.compile, max_batch), the
+   regression included; nine of them make a cycle.
 
 Variants run in that order and each is skipped, with the reason recorded, once `--budget-s` is spent; a variant
 that fails records its error and the run goes on. The JSON report goes to `--out`; a table goes to stderr.
