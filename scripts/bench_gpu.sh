@@ -2,6 +2,7 @@
 # One-go GPU benchmark of the production downscaler on CONUS (scripts/bench_gpu.py has the details).
 #   bash scripts/bench_gpu.sh                                   # on an H100/H200: under 5 min, writes bench-gpu.json
 #   bash scripts/bench_gpu.sh --steps 18 --solver heun          # per-member figures for another sampler
+#   bash scripts/bench_gpu.sh --config config/production.example.toml   # end to end as the GPU server runs (compile on)
 #   bash scripts/bench_gpu.sh --tiny --device cpu --out /tmp/b.json   # the seconds-long CPU check that CI runs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

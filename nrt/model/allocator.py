@@ -11,7 +11,7 @@ The worker runs each job in a thread, and glibc gives each thread its own arena,
 64 MiB: a larger block (a demo batch's widest activation) is mapped afresh and unmapped on free whatever the
 settings above say. Measured on the demo sampler in a thread: 430-535 k minor faults and 1.5-1.9 s of system
 time per 30-member sample, against none in the main thread. One arena for the whole process (M_ARENA_MAX = 1)
-sends every thread's blocks to the main heap, where the settings above hold: about 10 faults a sample. The price
+sends every thread's blocks to the main heap, where the settings above hold: 9-28 faults a warm sample. The price
 is one lock on malloc for all threads, which the few large allocations of this workload barely touch.
 """
 
