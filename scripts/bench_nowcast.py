@@ -152,9 +152,10 @@ def main() -> int:
             timed = min(runs, key=lambda r: r["wall_s"])
             timed["wall_s_all"] = [r["wall_s"] for r in runs]
             timed["load_1min_all"] = [r["load_1min"] for r in runs]
+            timed["tracemalloc_peak_mib"] = None
             if not args.no_tracemalloc:
                 traced = json.loads(subprocess.run(base + ["--trace"], check=True, capture_output=True, text=True).stdout)
-            timed["tracemalloc_peak_mib"] = None if args.no_tracemalloc else traced["tracemalloc_peak_mib"]
+                timed["tracemalloc_peak_mib"] = traced["tracemalloc_peak_mib"]
             first = next((r for r in rows if r["case"] == case), None)
             timed["speedup"] = round(first["wall_s"] / timed["wall_s"], 2) if first else 1.0
             rows.append(timed)
