@@ -92,11 +92,18 @@ def test_ctrl_c_stops_the_demo_and_its_mirror_promptly(tmp_path_factory, tmp_pat
     workdir = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "demo.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "3", "--workdir", str(workdir)],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
-        )
+    # A suite started in the background (`cmd &` in a script) inherits SIGINT ignored, and so would the demo,
+    # where Python then installs no KeyboardInterrupt handler. A handler here is reset to the default in the
+    # child at exec, as an interactive terminal gives it.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "3", "--workdir", str(workdir)],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         deadline = time.monotonic() + 120
         while "diffusion" not in log.read_text(errors="replace") and proc.poll() is None and time.monotonic() < deadline:

@@ -2,7 +2,10 @@
 processes running the real pipeline on the twin mirror behind the fault-injecting proxy, the real catalog and
 publisher, with mirror faults, late and missing granules, kill -9, NaN model outputs, disk-full episodes and a
 database outage (on PostgreSQL also a restart). Nothing may be lost, duplicated, partial or superseded by a worse
-product. The 30-day figures are in docs/reliability.md."""
+product. The 30-day figures are in docs/reliability.md.
+
+Each soak is paced by the clock (1.2 s a cycle) and keeps about one core busy, so the SQLite and the PostgreSQL
+soak run at the same time, each with its own twin, work directory and ports."""
 
 from __future__ import annotations
 
@@ -17,29 +20,54 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CYCLES = 48
+TIMEOUT_S = 900
+NO_THROWAWAY_CLUSTER = "initdb/pg_ctl not installed: no throwaway PostgreSQL cluster to restart and cut off"
+
+
+def start_soak(root: Path, database: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with (root / "soak.log").open("w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "1", "--cycle-seconds", "1.2", "--warmup-s", "10",
+             "--seed", "3", "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
+             "--workdir", str(root / "soak"), "--twin-dir", str(root / "twin"), "--json", str(root / "soak.json"),
+             "--timeout-s", "600", "--database", database],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def finish_soak(proc: subprocess.Popen, root: Path) -> dict | str:
+    """soak.json's content, or why there is none (the end of the log), so one soak's failure spares the other's test."""
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.returncode != 0:
+        return f"soak.py exited with {proc.returncode}:\n" + (root / "soak.log").read_text(errors="replace")[-6000:]
+    return json.loads((root / "soak.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def twin_dir(tmp_path_factory) -> Path:
-    """Both databases' runs share one generated twin (the script reuses a tree made with the same spec)."""
-    return tmp_path_factory.getbasetemp() / "soak-twin"
+def soaks(request, tmp_path_factory) -> dict[str, dict | str]:
+    """What every soak this session selected gave, run concurrently: {database: soak.json or the failure}."""
+    wanted = {item.name for item in request.session.items if item.module is request.module}
+    databases = ["sqlite"] if "test_soak_on_sqlite" in wanted else []
+    if "test_soak_on_postgresql_with_a_restart_and_an_outage" in wanted and shutil.which("initdb") and shutil.which("pg_ctl"):
+        databases.append("postgresql")
+    roots = {database: tmp_path_factory.mktemp(f"soak-{database}") for database in databases}
+    running = {database: start_soak(root, database) for database, root in roots.items()}
+    try:
+        return {database: finish_soak(proc, roots[database]) for database, proc in running.items()}
+    finally:
+        for proc in running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
-def soak(tmp_path: Path, twin_dir: Path, *args: str) -> dict:
-    out = tmp_path / "soak.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "1", "--cycle-seconds", "1.2", "--warmup-s", "10", "--seed", "3",
-         "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
-         "--workdir", str(tmp_path / "soak"), "--twin-dir", str(twin_dir), "--json", str(out),
-         "--timeout-s", "600", *args],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
-def check(result: dict) -> None:
+def check(result: dict | str) -> None:
+    assert isinstance(result, dict), result
     assert result["complete"] and result["cycles"] == result["cycles_enqueued"] == result["cycles_finished"] == CYCLES
     assert (result["lost"], result["duplicated"], result["partial"], result["worse_superseding"]) == (0, 0, 0, 0)
     outcomes = result["outcomes"]
@@ -54,14 +82,14 @@ def check(result: dict) -> None:
     assert sum(result["http_faults"].values()) >= 1
 
 
-def test_soak_on_sqlite(tmp_path, twin_dir):
-    check(soak(tmp_path, twin_dir, "--database", "sqlite"))
+def test_soak_on_sqlite(soaks):
+    check(soaks["sqlite"])
 
 
 @pytest.mark.postgres
-def test_soak_on_postgresql_with_a_restart_and_an_outage(tmp_path, twin_dir):
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.skip("initdb/pg_ctl not installed: no throwaway PostgreSQL cluster to restart and cut off")
-    result = soak(tmp_path, twin_dir, "--database", "postgresql")
+def test_soak_on_postgresql_with_a_restart_and_an_outage(soaks):
+    if "postgresql" not in soaks:
+        pytest.skip(NO_THROWAWAY_CLUSTER)
+    result = soaks["postgresql"]
     check(result)
     assert result["faults"]["db_restart"] == 1
