@@ -23,19 +23,50 @@ from nrt.store import Catalog
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("method", ["diffusion", "csgd"])
-def test_demo_runs_two_cycles_and_reports_what_it_made(tmp_path_factory, tmp_path, method):
-    base = config_data(tmp_path / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
-    conf = write_toml(tmp_path / "small.toml", base)
-    workdir = tmp_path / "demo"
+METHODS = ("diffusion", "csgd")
+
+
+@pytest.fixture(scope="module")
+def demo_runs(request, tmp_path_factory) -> dict[str, tuple]:
+    """Every selected method's 2-cycle demo: {method: (base config, work directory, CompletedProcess)}.
+
+    Each demo keeps about one core busy (one thread; mostly imports, the twin and products), so the two run at
+    the same time."""
+    wanted = {item.callspec.params["method"] for item in request.session.items
+              if item.module is request.module and item.originalname == "test_demo_runs_two_cycles_and_reports_what_it_made"}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in config.SECRET_ENV.values():  # offline and without credentials
         env.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(workdir),
-         *(["--method", method] if method != "diffusion" else [])],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    running = {}
+    for method in (m for m in METHODS if m in wanted):
+        root = tmp_path_factory.mktemp(f"demo-{method}")
+        base = config_data(root / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
+        conf = write_toml(root / "small.toml", base)
+        # Output goes to files: a full pipe would stall one demo while the other is waited for.
+        with (root / "stdout").open("w") as out, (root / "stderr").open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(root / "demo"),
+                 *(["--method", method] if method != "diffusion" else [])],
+                cwd=REPO, env=env, stdout=out, stderr=err,
+            )
+        running[method] = (base, root, proc)
+    runs = {}
+    try:
+        for method, (base, root, proc) in running.items():
+            proc.wait(timeout=300)
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, (root / "stdout").read_text(), (root / "stderr").read_text())
+            runs[method] = (base, root / "demo", done)
+    finally:
+        for _, _, proc in running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return runs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_demo_runs_two_cycles_and_reports_what_it_made(demo_runs, method):
+    base, workdir, done = demo_runs[method]
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert out.startswith("nrt demo: 2 cycles (2024-04-19T00:30:00Z .. 2024-04-19T01:00:00Z)")
