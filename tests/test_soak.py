@@ -21,7 +21,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CYCLES = 48
 TIMEOUT_S = 900
-NO_THROWAWAY_CLUSTER = "initdb/pg_ctl not installed: no throwaway PostgreSQL cluster to restart and cut off"
 
 
 def start_soak(root: Path, database: str) -> subprocess.Popen:
@@ -89,7 +88,7 @@ def test_soak_on_sqlite(soaks):
 @pytest.mark.postgres
 def test_soak_on_postgresql_with_a_restart_and_an_outage(soaks):
     if "postgresql" not in soaks:
-        pytest.skip(NO_THROWAWAY_CLUSTER)
+        pytest.skip("initdb/pg_ctl not installed: no throwaway PostgreSQL cluster to restart and cut off")
     result = soaks["postgresql"]
     check(result)
     assert result["faults"]["db_restart"] == 1
