@@ -78,12 +78,21 @@ def test_kill_9_mid_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
     steps = read_weights(state)[1]["steps"]
     assert 0 < steps["regression"] + steps["diffusion"] < 100 and not output.exists()
 
-    resumed = _nrt(*args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr
-
-    with one_thread():
-        reference = train(config.load(conf), dataset, tmp_path / "ref" / "m.safetensors", tmp_path / "ref-run", progress=False)
+    # The resumed run (one thread, its own process) and the uninterrupted reference (one thread, here) are
+    # independent, so they train at the same time.
+    log = tmp_path / "resumed.log"
+    with log.open("w") as err:
+        resumed = subprocess.Popen([sys.executable, "-m", "nrt.cli", *args], env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        with one_thread():
+            reference = train(config.load(conf), dataset, tmp_path / "ref" / "m.safetensors", tmp_path / "ref-run", progress=False)
+        resumed.wait(timeout=120)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+            resumed.wait()
+    assert resumed.returncode == 0, log.read_text()[-3000:]
+    assert "resuming" in log.read_text()
     _assert_same_weights(output, reference.output)
 
 
