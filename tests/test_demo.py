@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 
 from pipeline_helpers import MEMBERS, config_data, model_settings, write_toml
+from process_helpers import run_side_by_side
 from nrt import config
 from nrt.store import Catalog
 
@@ -37,31 +38,15 @@ def demo_runs(request, tmp_path_factory) -> dict[str, tuple]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in config.SECRET_ENV.values():  # offline and without credentials
         env.pop(name, None)
-    running = {}
-    for method in (m for m in METHODS if m in wanted):
-        root = tmp_path_factory.mktemp(f"demo-{method}")
-        base = config_data(root / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory))
-        conf = write_toml(root / "small.toml", base)
-        # Output goes to files: a full pipe would stall one demo while the other is waited for.
-        with (root / "stdout").open("w") as out, (root / "stderr").open("w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "nrt.cli", "--config", str(conf), "demo", "--cycles", "2", "--workdir", str(root / "demo"),
-                 *(["--method", method] if method != "diffusion" else [])],
-                cwd=REPO, env=env, stdout=out, stderr=err,
-            )
-        running[method] = (base, root, proc)
-    runs = {}
-    try:
-        for method, (base, root, proc) in running.items():
-            proc.wait(timeout=300)
-            done = subprocess.CompletedProcess(proc.args, proc.returncode, (root / "stdout").read_text(), (root / "stderr").read_text())
-            runs[method] = (base, root / "demo", done)
-    finally:
-        for _, _, proc in running.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return runs
+    roots = {method: tmp_path_factory.mktemp(f"demo-{method}") for method in METHODS if method in wanted}
+    bases = {method: config_data(root / "ignored", "http://127.0.0.1:1", model_settings(tmp_path_factory)) for method, root in roots.items()}
+    commands = {
+        method: ([sys.executable, "-m", "nrt.cli", "--config", str(write_toml(root / "small.toml", bases[method])), "demo",
+                  "--cycles", "2", "--workdir", str(root / "demo"), *(["--method", method] if method != "diffusion" else [])], root)
+        for method, root in roots.items()
+    }
+    done = run_side_by_side(commands, 300, cwd=REPO, env=env)
+    return {method: (bases[method], roots[method] / "demo", done[method]) for method in roots}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -12,57 +12,40 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from process_helpers import run_side_by_side
+
 REPO = Path(__file__).resolve().parents[1]
 CYCLES = 48
-TIMEOUT_S = 900
 
 
-def start_soak(root: Path, database: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    with (root / "soak.log").open("w") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "1", "--cycle-seconds", "1.2", "--warmup-s", "10",
-             "--seed", "3", "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
-             "--workdir", str(root / "soak"), "--twin-dir", str(root / "twin"), "--json", str(root / "soak.json"),
-             "--timeout-s", "600", "--database", database],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-
-def finish_soak(proc: subprocess.Popen, root: Path) -> dict | str:
-    """soak.json's content, or why there is none (the end of the log), so one soak's failure spares the other's test."""
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.returncode != 0:
-        return f"soak.py exited with {proc.returncode}:\n" + (root / "soak.log").read_text(errors="replace")[-6000:]
-    return json.loads((root / "soak.json").read_text())
+def soak_command(root: Path, database: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "soak.py"), "--days", "1", "--cycle-seconds", "1.2", "--warmup-s", "10",
+            "--seed", "3", "--broken-rate", "0.05", "--http-fault-rate", "0.05", "--late", "0.1", "--missing", "0.02",
+            "--workdir", str(root / "soak"), "--twin-dir", str(root / "twin"), "--json", str(root / "soak.json"),
+            "--timeout-s", "600", "--database", database]
 
 
 @pytest.fixture(scope="module")
 def soaks(request, tmp_path_factory) -> dict[str, dict | str]:
-    """What every soak this session selected gave, run concurrently: {database: soak.json or the failure}."""
+    """What every soak this session selected gave, run side by side: {database: soak.json, or why there is none
+    (the end of its output), so one soak's failure spares the other's test}."""
     wanted = {item.name for item in request.session.items if item.module is request.module}
     databases = ["sqlite"] if "test_soak_on_sqlite" in wanted else []
     if "test_soak_on_postgresql_with_a_restart_and_an_outage" in wanted and shutil.which("initdb") and shutil.which("pg_ctl"):
         databases.append("postgresql")
     roots = {database: tmp_path_factory.mktemp(f"soak-{database}") for database in databases}
-    running = {database: start_soak(root, database) for database, root in roots.items()}
-    try:
-        return {database: finish_soak(proc, roots[database]) for database, proc in running.items()}
-    finally:
-        for proc in running.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = run_side_by_side({database: (soak_command(root, database), root) for database, root in roots.items()}, 900, env=env)
+    return {
+        database: json.loads((roots[database] / "soak.json").read_text()) if run.returncode == 0
+        else f"soak.py exited with {run.returncode}:\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+        for database, run in done.items()
+    }
 
 
 def check(result: dict | str) -> None:
