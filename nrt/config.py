@@ -166,13 +166,15 @@ class ModelConfig(Section):
     ood_fallback: bool = True  # ... and the cycle writes the CSGD ensemble instead (needs `fallback`)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
-    # The default sampler: DPM-Solver++(2M), 4 steps from sigma 80 (4 network evaluations per sample), its
-    # residual scaled by 1.18; fitted on training events against Heun 18 (docs/model.md, "few steps, calibrated").
-    sampler_steps: int = Field(4, ge=1)  # network evaluations per sample: steps (euler, dpm2m), 2 steps - 1 (heun)
+    # The default sampler: DPM-Solver++(2M), 4 steps from sigma 80 stopping at sigma_min (3 network evaluations
+    # per sample), its residual scaled by 1.18; fitted on training events against Heun 18 (docs/model.md, "few
+    # steps, calibrated").
+    sampler_steps: int = Field(4, ge=1)  # levels of the schedule; evaluations: steps (euler, dpm2m), 2 steps - 1 (heun), one fewer without denoise_to_zero
     solver: Literal["heun", "euler", "dpm2m"] = "dpm2m"
     sampler_rho: float = Field(7.0, gt=0)  # EDM schedule exponent: larger puts more steps at low noise
     sampler_sigma_min: float | None = Field(None, gt=0)  # lowest noise level; default: the checkpoint's sigma_min
     sampler_sigma_max: float | None = Field(80.0, gt=0)  # starting noise level, within the checkpoint's sigma_max
+    sampler_denoise_to_zero: bool = False  # EDM's last step to 0, an evaluation at sigma_min that changes < 0.1 % (docs/model.md)
     patch_size: int = Field(64, ge=16)
     patch_overlap: int = Field(8, ge=4)
     bf16: bool = True  # bf16 autocast where the device runs bf16 natively (CUDA; CPUs with avx512_bf16/amx_bf16), else float32

@@ -11,6 +11,7 @@ time-slicing were the only effect (cache and memory-bandwidth contention still c
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -24,16 +25,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_seconds(fn, device: torch.device, repeat: int = 3) -> tuple[float, float]:
-    """(wall, process CPU) seconds, each the least of `repeat` timed calls after one untimed warm-up call."""
+def best_seconds(fn, device: torch.device, repeat: int = 3, min_block: float = 0.25) -> tuple[float, float]:
+    """(wall, process CPU) seconds per call, each the least of `repeat` timed blocks after two untimed calls.
+
+    A block repeats the call until it lasts about `min_block` seconds: Linux adds a running thread's CPU time to
+    its process only at a scheduler tick or a switch, so a call of a few milliseconds on two threads reads as
+    little as half its CPU time (a 2.4 ms convolution once gave twice the CPU's peak per CPU second).
+    """
     fn()
     sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    calls = max(1, math.ceil(min_block / max(time.perf_counter() - start, 1e-9)))
     wall = cpu = float("inf")
     for _ in range(repeat):
         start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
+        for _ in range(calls):
+            fn()
         sync(device)
-        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+        wall = min(wall, (time.perf_counter() - start) / calls)
+        cpu = min(cpu, (time.process_time() - start_cpu) / calls)
     return wall, cpu
 
 
@@ -94,15 +106,14 @@ def spec_tile_flops(model_spec, tile: tuple[int, int]) -> tuple[int, int]:
                 counted_flops(lambda: regression(torch.zeros(1, model_spec.regression.in_channels, *tile), lead)))
 
 
-def network_evaluations(steps: int, solver: str) -> int:
-    """Diffusion-network calls of one EDM sample (Heun skips its correction on the last step)."""
-    return 2 * steps - 1 if solver == "heun" else steps
-
-
 def sample_flops(downscaler, patches: int, tile: tuple[int, int], members: int, nowcast_members: int, steps: int, solver: str) -> int:
-    """FLOPs of `Downscaler.sample`: the regression on each nowcast member, the diffusion network per member and call."""
+    """FLOPs of `Downscaler.sample` (its sampler with `steps` and `solver`): the regression on each nowcast member,
+    the diffusion network per member and evaluation."""
+    from nrt.model.sampler import evaluations  # the scripts put the repository on sys.path after importing this module
+
     diffusion, regression = spec_tile_flops(downscaler.spec, tile)
-    return patches * (members * network_evaluations(steps, solver) * diffusion + nowcast_members * regression)
+    calls = evaluations(steps, solver, downscaler.sampler.denoise_to_zero)
+    return patches * (members * calls * diffusion + nowcast_members * regression)
 
 
 def cpu_flags(*wanted: str) -> list[str]:

@@ -32,9 +32,9 @@ def test_the_gpu_benchmark_runs_its_tiny_case_on_the_cpu_and_reports_every_varia
     timed = [rows[name] for name in ("fp32", "bf16", "bf16+channels_last")]
     for row in timed:
         assert row["seconds_per_call"] > 0 and row["tflops"] > 0 and row["of_peak"] > 0
-        # 15 tiles per member, 4 Euler evaluations each
-        assert row["seconds_per_member"] == pytest.approx(row["seconds_per_tile"] * report["patches"] * 4, rel=2e-3)
-    assert report["patches"] == 15 and report["tile"] == [16, 16]
+        # 15 tiles per member, 3 evaluations each: 4 Euler steps stopping at σ_min, the config's default
+        assert row["seconds_per_member"] == pytest.approx(row["seconds_per_tile"] * report["patches"] * 3, rel=2e-3)
+    assert report["patches"] == 15 and report["tile"] == [16, 16] and report["sampler"]["denoise_to_zero"] is False
     assert rows["fp32"]["max_abs_diff_vs_fp32"] is None
     for row in timed[1:]:  # bf16 really ran in bf16: its output differs from fp32, within bf16's precision
         assert 1e-4 * row["output_std"] < row["max_abs_diff_vs_fp32"] < 0.2 * rows["fp32"]["output_std"]

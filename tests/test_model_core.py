@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from nrt.model.loss import EDMLoss, regression_loss
 from nrt.model.member_noise import StackedRandomGenerator, member_seed
-from nrt.model.networks import NetworkSpec, SongUNet, parameter_count, upsample_nearest2x
+from nrt.model.networks import GroupNorm, NetworkSpec, SongUNet, parameter_count, upsample_nearest2x
 from nrt.model.normalize import ChannelStats
 from nrt.model.patching import PatchGrid, PatchSampler, axis_starts, pad_to, tile_length
 from nrt.model.precond import EDMPrecond, edm_coefficients
@@ -128,11 +128,12 @@ def _reference_edm_sample(denoise, latents, steps, solver):
     return x
 
 
-def _reference_dpm2m(denoise, latents, steps, sigma_min, sigma_max, rho):
-    """k-diffusion's `sample_dpmpp_2m` in EDM's σ-parametrisation, written out of place in float64."""
+def _reference_dpm2m(denoise, latents, steps, sigma_min, sigma_max, rho, stop_at_sigma_min=False):
+    """k-diffusion's `sample_dpmpp_2m` in EDM's σ-parametrisation, written out of place in float64 (to σ_min and
+    no further with `stop_at_sigma_min`)."""
     t = sigma_steps(steps, sigma_min, sigma_max, rho).tolist()
     x, old = latents.double() * t[0], None
-    for i in range(steps):
+    for i in range(steps - 1 if stop_at_sigma_min else steps):
         denoised = denoise(x, t[i]).double()
         if old is None or t[i + 1] == 0:
             x = denoised if t[i + 1] == 0 else (t[i + 1] / t[i]) * x - math.expm1(-math.log(t[i] / t[i + 1])) * denoised
@@ -166,16 +167,38 @@ def test_dpm2m_matches_k_diffusion_out_of_place_and_is_second_order():
     assert error["euler", 64] > 5 * error["dpm2m", 64]
 
 
-@pytest.mark.parametrize("solver,steps,calls", [("heun", 18, 35), ("heun", 1, 1), ("euler", 4, 4), ("dpm2m", 4, 4)])
-def test_network_evaluations_are_counted_as_the_sampler_makes_them(solver, steps, calls):
+@pytest.mark.parametrize("solver,steps,to_zero,calls", [
+    ("heun", 18, True, 35), ("heun", 1, True, 1), ("euler", 4, True, 4), ("dpm2m", 4, True, 4),
+    ("heun", 18, False, 34), ("euler", 4, False, 3), ("dpm2m", 4, False, 3), ("euler", 1, False, 1),
+])
+def test_network_evaluations_are_counted_as_the_sampler_makes_them(solver, steps, to_zero, calls):
     made = []
 
     def denoise(x, sigma):
         made.append(sigma)
         return 0.25 / (sigma**2 + 0.25) * x
 
-    edm_sample(denoise, torch.randn(3, 5), steps=steps, solver=solver, churn=2.0, randn_like=torch.randn_like)
-    assert len(made) == calls == evaluations(steps, solver) == SamplerSettings(solver=solver, steps=steps).evaluations
+    edm_sample(denoise, torch.randn(3, 5), steps=steps, solver=solver, churn=2.0, randn_like=torch.randn_like,
+               denoise_to_zero=to_zero)
+    settings = SamplerSettings(solver=solver, steps=steps, denoise_to_zero=to_zero)
+    assert len(made) == calls == evaluations(steps, solver, to_zero) == settings.evaluations
+    if not to_zero and steps > 1 and solver != "heun":  # (Heun's last correction is at σ_min)
+        assert min(made) > 0.002  # the evaluation at σ_min is the one left out
+
+
+def test_stopping_at_sigma_min_leaves_out_only_a_near_identity_evaluation():
+    """Without denoise_to_zero the sampler returns the state at σ_min (k-diffusion's update, out of place, stopped
+    there); on a Gaussian the skipped step D(x; σ_min) - x = -σ_min²/(s² + σ_min²)(x - mu) is all that differs."""
+    latents = torch.randn(2, 1, 12, 16, generator=torch.Generator().manual_seed(11))
+    mu, s = 0.2, 0.5
+    denoise = _gaussian_denoiser(mu, s)
+    options = {"steps": 4, "solver": "dpm2m", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+    stopped = edm_sample(denoise, latents, denoise_to_zero=False, **options)
+    torch.testing.assert_close(stopped, _reference_dpm2m(denoise, latents, 4, 0.002, 80.0, 7.0, stop_at_sigma_min=True),
+                               rtol=1e-12, atol=1e-12)
+    full = edm_sample(denoise, latents, **options)
+    torch.testing.assert_close(full - stopped, -0.002**2 / (s**2 + 0.002**2) * (stopped - mu), rtol=1e-9, atol=1e-15)
+    assert float((full - stopped).abs().max()) > 0
 
 
 @pytest.mark.parametrize("s", [0.3, 0.5, 1.0])
@@ -190,7 +213,8 @@ def test_the_default_few_step_sampler_keeps_a_gaussians_variance(s):
     sigma_min, sigma_max = settings.noise_range(0.002, 800.0)
     z = torch.randn(50000, generator=torch.Generator().manual_seed(3))
     exact_std = s * sigma_max / math.sqrt(s**2 + sigma_max**2)
-    options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": settings.rho, "steps": settings.steps}
+    options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": settings.rho, "steps": settings.steps,
+               "denoise_to_zero": settings.denoise_to_zero}
     few = edm_sample(_gaussian_denoiser(0.0, s), z, solver=settings.solver, **options)
     euler = edm_sample(_gaussian_denoiser(0.0, s), z, solver="euler", **options)
     assert settings.evaluations <= 4
@@ -256,6 +280,25 @@ def test_nearest_upsample_by_broadcast_is_bit_identical_to_interpolate(shape, ch
     ours, theirs = upsample_nearest2x(x), F.interpolate(x, scale_factor=2, mode="nearest")
     assert torch.equal(ours, theirs)
     assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dtype,cells", [(torch.bfloat16, (10, 14)), (torch.bfloat16, (40, 56)), (torch.float32, (10, 14))])
+def test_group_norm_keeps_values_and_the_channels_last_layout(dtype, cells):
+    """Small bf16 channels_last maps are normalised in the contiguous layout (a speed matter, docs/benchmarks.md);
+    every path keeps float32 GroupNorm's values within the dtype's rounding, and the channels_last layout that the
+    next convolution expects."""
+    norm = GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(generator=torch.Generator().manual_seed(1))
+        norm.bias.normal_(generator=torch.Generator().manual_seed(2))
+    x = (torch.randn(6, 16, *cells, generator=torch.Generator().manual_seed(3)) + 0.7).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = norm(x)
+        reference = F.group_norm(x.float().contiguous(), 4, norm.weight, norm.bias, 1e-6)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {"rtol": 1e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out.float(), reference, **tolerance)
 
 
 def test_extract_and_blend_into_given_buffers_equal_the_allocating_calls():

@@ -28,11 +28,12 @@ SOLVERS = ("heun", "euler", "dpm2m")
 Solver = Literal["heun", "euler", "dpm2m"]
 
 
-def evaluations(steps: int, solver: str) -> int:
-    """Network evaluations per sample: Heun corrects every step but the last (to σ = 0), the others never."""
+def evaluations(steps: int, solver: str, denoise_to_zero: bool = True) -> int:
+    """Network evaluations per sample: Heun corrects every step but the last (to σ = 0), the others never; without
+    `denoise_to_zero` that last step, one evaluation at σ_min, is not taken (a 1-step schedule has no σ_min)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
-    return 2 * steps - 1 if solver == "heun" else steps
+    return (2 * steps - 1 if solver == "heun" else steps) - (0 if denoise_to_zero or steps < 2 else 1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class SamplerSettings:
     spends its evaluations where the residual's structure is. `residual_scale` multiplies the sampled residual:
     a few-step sampler's samples are closer to the posterior mean than the converged ODE's (each large step
     moves towards D, an average), and this factor, fitted on training events, restores the spread.
+    `denoise_to_zero` False stops at σ_min instead of taking EDM's last step to 0, an evaluation at σ_min whose
+    denoiser is the identity up to c_out(σ_min) ≈ σ_min: one evaluation fewer for a change of order σ_min.
     """
 
     solver: Solver = "heun"
@@ -56,10 +59,11 @@ class SamplerSettings:
     churn_sigma_max: float = math.inf
     churn_noise: float = 1.0
     residual_scale: float = 1.0
+    denoise_to_zero: bool = True
 
     @property
     def evaluations(self) -> int:
-        return evaluations(self.steps, self.solver)
+        return evaluations(self.steps, self.solver, self.denoise_to_zero)
 
     def noise_range(self, sigma_min: float, sigma_max: float) -> tuple[float, float]:
         """The range integrated over, given the checkpoint's: the configured levels, within the trained range."""
@@ -75,6 +79,8 @@ class SamplerSettings:
             text += f", churn {self.churn:g}"
         if self.residual_scale != 1:
             text += f", residual x {self.residual_scale:g}"
+        if not self.denoise_to_zero:
+            text += ", stops at sigma_min"
         return text
 
 
@@ -109,15 +115,20 @@ def edm_sample(
     churn_noise: float = 1.0,
     randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
     workspace: Workspace | None = None,
+    denoise_to_zero: bool = True,
 ) -> torch.Tensor:
     """Integrate the probability-flow ODE (SDE with churn > 0) from σ_max to 0; returns the float64 state.
 
     `denoise(x, sigma)` returns D(x; σ) for the whole state x (float64; D may be float32); `latents` are standard
     normal with x's shape. The result is a buffer of `workspace` when one is given: copy it before the next call.
+    Without `denoise_to_zero` the integration ends at σ_min (the state keeps noise of that size); a 1-step
+    schedule, σ_max then 0, has no σ_min level and is unchanged.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
     t_steps = sigma_steps(steps, sigma_min, sigma_max, rho).tolist()
+    if not denoise_to_zero and steps > 1:
+        t_steps.pop()  # the schedule now ends at σ_min
     workspace = workspace or Workspace()
     names = ("x_cur", "x_next", "d_cur", "d_prime") if solver != "dpm2m" else ("x_cur", "x_next", "d_cur", "d_prev")
     x_cur, x_next, d_cur, d_aux = (
