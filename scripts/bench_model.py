@@ -11,8 +11,9 @@ Cases:
 
 `--efficiency` (demo case) measures the machine against itself in one run: the peak of a large fp32 matmul
 (and bf16 where the CPU has avx512_bf16/amx_bf16), a 3 x 3 convolution at each of the network's channel counts
-on the sampler's batch, the sample's FLOPs (FlopCounterMode), and the achieved GFLOP/s with its ratio to each
-peak; `--bf16` adds the same sample with `model.bf16` on (bf16 autocast, the default where the CPU has
+on the sampler's batch (the fastest is the "conv peak"), the diffusion network's own convolutions timed alone on
+one call's activations (all of them: their summed rate), the sample's FLOPs (FlopCounterMode), and the achieved
+GFLOP/s with its ratio to each; `--bf16` adds the same sample with `model.bf16` on (bf16 autocast, the default where the CPU has
 avx512_bf16/amx_bf16) against the bf16 convolution peak too, with its largest difference from fp32.
 
 `--scaling` (demo networks) times one sample against the grid (66 x 132, 132 x 264, 264 x 528 at
@@ -148,6 +149,16 @@ def bench_demo(cfg, args, device) -> dict:
     }
 
 
+def diffusion_call_inputs(ds: Downscaler, tile: tuple[int, int], batch: int, device, channels_last: bool):
+    """The diffusion network and one sampler call's arguments: `batch` tiles of noisy state, σ, condition, lead."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    channels = ds.spec.diffusion.in_channels
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, *tile, generator=generator).to(device).contiguous(memory_format=memory_format)
+    condition = torch.randn(batch, channels - 1, *tile, generator=generator).to(device).contiguous(memory_format=memory_format)
+    return ds.diffusion, (x, torch.ones(batch, device=device), condition, torch.full((batch,), 2, device=device))
+
+
 def bench_efficiency(cfg, args, device) -> list[dict]:
     """Peaks of this machine, then the sample's achieved GFLOP/s against them (JSON lines)."""
     ds = demo_downscaler(cfg, args, device, bf16=False)
@@ -164,9 +175,13 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
     if args.bf16:
         rows += efficiency.conv_rates(ds.spec.diffusion, layout.tile, batch, device, dtype=torch.bfloat16,
                                       channels_last=args.channels_last)
+    network, inputs = diffusion_call_inputs(ds, layout.tile, batch, device, args.channels_last)
+    for dtype in [torch.float32] + ([torch.bfloat16] if args.bf16 else []):
+        rows.append(efficiency.network_conv_rate(network, inputs, device, dtype))
     for row in rows:
         print(json.dumps(row), flush=True)
     rate = "gflops_cpu" if device.type == "cpu" else "gflops"  # the load-robust rate where the CPU is shared
+    network_convs = {row["dtype"]: row[rate] for row in rows if row["measure"] == "network_convolutions"}
     matmul = {row["dtype"]: row[rate] for row in rows if row["measure"] == "matmul_peak"}
     conv_peaks = {dtype: max(row[rate] for row in rows if row["measure"] == "conv3x3" and row["dtype"] == dtype)
                   for dtype in {row["dtype"] for row in rows if row["measure"] == "conv3x3"}}
@@ -187,6 +202,7 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
                "patches": f"{len(layout)} of {layout.tile[0]}x{layout.tile[1]}", "batch": batch,
                "gflop": round(flops / 1e9, 1), **speeds, "ratios_from": rate,
                "of_fp32_matmul_peak": round(achieved / matmul["float32"], 3), "of_conv_peak": round(achieved / conv_peak, 3),
+               "of_network_convolutions": round(achieved / network_convs["float32" if precision == "fp32" else "bfloat16"], 3),
                **usage}
         if reference is None:
             reference = out

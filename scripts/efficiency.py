@@ -1,8 +1,8 @@
 """Shared by the model benchmarks: a device's measured peaks and the network's FLOP counts (not a test, not a CLI).
 
 Peaks are measured, not taken from a data sheet: a large square matmul (the best the BLAS/cuBLAS reaches) and a
-3 x 3 convolution at each of the network's channel counts and resolutions (what the UNet's own layers can reach).
-FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2).
+3 x 3 convolution at each of the network's channel counts and resolutions (what the UNet's own layers can reach),
+and the network's own convolutions re-run alone on the activations of one call (`network_conv_rate`). FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2).
 
 On a CPU shared with other work, wall-clock rates fall with the load; each rate is also given per CPU second
 of this process times its threads (`*_cpu`), what the same work would reach with the cores to itself if
@@ -11,6 +11,7 @@ time-slicing were the only effect (cache and memory-bandwidth contention still c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -94,6 +95,35 @@ def conv_rates(network_spec, tile: tuple[int, int], batch: int, device: torch.de
                      "cells": f"{h}x{w}", "batch": batch, "channels_last": channels_last,
                      "gflop": round(flops / 1e9, 3), **rates(flops, wall, cpu, device)})
     return rows
+
+
+def network_conv_rate(network: nn.Module, inputs: tuple, device: torch.device, dtype: torch.dtype = torch.float32,
+                      repeat: int = 3) -> dict:
+    """GFLOP/s of the network's own convolutions timed alone: every Conv2d of one forward pass on `inputs`, each
+    re-run on the input it saw (under bf16 autocast for `dtype` bfloat16, as the sampler runs it), their FLOPs
+    and best seconds summed. What the sample's arithmetic could reach if nothing but its convolutions ran."""
+    def precision():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
+
+    seen = []
+    hooks = [module.register_forward_hook(lambda module, args, output: seen.append((module, args[0])))
+             for module in network.modules() if isinstance(module, nn.Conv2d)]
+    try:
+        with torch.no_grad(), precision():
+            network(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    flops = wall = cpu = 0.0
+    for conv, x in seen:
+        def call(conv=conv, x=x):
+            with torch.no_grad(), precision():
+                conv(x)
+        flops += counted_flops(call)
+        seconds = best_seconds(call, device, repeat)
+        wall, cpu = wall + seconds[0], cpu + seconds[1]
+    return {"measure": "network_convolutions", "dtype": str(dtype).removeprefix("torch."), "convolutions": len(seen),
+            "batch": int(inputs[0].shape[0]), "gflop": round(flops / 1e9, 3), **rates(flops, wall, cpu, device)}
 
 
 def spec_tile_flops(model_spec, tile: tuple[int, int]) -> tuple[int, int]:
