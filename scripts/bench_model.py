@@ -13,8 +13,8 @@ Cases:
 (and bf16 where the CPU has avx512_bf16/amx_bf16), a 3 x 3 convolution at each of the network's channel counts
 on the sampler's batch (the fastest is the "conv peak"), the diffusion network's own convolutions timed alone on
 one call's activations (all of them: their summed rate), the sample's FLOPs (FlopCounterMode), and the achieved
-GFLOP/s with its ratio to each; `--bf16` adds the same sample with `model.bf16` on (bf16 autocast, the default where the CPU has
-avx512_bf16/amx_bf16) against the bf16 convolution peak too, with its largest difference from fp32.
+GFLOP/s with its ratio to each; `--bf16` adds the same sample with `model.bf16` on (bf16 autocast, the default
+where the CPU has avx512_bf16/amx_bf16) against the bf16 peaks too, with its largest difference from fp32.
 
 `--scaling` (demo networks) times one sample against the grid (66 x 132, 132 x 264, 264 x 528 at
 `--scaling-members`) and against the members (10, 30, 60 on 66 x 132). Each case runs in a fresh subprocess

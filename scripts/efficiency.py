@@ -2,7 +2,8 @@
 
 Peaks are measured, not taken from a data sheet: a large square matmul (the best the BLAS/cuBLAS reaches) and a
 3 x 3 convolution at each of the network's channel counts and resolutions (what the UNet's own layers can reach),
-and the network's own convolutions re-run alone on the activations of one call (`network_conv_rate`). FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2).
+and the network's own convolutions re-run alone on the activations of one call (`network_conv_rate`). FLOPs
+come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2).
 
 On a CPU shared with other work, wall-clock rates fall with the load; each rate is also given per CPU second
 of this process times its threads (`*_cpu`), what the same work would reach with the cores to itself if

@@ -233,6 +233,8 @@ def test_settings_keep_the_noise_range_within_the_checkpoints():
     assert SamplerSettings().describe() == "heun 18 steps (35 network evaluations)"
     assert SamplerSettings(solver="dpm2m", steps=4, residual_scale=1.18).describe() == \
         "dpm2m 4 steps (4 network evaluations), residual x 1.18"
+    assert SamplerSettings(solver="dpm2m", steps=4, denoise_to_zero=False).describe() == \
+        "dpm2m 4 steps (3 network evaluations), stops at sigma_min"
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])

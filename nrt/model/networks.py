@@ -75,7 +75,7 @@ class GroupNorm(nn.GroupNorm):
 
     Below 1024 cells a map (`feature_map_threshold` in PyTorch's CPU kernel) the channels_last kernel works
     per (sample, group) and, for bf16 with this network's 4-channel groups, cannot vectorise: 3-4x the time
-    of converting to NCHW, normalising there and converting back (docs/benchmarks.md, "GroupNorm"). The two
+    of converting to NCHW, normalising there and converting back (docs/benchmarks.md, "third round"). The two
     kernels compute the same statistics in float32; float32 maps keep the native path, which is as fast.
     """
 
