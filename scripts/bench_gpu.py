@@ -27,7 +27,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -88,10 +87,6 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def amp(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 def network_call(net, inputs, device, bf16: bool, channels_last: bool, graph: bool, reduce_overhead: bool = False):
     """A zero-argument callable running `net` on the fixed `inputs`; with `graph`, a replay of a captured CUDA graph."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -100,7 +95,7 @@ def network_call(net, inputs, device, bf16: bool, channels_last: bool, graph: bo
     def run():
         if reduce_overhead:  # a new step: the previous call's CUDA-graph outputs may be overwritten (torch.compile docs)
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.no_grad(), amp(device, bf16):
+        with torch.no_grad(), efficiency.amp(device, bf16):
             return net(*inputs)
 
     if not graph:
@@ -239,12 +234,7 @@ def main() -> int:
     report.update(parameters_per_network=parameter_count(ds.diffusion), patches=len(layout), tile=list(layout.tile),
                   gflop_per_tile_call=round(flops_per_tile / 1e9, 3))
     batch = min(args.batch or (8 if args.tiny else 512), members * len(layout))
-    generator = torch.Generator(device).manual_seed(0)
-    n = ds.spec.diffusion.in_channels
-    inputs = [torch.randn(batch, 1, *layout.tile, device=device, generator=generator) * 2,
-              torch.full((batch,), 2.0, device=device),
-              torch.randn(batch, n - 1, *layout.tile, device=device, generator=generator),
-              torch.full((batch,), 2, device=device, dtype=torch.long)]
+    inputs = efficiency.diffusion_call_inputs(ds.spec.diffusion.in_channels, layout.tile, batch, device, sigma=2.0)
 
     report["variants"], reference = [], None
     for variant in VARIANTS:

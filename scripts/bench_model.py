@@ -65,6 +65,7 @@ from nrt.model.inference import Downscaler, pick_device  # noqa: E402
 from nrt.model.networks import NetworkSpec, parameter_count  # noqa: E402
 from nrt.model.normalize import ChannelStats  # noqa: E402
 from nrt.model.patching import PatchGrid  # noqa: E402
+from nrt.model.sampler import evaluations  # noqa: E402
 from nrt.model.spec import ModelSpec  # noqa: E402
 from nrt.model.transforms import PrecipTransform  # noqa: E402
 
@@ -149,16 +150,6 @@ def bench_demo(cfg, args, device) -> dict:
     }
 
 
-def diffusion_call_inputs(ds: Downscaler, tile: tuple[int, int], batch: int, device, channels_last: bool):
-    """The diffusion network and one sampler call's arguments: `batch` tiles of noisy state, σ, condition, lead."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    channels = ds.spec.diffusion.in_channels
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, *tile, generator=generator).to(device).contiguous(memory_format=memory_format)
-    condition = torch.randn(batch, channels - 1, *tile, generator=generator).to(device).contiguous(memory_format=memory_format)
-    return ds.diffusion, (x, torch.ones(batch, device=device), condition, torch.full((batch,), 2, device=device))
-
-
 def bench_efficiency(cfg, args, device) -> list[dict]:
     """Peaks of this machine, then the sample's achieved GFLOP/s against them (JSON lines)."""
     ds = demo_downscaler(cfg, args, device, bf16=False)
@@ -175,9 +166,10 @@ def bench_efficiency(cfg, args, device) -> list[dict]:
     if args.bf16:
         rows += efficiency.conv_rates(ds.spec.diffusion, layout.tile, batch, device, dtype=torch.bfloat16,
                                       channels_last=args.channels_last)
-    network, inputs = diffusion_call_inputs(ds, layout.tile, batch, device, args.channels_last)
+    inputs = efficiency.diffusion_call_inputs(ds.spec.diffusion.in_channels, layout.tile, batch, device,
+                                              memory_format=ds.memory_format)
     for dtype in [torch.float32] + ([torch.bfloat16] if args.bf16 else []):
-        rows.append(efficiency.network_conv_rate(network, inputs, device, dtype))
+        rows.append(efficiency.network_conv_rate(ds.diffusion, inputs, device, dtype))
     for row in rows:
         print(json.dumps(row), flush=True)
     rate = "gflops_cpu" if device.type == "cpu" else "gflops"  # the load-robust rate where the CPU is shared
@@ -305,7 +297,6 @@ def bench_scaling(args) -> list[dict]:
 
 def bench_production(cfg, args, device) -> list[dict]:
     grid = LatLonGrid(0.05, 24.025, -124.975, *CONUS_SHAPE)
-    evals = 2 * args.steps - 1 if args.solver == "heun" else args.steps
     variants = list(itertools.product([False, True], repeat=3)) if args.variants else [(device.type == "cuda", False, False)]
     results = []
     for bf16, channels_last, compiled in variants:
@@ -318,19 +309,15 @@ def bench_production(cfg, args, device) -> list[dict]:
                "compile": compiled, "patches": patches, "parameters_per_network": parameter_count(ds.diffusion),
                "tile": list(layout.tile), "gflop_per_patch_call": round(efficiency.spec_tile_flops(ds.spec, layout.tile)[0] / 1e9, 2)}
         if args.tiles:
-            n = ds.spec.diffusion.in_channels
-            x = torch.randn(args.tiles, 1, *layout.tile, device=device)
-            cond = torch.randn(args.tiles, n - 1, *layout.tile, device=device)
-            sig = torch.full((args.tiles,), 1.0, device=device)
-            lead = torch.zeros(args.tiles, dtype=torch.long, device=device)
+            inputs = efficiency.diffusion_call_inputs(ds.spec.diffusion.in_channels, layout.tile, args.tiles, device)
             with torch.no_grad():
-                ds.run_batched(ds.diffusion_call, x, sig, cond, lead)  # warm-up (and compilation)
+                ds.run_batched(ds.diffusion_call, *inputs)  # warm-up (and compilation)
                 efficiency.sync(device)
                 t0 = time.perf_counter()
-                ds.run_batched(ds.diffusion_call, x, sig, cond, lead)
+                ds.run_batched(ds.diffusion_call, *inputs)
                 efficiency.sync(device)
             per_tile = (time.perf_counter() - t0) / args.tiles
-            calls = patches * args.members * evals
+            calls = patches * args.members * evaluations(args.steps, args.solver, ds.sampler.denoise_to_zero)
             row.update({"timed_tiles": args.tiles, "seconds_per_tile": round(per_tile, 4),
                         "estimated_seconds_per_sample": round(per_tile * calls, 1), "tile_calls_per_sample": calls})
         else:

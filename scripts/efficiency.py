@@ -98,13 +98,29 @@ def conv_rates(network_spec, tile: tuple[int, int], batch: int, device: torch.de
     return rows
 
 
-def network_conv_rate(network: nn.Module, inputs: tuple, device: torch.device, dtype: torch.dtype = torch.float32,
+def amp(device: torch.device, bf16: bool):
+    """bf16 autocast on `device`, or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def diffusion_call_inputs(in_channels: int, tile: tuple[int, int], batch: int, device: torch.device, sigma: float = 1.0,
+                          memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+    """One diffusion-network call's arguments on `batch` tiles: a state of noise level `sigma`, σ, a random
+    condition of the other channels, lead 2 (the same values on any device)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, *tile, generator=generator) * sigma
+    condition = torch.randn(batch, in_channels - 1, *tile, generator=generator)
+    return [x.to(device).contiguous(memory_format=memory_format), torch.full((batch,), float(sigma), device=device),
+            condition.to(device).contiguous(memory_format=memory_format), torch.full((batch,), 2, device=device)]
+
+
+def network_conv_rate(network: nn.Module, inputs: list, device: torch.device, dtype: torch.dtype = torch.float32,
                       repeat: int = 3) -> dict:
     """GFLOP/s of the network's own convolutions timed alone: every Conv2d of one forward pass on `inputs`, each
     re-run on the input it saw (under bf16 autocast for `dtype` bfloat16, as the sampler runs it), their FLOPs
     and best seconds summed. What the sample's arithmetic could reach if nothing but its convolutions ran."""
     def precision():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
+        return amp(device, dtype == torch.bfloat16)
 
     seen = []
     hooks = [module.register_forward_hook(lambda module, args, output: seen.append((module, args[0])))

@@ -33,3 +33,9 @@ def run_side_by_side(commands: dict[str, tuple[list[str], Path]], timeout_s: flo
                                          (folder / "stderr").read_text(errors="replace"))
         for (key, proc), (_, folder) in zip(started.items(), commands.values())
     }
+
+
+def selected_tests(request) -> set[str]:
+    """Names (with parameters) of the tests of the requesting module that this session runs: a module fixture
+    that starts processes for several tests starts only the selected ones'."""
+    return {item.name for item in request.session.items if item.module is request.module}

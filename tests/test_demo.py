@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 
 from pipeline_helpers import MEMBERS, config_data, model_settings, write_toml
-from process_helpers import run_side_by_side
+from process_helpers import run_side_by_side, selected_tests
 from nrt import config
 from nrt.store import Catalog
 
@@ -33,8 +33,8 @@ def demo_runs(request, tmp_path_factory) -> dict[str, tuple]:
 
     Each demo keeps about one core busy (one thread; mostly imports, the twin and products), so the two run at
     the same time."""
-    wanted = {item.callspec.params["method"] for item in request.session.items
-              if item.module is request.module and item.originalname == "test_demo_runs_two_cycles_and_reports_what_it_made"}
+    wanted = {method for method in METHODS
+              if f"test_demo_runs_two_cycles_and_reports_what_it_made[{method}]" in selected_tests(request)}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in config.SECRET_ENV.values():  # offline and without credentials
         env.pop(name, None)

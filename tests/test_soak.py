@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import run_side_by_side
+from process_helpers import run_side_by_side, selected_tests
 
 REPO = Path(__file__).resolve().parents[1]
 CYCLES = 48
@@ -34,7 +34,7 @@ def soak_command(root: Path, database: str) -> list[str]:
 def soaks(request, tmp_path_factory) -> dict[str, dict | str]:
     """What every soak this session selected gave, run side by side: {database: soak.json, or why there is none
     (the end of its output), so one soak's failure spares the other's test}."""
-    wanted = {item.name for item in request.session.items if item.module is request.module}
+    wanted = selected_tests(request)
     databases = ["sqlite"] if "test_soak_on_sqlite" in wanted else []
     if "test_soak_on_postgresql_with_a_restart_and_an_outage" in wanted and shutil.which("initdb") and shutil.which("pg_ctl"):
         databases.append("postgresql")
