@@ -42,7 +42,6 @@ from nrt.grids import LatLonGrid  # noqa: E402
 from nrt.model.inference import pick_device, sampler_settings  # noqa: E402
 from nrt.model.networks import parameter_count  # noqa: E402
 from nrt.model.patching import PatchGrid  # noqa: E402
-from nrt.model.sampler import evaluations  # noqa: E402
 
 TINY = {"model_channels": 8, "channel_mult": (1, 2), "num_blocks": 1}
 VARIANTS = [  # name, bf16, tf32, channels_last, CUDA graph, torch.compile mode (None = eager)
@@ -135,7 +134,7 @@ def bench_variant(variant, ds, inputs, reference, peaks, flops_per_tile, per_mem
     wall, _ = efficiency.best_seconds(call, device, repeat=args.repeat)
     batch = inputs[0].shape[0]
     per_tile = wall / batch
-    evals = evaluations(args.steps, args.solver, args.denoise_to_zero)
+    evals = args.sampler.evaluations
     precision = "bfloat16" if bf16 else ("tf32" if tf32 else "float32")
     tflops = flops_per_tile * batch / wall / 1e12
     row.update({
@@ -168,7 +167,7 @@ def end_to_end(ds, shape, members, layout, flops_per_tile, regression_flops, arg
     out = ds.sample(cond, members=members, seed=1, steps=args.steps, solver=args.solver)
     efficiency.sync(device)
     seconds = time.perf_counter() - start
-    evals = evaluations(args.steps, args.solver, ds.sampler.denoise_to_zero)
+    evals = ds.sampler.overridden(args.steps, args.solver).evaluations
     flops = len(layout) * (members * evals * flops_per_tile + cond.precip.shape[0] * regression_flops)
     row = {
         "members": members, "steps": args.steps, "solver": args.solver, "bf16": ds.autocast,
@@ -208,10 +207,12 @@ def main() -> int:
     cfg = config.load(args.config)
     args.steps = args.steps or cfg.model.sampler_steps
     args.solver = args.solver or cfg.model.solver
-    args.denoise_to_zero = cfg.model.sampler_denoise_to_zero
+    args.sampler = sampler_settings(cfg.model).overridden(args.steps, args.solver)
     report = {"environment": environment(device), "case": "tiny" if args.tiny else "production-conus",
-              "grid": list(shape), "members": members, "sampler": {"steps": args.steps, "solver": args.solver,
-                                                                   "denoise_to_zero": args.denoise_to_zero}}
+              "grid": list(shape), "members": members,
+              "sampler": {"steps": args.steps, "solver": args.solver, "denoise_to_zero": args.sampler.denoise_to_zero,
+                          "analytic_first_step": args.sampler.analytic_first_step,
+                          "evaluations": args.sampler.evaluations}}
     log(f"{report['case']} on {report['environment'].get('gpu', device)}")
 
     matmul_n = args.matmul_n or (256 if args.tiny else 8192)

@@ -65,7 +65,6 @@ from nrt.model.inference import Downscaler, pick_device  # noqa: E402
 from nrt.model.networks import NetworkSpec, parameter_count  # noqa: E402
 from nrt.model.normalize import ChannelStats  # noqa: E402
 from nrt.model.patching import PatchGrid  # noqa: E402
-from nrt.model.sampler import evaluations  # noqa: E402
 from nrt.model.spec import ModelSpec  # noqa: E402
 from nrt.model.transforms import PrecipTransform  # noqa: E402
 
@@ -317,7 +316,7 @@ def bench_production(cfg, args, device) -> list[dict]:
                 ds.run_batched(ds.diffusion_call, *inputs)
                 efficiency.sync(device)
             per_tile = (time.perf_counter() - t0) / args.tiles
-            calls = patches * args.members * evaluations(args.steps, args.solver, ds.sampler.denoise_to_zero)
+            calls = patches * args.members * ds.sampler.overridden(args.steps, args.solver).evaluations
             row.update({"timed_tiles": args.tiles, "seconds_per_tile": round(per_tile, 4),
                         "estimated_seconds_per_sample": round(per_tile * calls, 1), "tile_calls_per_sample": calls})
         else:

@@ -156,10 +156,8 @@ def spec_tile_flops(model_spec, tile: tuple[int, int]) -> tuple[int, int]:
 def sample_flops(downscaler, patches: int, tile: tuple[int, int], members: int, nowcast_members: int, steps: int, solver: str) -> int:
     """FLOPs of `Downscaler.sample` (its sampler with `steps` and `solver`): the regression on each nowcast member,
     the diffusion network per member and evaluation."""
-    from nrt.model.sampler import evaluations  # the scripts put the repository on sys.path after importing this module
-
     diffusion, regression = spec_tile_flops(downscaler.spec, tile)
-    calls = evaluations(steps, solver, downscaler.sampler.denoise_to_zero)
+    calls = downscaler.sampler.overridden(steps, solver).evaluations
     return patches * (members * calls * diffusion + nowcast_members * regression)
 
 

@@ -99,6 +99,7 @@ def sampler_settings(model_cfg) -> SamplerSettings:
         churn_sigma_min=model_cfg.churn_sigma_min, churn_noise=model_cfg.churn_noise,
         churn_sigma_max=math.inf if model_cfg.churn_sigma_max is None else model_cfg.churn_sigma_max,
         residual_scale=model_cfg.residual_scale, denoise_to_zero=model_cfg.sampler_denoise_to_zero,
+        analytic_first_step=model_cfg.sampler_analytic_first_step,
     )
 
 
@@ -248,13 +249,14 @@ class Downscaler:
 
             noise = StackedRandomGenerator(self.device, seed, members)
             latents = noise.randn((members, 1, *grid.shape), out=ws.get("latents", (members, 1, *grid.shape), device=self.device))
-            settings = self.sampler
+            settings = self.sampler.overridden(steps, solver)
             sigma_min, sigma_max = settings.noise_range(self.spec.sigma_min, self.spec.sigma_max)
-            residual = edm_sample(denoise, latents, steps=steps or settings.steps, solver=solver or settings.solver,
+            residual = edm_sample(denoise, latents, steps=settings.steps, solver=settings.solver,
                                   sigma_min=sigma_min, sigma_max=sigma_max, rho=settings.rho, churn=settings.churn,
                                   churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
                                   churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws,
-                                  denoise_to_zero=settings.denoise_to_zero)
+                                  denoise_to_zero=settings.denoise_to_zero,
+                                  first_denoised=0.0 if settings.analytic_first_step else None)
             if settings.residual_scale != 1:
                 residual.mul_(settings.residual_scale)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
