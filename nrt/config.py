@@ -175,7 +175,6 @@ class ModelConfig(Section):
     sampler_sigma_min: float | None = Field(None, gt=0)  # lowest noise level; default: the checkpoint's sigma_min
     sampler_sigma_max: float | None = Field(80.0, gt=0)  # starting noise level, within the checkpoint's sigma_max
     sampler_denoise_to_zero: bool = False  # EDM's last step to 0, an evaluation at sigma_min that changes < 0.1 % (docs/model.md)
-    sampler_analytic_first_step: bool = False  # D at sigma_max is the residual's mean, 0, instead of a network evaluation
     patch_size: int = Field(64, ge=16)
     patch_overlap: int = Field(8, ge=4)
     bf16: bool = True  # bf16 autocast where the device runs bf16 natively (CUDA; CPUs with avx512_bf16/amx_bf16), else float32

@@ -211,7 +211,6 @@ def main() -> int:
     report = {"environment": environment(device), "case": "tiny" if args.tiny else "production-conus",
               "grid": list(shape), "members": members,
               "sampler": {"steps": args.steps, "solver": args.solver, "denoise_to_zero": args.sampler.denoise_to_zero,
-                          "analytic_first_step": args.sampler.analytic_first_step,
                           "evaluations": args.sampler.evaluations}}
     log(f"{report['case']} on {report['environment'].get('gpu', device)}")
 

@@ -8,11 +8,11 @@ too wide in heavy rain once scaled. Training events only: tuning never sees `[ho
 
     OMP_NUM_THREADS=2 python scripts/sampler_probe.py \\
         solver=dpm2m,steps=4,sigma_max=80,denoise_to_zero=false,residual_scale=1.18 \\
-        solver=dpm2m,steps=5,sigma_max=30,rho=5,denoise_to_zero=false,analytic_first_step=true
+        solver=dpm2m,steps=6,sigma_max=30,rho=7,denoise_to_zero=false
     OMP_NUM_THREADS=1 python scripts/sampler_probe.py --per-event 1 --members 8 ...   # quicker, coarser
 
 Candidates are comma-separated `SamplerSettings` fields (solver, steps, rho, sigma_min, sigma_max, churn,
-residual_scale, denoise_to_zero, analytic_first_step, ...). The reference is `--reference` (Heun 18 from the
+residual_scale, denoise_to_zero, ...). The reference is `--reference` (Heun 18 from the
 checkpoint's σ_max, EDM's last step taken).
 """
 

@@ -167,13 +167,11 @@ def test_dpm2m_matches_k_diffusion_out_of_place_and_is_second_order():
     assert error["euler", 64] > 5 * error["dpm2m", 64]
 
 
-@pytest.mark.parametrize("solver,steps,to_zero,analytic,calls", [
-    ("heun", 18, True, False, 35), ("heun", 1, True, False, 1), ("euler", 4, True, False, 4),
-    ("dpm2m", 4, True, False, 4), ("heun", 18, False, False, 34), ("euler", 4, False, False, 3),
-    ("dpm2m", 4, False, False, 3), ("euler", 1, False, False, 1), ("dpm2m", 5, False, True, 3),
-    ("heun", 18, True, True, 34), ("euler", 4, True, True, 3), ("dpm2m", 1, False, True, 1),
+@pytest.mark.parametrize("solver,steps,to_zero,calls", [
+    ("heun", 18, True, 35), ("heun", 1, True, 1), ("euler", 4, True, 4), ("dpm2m", 4, True, 4),
+    ("heun", 18, False, 34), ("euler", 4, False, 3), ("dpm2m", 4, False, 3), ("euler", 1, False, 1),
 ])
-def test_network_evaluations_are_counted_as_the_sampler_makes_them(solver, steps, to_zero, analytic, calls):
+def test_network_evaluations_are_counted_as_the_sampler_makes_them(solver, steps, to_zero, calls):
     made = []
 
     def denoise(x, sigma):
@@ -181,34 +179,11 @@ def test_network_evaluations_are_counted_as_the_sampler_makes_them(solver, steps
         return 0.25 / (sigma**2 + 0.25) * x
 
     edm_sample(denoise, torch.randn(3, 5), steps=steps, solver=solver, churn=2.0, randn_like=torch.randn_like,
-               denoise_to_zero=to_zero, first_denoised=0.0 if analytic else None)
-    settings = SamplerSettings(solver=solver, steps=steps, denoise_to_zero=to_zero, analytic_first_step=analytic)
-    assert len(made) == calls == evaluations(steps, solver, to_zero, analytic) == settings.evaluations
+               denoise_to_zero=to_zero)
+    settings = SamplerSettings(solver=solver, steps=steps, denoise_to_zero=to_zero)
+    assert len(made) == calls == evaluations(steps, solver, to_zero) == settings.evaluations
     if not to_zero and steps > 1 and solver != "heun":  # (Heun's last correction is at σ_min)
         assert min(made) > 0.002  # the evaluation at σ_min is the one left out
-    if analytic and steps > 1:
-        assert max(made) < 800  # the evaluation at σ_max is the one left out
-
-
-def test_an_analytic_first_step_replaces_only_the_evaluation_at_sigma_max():
-    """`first_denoised` stands in for D at σ_max and nowhere else (k-diffusion's update with that value). On
-    residual-like data, N(0, s²) with σ_max far above s, the exact D(x; σ_max) = s²/(s² + σ_max²) x is nearly 0,
-    so the sample barely moves; where the network returns noise at σ_max instead, it is that noise that is left out."""
-    latents = torch.randn(4000, generator=torch.Generator().manual_seed(12))
-    s, options = 0.5, {"steps": 5, "solver": "dpm2m", "sigma_min": 0.002, "sigma_max": 30.0, "rho": 5.0}
-    exact = _gaussian_denoiser(0.0, s)
-    analytic = edm_sample(exact, latents, denoise_to_zero=False, first_denoised=0.0, **options)
-
-    def known_first(x, sigma):
-        return torch.zeros_like(x) if math.isclose(sigma, 30.0) else exact(x, sigma)
-
-    reference = _reference_dpm2m(known_first, latents, 5, 0.002, 30.0, 5.0, stop_at_sigma_min=True)
-    torch.testing.assert_close(analytic, reference, rtol=1e-12, atol=1e-12)
-    evaluated = edm_sample(exact, latents, denoise_to_zero=False, **options)
-    assert float((analytic - evaluated).abs().max()) < 0.02 * s
-    noisy = edm_sample(lambda x, sigma: exact(x, sigma) + (0.2 * x / sigma if math.isclose(sigma, 30.0) else 0), latents,
-                       denoise_to_zero=False, **options)
-    assert float((noisy - evaluated).abs().max()) > 0.1 * s
 
 
 def test_stopping_at_sigma_min_leaves_out_only_a_near_identity_evaluation():
@@ -239,7 +214,7 @@ def test_the_default_few_step_sampler_keeps_a_gaussians_variance(s):
     z = torch.randn(50000, generator=torch.Generator().manual_seed(3))
     exact_std = s * sigma_max / math.sqrt(s**2 + sigma_max**2)
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": settings.rho, "steps": settings.steps,
-               "denoise_to_zero": settings.denoise_to_zero, "first_denoised": 0.0 if settings.analytic_first_step else None}
+               "denoise_to_zero": settings.denoise_to_zero}
     few = edm_sample(_gaussian_denoiser(0.0, s), z, solver=settings.solver, **options)
     euler = edm_sample(_gaussian_denoiser(0.0, s), z, solver="euler", **options)
     assert settings.evaluations <= 4
@@ -260,10 +235,16 @@ def test_settings_keep_the_noise_range_within_the_checkpoints():
         "dpm2m 4 steps (4 network evaluations), residual x 1.18"
     assert SamplerSettings(solver="dpm2m", steps=4, denoise_to_zero=False).describe() == \
         "dpm2m 4 steps (3 network evaluations), stops at sigma_min"
-    assert SamplerSettings(solver="dpm2m", steps=5, denoise_to_zero=False, analytic_first_step=True).describe() == \
-        "dpm2m 5 steps (3 network evaluations), stops at sigma_min, analytic first step"
     with pytest.raises(ValueError, match="at least one step"):
         evaluations(0, "dpm2m")
+
+
+def test_a_runs_steps_and_solver_override_only_those_settings():
+    configured = SamplerSettings(solver="dpm2m", steps=4, sigma_max=80.0, residual_scale=1.18, denoise_to_zero=False)
+    assert configured.overridden() == configured
+    heun = configured.overridden(steps=18, solver="heun")
+    assert (heun.solver, heun.steps, heun.sigma_max, heun.residual_scale) == ("heun", 18, 80.0, 1.18)
+    assert heun.evaluations == 34 and configured.overridden(solver="euler").evaluations == 3
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])

@@ -32,10 +32,10 @@ def test_spread_by_rate_finds_a_sampler_narrow_in_light_rain_and_wide_in_heavy(p
 
 
 def test_candidates_parse_into_sampler_settings_and_bad_keys_are_named(probe):
-    settings = probe.parse("solver=dpm2m,steps=5,sigma_max=30,rho=5,denoise_to_zero=false,analytic_first_step=true")
-    assert (settings.solver, settings.steps, settings.sigma_max, settings.rho) == ("dpm2m", 5, 30.0, 5.0)
-    assert settings.analytic_first_step and not settings.denoise_to_zero and settings.evaluations == 3
+    settings = probe.parse("solver=dpm2m,steps=6,sigma_max=30,rho=5,denoise_to_zero=false,residual_scale=1.1")
+    assert (settings.solver, settings.steps, settings.sigma_max, settings.rho) == ("dpm2m", 6, 30.0, 5.0)
+    assert settings.residual_scale == 1.1 and not settings.denoise_to_zero and settings.evaluations == 5
     with pytest.raises(SystemExit, match="'sigma' is not a SamplerSettings field"):
         probe.parse("solver=dpm2m,sigma=3")
     with pytest.raises(SystemExit, match="takes true or false"):
-        probe.parse("analytic_first_step=yes")
+        probe.parse("denoise_to_zero=yes")

@@ -99,7 +99,6 @@ def sampler_settings(model_cfg) -> SamplerSettings:
         churn_sigma_min=model_cfg.churn_sigma_min, churn_noise=model_cfg.churn_noise,
         churn_sigma_max=math.inf if model_cfg.churn_sigma_max is None else model_cfg.churn_sigma_max,
         residual_scale=model_cfg.residual_scale, denoise_to_zero=model_cfg.sampler_denoise_to_zero,
-        analytic_first_step=model_cfg.sampler_analytic_first_step,
     )
 
 
@@ -255,8 +254,7 @@ class Downscaler:
                                   sigma_min=sigma_min, sigma_max=sigma_max, rho=settings.rho, churn=settings.churn,
                                   churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
                                   churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws,
-                                  denoise_to_zero=settings.denoise_to_zero,
-                                  first_denoised=0.0 if settings.analytic_first_step else None)
+                                  denoise_to_zero=settings.denoise_to_zero)
             if settings.residual_scale != 1:
                 residual.mul_(settings.residual_scale)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()

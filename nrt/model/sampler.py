@@ -28,17 +28,14 @@ SOLVERS = ("heun", "euler", "dpm2m")
 Solver = Literal["heun", "euler", "dpm2m"]
 
 
-def evaluations(steps: int, solver: str, denoise_to_zero: bool = True, analytic_first_step: bool = False) -> int:
+def evaluations(steps: int, solver: str, denoise_to_zero: bool = True) -> int:
     """Network evaluations per sample: Heun corrects every step but the last (to σ = 0), the others never; without
-    `denoise_to_zero` that last step, one evaluation at σ_min, is not taken, and with `analytic_first_step` the
-    first level is not evaluated (a 1-step schedule has neither: its one level is evaluated)."""
+    `denoise_to_zero` that last step, one evaluation at σ_min, is not taken (a 1-step schedule has no σ_min)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
     if steps < 1:
         raise ValueError("the sampler needs at least one step")
-    if steps == 1:
-        return 1
-    return (2 * steps - 1 if solver == "heun" else steps) - (not denoise_to_zero) - analytic_first_step
+    return (2 * steps - 1 if solver == "heun" else steps) - (0 if denoise_to_zero or steps < 2 else 1)
 
 
 @dataclass(frozen=True)
@@ -52,10 +49,6 @@ class SamplerSettings:
     moves towards D, an average), and this factor, fitted on training events, restores the spread.
     `denoise_to_zero` False stops at σ_min instead of taking EDM's last step to 0, an evaluation at σ_min whose
     denoiser is the identity up to c_out(σ_min) ≈ σ_min: one evaluation fewer for a change of order σ_min.
-    `analytic_first_step` takes the denoised residual at σ_max as its limit, the residual's mean 0, instead of
-    evaluating the network there: for σ_max far above the residual's spread s, the exact denoiser is
-    s²/(s² + σ²) x ≈ 0, while the network, trained on σ ~ logNormal(0, 1.2), returns member-dependent noise
-    that far out (docs/model.md, "An analytic first step").
     """
 
     solver: Solver = "heun"
@@ -69,14 +62,13 @@ class SamplerSettings:
     churn_noise: float = 1.0
     residual_scale: float = 1.0
     denoise_to_zero: bool = True
-    analytic_first_step: bool = False
 
     @property
     def evaluations(self) -> int:
-        return evaluations(self.steps, self.solver, self.denoise_to_zero, self.analytic_first_step)
+        return evaluations(self.steps, self.solver, self.denoise_to_zero)
 
     def overridden(self, steps: int | None = None, solver: str | None = None) -> SamplerSettings:
-        """These settings with `steps` and `solver` replaced where given."""
+        """These settings with `steps` and `solver` replaced where given (a run's `--steps`, `--solver`)."""
         return replace(self, steps=steps or self.steps, solver=solver or self.solver)
 
     def noise_range(self, sigma_min: float, sigma_max: float) -> tuple[float, float]:
@@ -95,8 +87,6 @@ class SamplerSettings:
             text += f", residual x {self.residual_scale:g}"
         if not self.denoise_to_zero:
             text += ", stops at sigma_min"
-        if self.analytic_first_step:
-            text += ", analytic first step"
         return text
 
 
@@ -132,16 +122,13 @@ def edm_sample(
     randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
     workspace: Workspace | None = None,
     denoise_to_zero: bool = True,
-    first_denoised: float | None = None,
 ) -> torch.Tensor:
     """Integrate the probability-flow ODE (SDE with churn > 0) from σ_max to 0; returns the float64 state.
 
     `denoise(x, sigma)` returns D(x; σ) for the whole state x (float64; D may be float32); `latents` are standard
     normal with x's shape. The result is a buffer of `workspace` when one is given: copy it before the next call.
     Without `denoise_to_zero` the integration ends at σ_min (the state keeps noise of that size); a 1-step
-    schedule, σ_max then 0, has no σ_min level and is unchanged. `first_denoised`, when given, is D at the first
-    level (a constant: the data's mean where σ_max is far above its spread), used there instead of `denoise`;
-    a 1-step schedule ignores it.
+    schedule, σ_max then 0, has no σ_min level and is unchanged.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} ({', '.join(SOLVERS)})")
@@ -155,37 +142,31 @@ def edm_sample(
     )
     x_cur.copy_(latents).mul_(t_steps[0])  # widened first, as edm's latents.to(float64) * t_steps[0]
     t_prev = None  # dpm2m: the level of the previous evaluation, whose denoised field is in d_aux
-    known = first_denoised if steps > 1 else None
-
-    def denoised_at(x: torch.Tensor, sigma: float, out: torch.Tensor) -> torch.Tensor:
-        return out.fill_(known) if known is not None else out.copy_(denoise(x, sigma))
-
     for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
         gamma = min(churn / steps, math.sqrt(2) - 1) if churn_sigma_min <= t_cur <= churn_sigma_max else 0.0
         t_hat = t_cur + gamma * t_cur
         if gamma > 0:  # x_hat = x_cur + sqrt(t_hat² - t_cur²) S_noise ε, in place
             x_cur.add_(randn_like(x_cur), alpha=math.sqrt(t_hat**2 - t_cur**2) * churn_noise)
         if solver == "dpm2m":
-            t_prev = _dpm2m_step(denoised_at(x_cur, t_hat, d_cur), x_cur, x_next, d_aux, t_prev, t_hat, t_next)
+            t_prev = _dpm2m_step(denoise, x_cur, x_next, d_cur, d_aux, t_prev, t_hat, t_next)
         else:
-            torch.sub(x_cur, denoised_at(x_cur, t_hat, d_cur), out=d_cur).div_(t_hat)
+            torch.sub(x_cur, denoise(x_cur, t_hat), out=d_cur).div_(t_hat)
             torch.add(x_cur, d_cur, alpha=t_next - t_hat, out=x_next)
             if solver == "heun" and t_next > 0:
                 torch.sub(x_next, denoise(x_next, t_next), out=d_aux).div_(t_next)
                 d_cur.add_(d_aux).mul_(0.5)  # (d + d')/2: halving is exact, so this equals d/2 + d'/2
                 torch.add(x_cur, d_cur, alpha=t_next - t_hat, out=x_next)
         x_cur, x_next = x_next, x_cur
-        known = None
     return x_cur
 
 
-def _dpm2m_step(denoised, x_cur, x_next, previous, t_prev, t_hat, t_next) -> float:
-    """One DPM-Solver++(2M) step from t_hat to t_next into x_next, given `denoised`, D at t_hat; `previous` holds
-    D at t_prev (None: first step).
+def _dpm2m_step(denoise, x_cur, x_next, denoised, previous, t_prev, t_hat, t_next) -> float:
+    """One DPM-Solver++(2M) step from t_hat to t_next into x_next; `previous` holds D at t_prev (None: first step).
 
     The last step (to σ = 0) and the first are first order, as in k-diffusion. Returns t_hat, the level of the
     denoised field now in `previous`.
     """
+    denoised.copy_(denoise(x_cur, t_hat))
     ratio = t_next / t_hat
     if t_prev is not None and t_next > 0:
         h, h_last = math.log(t_hat / t_next), math.log(t_prev / t_hat)
