@@ -158,6 +158,7 @@ class NowcastConfig(Section):
 
 
 class ModelConfig(Section):
+    may_be_empty = frozenset({"residual_scale_by_rate"})
     method: Literal["diffusion", "csgd"] = "diffusion"  # the downscaler (nrt.downscale); csgd is the statistical baseline
     checkpoint: str = "builtin:demo"
     csgd_params: str = "builtin:csgd"  # CSGD parameter file (nrt.csgd): the csgd method and the fallback
@@ -190,11 +191,17 @@ class ModelConfig(Section):
     churn_sigma_max: float | None = Field(None, gt=0)  # EDM S_tmax; default: no upper bound
     churn_noise: float = Field(1.0, gt=0)  # EDM S_noise: scale of the churn noise
     residual_scale: float = Field(1.18, gt=0)  # multiplies the sampled residual (model space); fitted for builtin:demo, refit per checkpoint
+    residual_scale_by_rate: list[tuple[float, float]] = []  # [rate mm/h of the regression mean, factor on residual_scale], rates rising; empty = one scale
 
     @model_validator(mode="after")
     def _sampler_ranges(self):
         if self.sampler_sigma_min is not None and self.sampler_sigma_max is not None and self.sampler_sigma_min >= self.sampler_sigma_max:
             raise ValueError(f"sampler_sigma_min ({self.sampler_sigma_min}) must be less than sampler_sigma_max ({self.sampler_sigma_max})")
+        rates = [rate for rate, _ in self.residual_scale_by_rate]
+        if any(rate < 0 for rate in rates) or any(b <= a for a, b in zip(rates, rates[1:])):
+            raise ValueError(f"residual_scale_by_rate: rates must be >= 0 and rising (got {rates})")
+        if any(factor <= 0 for _, factor in self.residual_scale_by_rate):
+            raise ValueError("residual_scale_by_rate: every factor must be > 0")
         if self.churn_sigma_max is not None and self.churn_sigma_min >= self.churn_sigma_max:
             raise ValueError(f"churn_sigma_min ({self.churn_sigma_min}) must be less than churn_sigma_max ({self.churn_sigma_max})")
         return self

@@ -597,7 +597,8 @@ def sampler_config(args, **options):
     """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
     from nrt.errors import ConfigError
 
-    values = {key: None if value == "none" else value for key, value in (item.partition("=")[::2] for item in args.sampler)}
+    values = {key: None if value == "none" else json.loads(value) if value.startswith("[") else value
+              for key, value in (item.partition("=")[::2] for item in args.sampler)}  # [...]: a list, as JSON
     try:
         return config.from_dict({"model": {"device": "cpu", **options, **values}}, "model_skill --sampler").model
     except ConfigError as exc:
@@ -606,7 +607,7 @@ def sampler_config(args, **options):
 
 def scored_sampler(ds, args):
     """The sampler `ds.sample` ran: the config's, with --steps and --solver where given."""
-    return dataclasses.replace(ds.sampler, steps=args.steps or ds.sampler.steps, solver=args.solver or ds.sampler.solver)
+    return ds.sampler.overridden(args.steps, args.solver)
 
 
 def sampler_record(sampler) -> dict:

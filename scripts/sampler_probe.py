@@ -10,6 +10,7 @@ too wide in heavy rain once scaled. Training events only: tuning never sees `[ho
         solver=dpm2m,steps=4,sigma_max=80,denoise_to_zero=false,residual_scale=1.18 \\
         solver=dpm2m,steps=6,sigma_max=30,rho=7,denoise_to_zero=false
     OMP_NUM_THREADS=1 python scripts/sampler_probe.py --per-event 1 --members 8 ...   # quicker, coarser
+    OMP_NUM_THREADS=1 python scripts/sampler_probe.py --wettest --per-event 4 ...     # heavy rain
 
 Candidates are comma-separated `SamplerSettings` fields (solver, steps, rho, sigma_min, sigma_max, churn,
 residual_scale, denoise_to_zero, ...). The reference is `--reference` (Heun 18 from the
@@ -48,7 +49,13 @@ def parse(candidate: str) -> SamplerSettings:
         if key not in fields:
             sys.exit(f"sampler_probe: {candidate}: {key!r} is not a SamplerSettings field ({', '.join(fields)})")
         default = fields[key].default
-        if isinstance(default, bool):
+        if key == "residual_scale_by_rate":  # rate:factor/rate:factor/...
+            try:
+                values[key] = tuple((float(rate), float(factor)) for rate, factor in
+                                    (pair.split(":") for pair in value.split("/")))
+            except ValueError:
+                sys.exit(f"sampler_probe: {candidate}: {key} takes rate:factor/rate:factor/..., not {value!r}")
+        elif isinstance(default, bool):
             if value not in ("true", "false"):
                 sys.exit(f"sampler_probe: {candidate}: {key} takes true or false, not {value!r}")
             values[key] = value == "true"
@@ -70,6 +77,18 @@ def spread_by_rate(candidate: np.ndarray, reference: np.ndarray) -> tuple[float,
     return float(np.sqrt(var[valid].sum() / ref_var[valid].sum())), bins
 
 
+def pick_tiles(found: list, count: int, wettest: bool) -> list:
+    """`count` of an event's (inputs, truth, time) cases: evenly spaced through the event, or the `wettest` by
+    their input's mean rate (never the truth's), to see how a sampler fares in heavy rain."""
+    if wettest:
+        def input_rate(case) -> float:  # a tile without any input is the driest
+            precip = case[0].precip[np.isfinite(case[0].precip)]
+            return float(precip.mean()) if precip.size else -np.inf
+
+        return sorted(found, key=input_rate, reverse=True)[:count]
+    return [found[(j + 1) * len(found) // (count + 1)] for j in range(count)]
+
+
 def main() -> int:
     import torch
 
@@ -85,6 +104,8 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=30)
     parser.add_argument("--per-event", type=int, default=2, help="64 x 64 tiles per training event")
     parser.add_argument("--reference", default="solver=heun,steps=18", help="the sampler the candidates are held to")
+    parser.add_argument("--wettest", action="store_true",
+                        help="take each event's tiles with the highest input rate instead of evenly spaced ones")
     args = parser.parse_args()
     reference_settings = parse(args.reference)
     candidates = [(text, parse(text)) for text in args.candidates]
@@ -96,7 +117,7 @@ def main() -> int:
     for k, event in enumerate(catalogue.training()):
         frames = cached_event_frames(event, default_radar_dir(), Path(cfg.train.realrain_cache).expanduser())
         found = real_rain_cases(frames, error_model, tile=64, per_frame=4, seed=199 + k)
-        cases += [found[(j + 1) * len(found) // (args.per_event + 1)][0] for j in range(args.per_event)]
+        cases += [case[0] for case in pick_tiles(found, args.per_event, args.wettest)]
 
     def run(settings: SamplerSettings) -> tuple[np.ndarray, float]:
         ds.sampler = settings
@@ -106,8 +127,8 @@ def main() -> int:
 
     reference, seconds = run(reference_settings)
     spread = np.nanmean(reference.std(axis=1), axis=(1, 2))
-    print(f"{args.reference}: {seconds / len(cases):.1f} s per sample ({len(cases)} tiles of training events, "
-          f"{args.members} members, 64 x 64)", flush=True)
+    tiles = f"{len(cases)} {'wettest ' if args.wettest else ''}tiles of training events"
+    print(f"{args.reference}: {seconds / len(cases):.1f} s per sample ({tiles}, {args.members} members, 64 x 64)", flush=True)
     for text, settings in candidates:
         out, seconds = run(settings)
         pooled, bins = spread_by_rate(out, reference)

@@ -538,3 +538,13 @@ def test_freed_activations_are_reused_instead_of_paged_in_again():
     assert statistics.median(retained[2:]) < 1000
     # where glibc's default unmaps them on free and pages them in again at every call.
     assert statistics.median(default[2:]) > 5000
+
+
+def test_the_residual_scale_by_rate_interpolates_in_log_one_plus_rate_and_holds_beyond_its_ends():
+    settings = SamplerSettings(residual_scale=1.1, residual_scale_by_rate=((0.1, 2.0), (3.0, 1.2), (30.0, 1.0)))
+    rates = np.array([0.0, 0.1, 1.0, 3.0, 10.0, 30.0, 500.0])
+    expected = np.array([2.0, 2.0, 2.0 - 0.8 * (math.log(2.0) - math.log(1.1)) / (math.log(4.0) - math.log(1.1)), 1.2,
+                         1.2 - 0.2 * (math.log(11.0) - math.log(4.0)) / (math.log(31.0) - math.log(4.0)), 1.0, 1.0])
+    np.testing.assert_allclose(settings.residual_scales(rates), 1.1 * expected, rtol=1e-12)
+    assert SamplerSettings(residual_scale=1.18).residual_scales(rates) == 1.18  # no pairs: the one scale
+    assert settings.describe().endswith("residual x 1.1, by rate 0.1:2 3:1.2 30:1")

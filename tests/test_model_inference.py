@@ -293,6 +293,20 @@ def test_residual_scale_multiplies_the_sampled_residual_in_model_space():
     np.testing.assert_allclose((to_z(wide) - to_z(mean))[kept], 1.5 * (to_z(one) - to_z(mean))[kept], rtol=1e-3, atol=2e-3)
 
 
+def test_a_residual_scale_by_rate_multiplies_each_cells_residual_by_the_factor_of_its_regression_mean():
+    cond = _reference_conditioning()
+    plain = _demo_downscaler(residual_scale=1.0, residual_scale_by_rate=[])
+    by_rate = _demo_downscaler(residual_scale=1.2, residual_scale_by_rate=[(0.5, 2.0), (5.0, 1.0)])
+    one, varied = (ds.sample(cond, members=3, seed=4, steps=3, solver="dpm2m") for ds in (plain, by_rate))
+    mean = plain.regression_mean(cond)[np.arange(3) % 2]
+    factor = 1.2 * np.interp(np.log1p(mean), np.log1p([0.5, 5.0]), [2.0, 1.0])  # np.interp: constant beyond the ends
+    to_z = plain.spec.normalize_target
+    kept = (one > 0) & (varied > 0) & (mean > 0)
+    assert kept.mean() > 0.3 and factor[kept].min() < 1.3 and factor[kept].max() > 2.3  # both ends are exercised
+    np.testing.assert_allclose((to_z(varied) - to_z(mean))[kept], (factor * (to_z(one) - to_z(mean)))[kept],
+                               rtol=2e-3, atol=3e-3)
+
+
 @pytest.mark.parametrize("capabilities,native", [({"avx512_bf16": True, "amx_bf16": False}, True),
                                                  ({"avx512_bf16": False, "amx_bf16": True}, True),
                                                  ({"avx512_bf16": False, "amx_bf16": False}, False), ({}, False)])

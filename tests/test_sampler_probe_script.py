@@ -37,5 +37,19 @@ def test_candidates_parse_into_sampler_settings_and_bad_keys_are_named(probe):
     assert settings.residual_scale == 1.1 and not settings.denoise_to_zero and settings.evaluations == 5
     with pytest.raises(SystemExit, match="'sigma' is not a SamplerSettings field"):
         probe.parse("solver=dpm2m,sigma=3")
+    assert probe.parse("residual_scale_by_rate=0.1:1.9/32:1.05").residual_scale_by_rate == ((0.1, 1.9), (32.0, 1.05))
+    with pytest.raises(SystemExit, match="takes rate:factor/rate:factor"):
+        probe.parse("residual_scale_by_rate=0.1-1.9")
     with pytest.raises(SystemExit, match="takes true or false"):
         probe.parse("denoise_to_zero=yes")
+
+
+def test_tiles_are_picked_evenly_or_by_the_wettest_input_never_by_truth(probe):
+    from types import SimpleNamespace
+
+    rates = [0.1, 5.0, 0.0, 2.0, np.nan, 9.0, 0.3, np.nan]
+    found = [(SimpleNamespace(precip=np.full((1, 4, 4), r)), np.full((8, 8), 100.0 - k), k) for k, r in enumerate(rates)]
+    found[1][0].precip[0, 0, 0] = np.nan  # a gap in the input does not hide its rain
+    assert [case[2] for case in probe.pick_tiles(found, 3, wettest=False)] == [2, 4, 6]  # the quartiles
+    assert [case[2] for case in probe.pick_tiles(found, 3, wettest=True)] == [5, 1, 3]
+    assert [case[2] for case in probe.pick_tiles(found, 8, wettest=True)][-2:] == [4, 7]  # no input at all: last

@@ -99,6 +99,7 @@ def sampler_settings(model_cfg) -> SamplerSettings:
         churn_sigma_min=model_cfg.churn_sigma_min, churn_noise=model_cfg.churn_noise,
         churn_sigma_max=math.inf if model_cfg.churn_sigma_max is None else model_cfg.churn_sigma_max,
         residual_scale=model_cfg.residual_scale, denoise_to_zero=model_cfg.sampler_denoise_to_zero,
+        residual_scale_by_rate=tuple(tuple(pair) for pair in model_cfg.residual_scale_by_rate),
     )
 
 
@@ -255,7 +256,10 @@ class Downscaler:
                                   churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
                                   churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws,
                                   denoise_to_zero=settings.denoise_to_zero)
-            if settings.residual_scale != 1:
+            if settings.residual_scale_by_rate:
+                mean_rate = self.spec.denormalize_target(mean[source]).cpu().numpy()
+                residual.mul_(torch.from_numpy(settings.residual_scales(mean_rate)).to(residual))
+            elif settings.residual_scale != 1:
                 residual.mul_(settings.residual_scale)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
             return np.where(missing[source.cpu().numpy()], np.nan, rate).astype(np.float32)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 
 from nrt.model.workspace import Workspace
@@ -49,6 +50,9 @@ class SamplerSettings:
     moves towards D, an average), and this factor, fitted on training events, restores the spread.
     `denoise_to_zero` False stops at σ_min instead of taking EDM's last step to 0, an evaluation at σ_min whose
     denoiser is the identity up to c_out(σ_min) ≈ σ_min: one evaluation fewer for a change of order σ_min.
+    `residual_scale_by_rate`, pairs (rate mm/h, factor) with rising rates, multiplies `residual_scale` by a factor
+    of each cell's regression mean: a few-step sampler falls short of the converged ODE's spread more in light
+    rain than in heavy (docs/model.md, "A residual scale by rain rate"). Member i still depends only on its noise.
     """
 
     solver: Solver = "heun"
@@ -62,6 +66,7 @@ class SamplerSettings:
     churn_noise: float = 1.0
     residual_scale: float = 1.0
     denoise_to_zero: bool = True
+    residual_scale_by_rate: tuple[tuple[float, float], ...] = ()
 
     @property
     def evaluations(self) -> int:
@@ -70,6 +75,14 @@ class SamplerSettings:
     def overridden(self, steps: int | None = None, solver: str | None = None) -> SamplerSettings:
         """These settings with `steps` and `solver` replaced where given (a run's `--steps`, `--solver`)."""
         return replace(self, steps=steps or self.steps, solver=solver or self.solver)
+
+    def residual_scales(self, mean_rate: np.ndarray) -> np.ndarray | float:
+        """The factor on the sampled residual at each cell of `mean_rate` (mm/h): `residual_scale` times the factor
+        interpolated linearly in log(1 + rate) between the pairs of `residual_scale_by_rate`, constant beyond them."""
+        if not self.residual_scale_by_rate:
+            return self.residual_scale
+        rates, factors = zip(*self.residual_scale_by_rate)
+        return self.residual_scale * np.interp(np.log1p(np.maximum(mean_rate, 0.0)), np.log1p(rates), factors)
 
     def noise_range(self, sigma_min: float, sigma_max: float) -> tuple[float, float]:
         """The range integrated over, given the checkpoint's: the configured levels, within the trained range."""
@@ -85,6 +98,8 @@ class SamplerSettings:
             text += f", churn {self.churn:g}"
         if self.residual_scale != 1:
             text += f", residual x {self.residual_scale:g}"
+        if self.residual_scale_by_rate:
+            text += ", by rate " + " ".join(f"{rate:g}:{factor:g}" for rate, factor in self.residual_scale_by_rate)
         if not self.denoise_to_zero:
             text += ", stops at sigma_min"
         return text
