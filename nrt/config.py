@@ -168,8 +168,8 @@ class ModelConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     members: int = Field(30, ge=1)
     # The default sampler: DPM-Solver++(2M), 4 steps from sigma 80 stopping at sigma_min (3 network evaluations
-    # per sample), its residual scaled by 1.18; fitted on training events against Heun 18 (docs/model.md, "few
-    # steps, calibrated").
+    # per sample), its residual scaled by 1.18 and by a factor of the rain rate; fitted on training events against
+    # Heun 18 (docs/model.md, "few steps, calibrated" and "A residual scale by rain rate").
     sampler_steps: int = Field(4, ge=1)  # levels of the schedule; evaluations: steps (euler, dpm2m), 2 steps - 1 (heun), one fewer without denoise_to_zero
     solver: Literal["heun", "euler", "dpm2m"] = "dpm2m"
     sampler_rho: float = Field(7.0, gt=0)  # EDM schedule exponent: larger puts more steps at low noise
@@ -191,7 +191,9 @@ class ModelConfig(Section):
     churn_sigma_max: float | None = Field(None, gt=0)  # EDM S_tmax; default: no upper bound
     churn_noise: float = Field(1.0, gt=0)  # EDM S_noise: scale of the churn noise
     residual_scale: float = Field(1.18, gt=0)  # multiplies the sampled residual (model space); fitted for builtin:demo, refit per checkpoint
-    residual_scale_by_rate: list[tuple[float, float]] = []  # [rate mm/h of the regression mean, factor on residual_scale], rates rising; empty = one scale
+    # [rate mm/h of the regression mean, factor on residual_scale], rates rising, interpolated in log(1 + rate);
+    # [] = one scale. Fitted for builtin:demo against Heun 18 on training tiles (sampler_probe.py), refit per checkpoint.
+    residual_scale_by_rate: list[tuple[float, float]] = [(0.5, 1.08), (2.0, 1.04), (8.0, 0.9), (32.0, 0.78)]
 
     @model_validator(mode="after")
     def _sampler_ranges(self):

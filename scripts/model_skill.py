@@ -30,9 +30,9 @@ Held-out real rain of config/realrain.toml and the real IMERG Early / Stage IV p
 checkpoint (issue 15; tables in docs/model.md):
 
     OMP_NUM_THREADS=1 nice python scripts/model_skill.py realrain --out skill-real --tiles 3 --steps 8 --solver euler \
-        --sampler sampler_sigma_max=none residual_scale=1
+        --sampler sampler_sigma_max=none residual_scale=1 'residual_scale_by_rate=[]'
     OMP_NUM_THREADS=1 nice python scripts/model_skill.py pairs --out skill-real --steps 4 --solver euler --every-hours 6 \
-        --sampler sampler_sigma_max=none residual_scale=1
+        --sampler sampler_sigma_max=none residual_scale=1 'residual_scale_by_rate=[]'
 
 The seed techniques of issue 15 item 5 are scored beside the baseline on the same tiles and seeds, each alone:
 `--input-qdm field climatology` (model.input_qdm, reference the field itself or the input's climatology) and

@@ -6,7 +6,9 @@ thread); the redesign reproduced it. It was recorded again after the few-step sa
 default: its noise range (σ_max 80) and residual scale change every ensemble. With the old sampler pinned
 (`sampler_sigma_max = 800`, `residual_scale = 1`) the merged code matched the old record in every data
 variable; only `checkpoint_sha256` differed (demo.json gained its σ range; the tensors are the same). The
-config pins `model.bf16 = false`: bf16 autocast runs on CPUs with bf16 only, so float32 keeps the record the
+record was made again on 2026-12-02 for the default residual scale by rain rate (issue 19); with
+`residual_scale_by_rate = []` the code matched the previous record in every file. The config pins
+`model.bf16 = false`: bf16 autocast runs on CPUs with bf16 only, so float32 keeps the record the
 same on every machine (on this one it matched with float32 after bf16 became the CPU default). Any
 change to a product's values or attributes (creation times aside) shows up as a named difference. A change
 that is meant to alter the products records the fingerprint again, and says why in its commit.
