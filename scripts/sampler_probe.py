@@ -2,19 +2,20 @@
 
 Cheaper than `model_skill.py realrain` and free of truth: for each candidate, the ensemble spread (mm/h) as a
 share of Heun 18's, pooled and by the rain rate of Heun 18's ensemble mean, and how far its members lie from
-Heun 18's members of the same latents (RMS, in units of Heun 18's ensemble spread). A residual scale can only
-fix the pooled share; a share that rises with the rain rate means the sampler is too narrow in light rain and
-too wide in heavy rain once scaled. Training events only: tuning never sees `[holdout]`.
+Heun 18's members of the same latents (RMS, in units of Heun 18's ensemble spread). One residual scale can only
+fix the pooled share; a share that rises with the rain rate (too narrow in light rain, too wide in heavy once
+scaled) is what `residual_scale_by_rate` corrects. Training events only: tuning never sees `[holdout]`.
 
     OMP_NUM_THREADS=2 python scripts/sampler_probe.py \\
         solver=dpm2m,steps=4,sigma_max=80,denoise_to_zero=false,residual_scale=1.18 \\
-        solver=dpm2m,steps=6,sigma_max=30,rho=7,denoise_to_zero=false
+        solver=dpm2m,steps=4,sigma_max=80,denoise_to_zero=false,residual_scale=1.18,residual_scale_by_rate=0.5:1.08/2:1.04/8:0.9/32:0.78
     OMP_NUM_THREADS=1 python scripts/sampler_probe.py --per-event 1 --members 8 ...   # quicker, coarser
     OMP_NUM_THREADS=1 python scripts/sampler_probe.py --wettest --per-event 4 ...     # heavy rain
 
 Candidates are comma-separated `SamplerSettings` fields (solver, steps, rho, sigma_min, sigma_max, churn,
-residual_scale, denoise_to_zero, ...). The reference is `--reference` (Heun 18 from the
-checkpoint's σ_max, EDM's last step taken).
+residual_scale, denoise_to_zero, residual_scale_by_rate as rate:factor/..., ...); a field not given takes the
+`SamplerSettings` default (Heun 18, no scales), not the config's. The reference is `--reference` (Heun 18 from
+the checkpoint's σ_max, EDM's last step taken).
 """
 
 from __future__ import annotations

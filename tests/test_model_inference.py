@@ -203,7 +203,7 @@ def test_sampling_reproduces_the_recorded_reference_on_the_demo_checkpoint(solve
     The reference is EDM's plain schedule over the checkpoint's whole noise range, unscaled, in float32, whatever
     the config's default sampler and precision are."""
     ds = _demo_downscaler(channels_last=channels_last, bf16=False, sampler_sigma_min=None, sampler_sigma_max=None, sampler_rho=7.0,
-                          residual_scale=1.0, churn=0.0, sampler_denoise_to_zero=True)
+                          residual_scale=1.0, residual_scale_by_rate=[], churn=0.0, sampler_denoise_to_zero=True)
     reference = np.load(WEIGHTS_DIR.parents[2] / "tests" / "data" / "demo_sample_reference.npz")[solver]
     out = ds.sample(_reference_conditioning(), members=3, seed=7, steps=steps, solver=solver)
     np.testing.assert_allclose(out, reference, rtol=5e-4, atol=5e-5)
@@ -283,8 +283,8 @@ def test_the_default_sampler_makes_at_most_four_network_evaluations_per_sample()
 
 def test_residual_scale_multiplies_the_sampled_residual_in_model_space():
     cond = _reference_conditioning()
-    plain = _demo_downscaler(residual_scale=1.0)
-    scaled = _demo_downscaler(residual_scale=1.5)
+    plain = _demo_downscaler(residual_scale=1.0, residual_scale_by_rate=[])
+    scaled = _demo_downscaler(residual_scale=1.5, residual_scale_by_rate=[])
     one, wide = (ds.sample(cond, members=3, seed=4, steps=3, solver="dpm2m") for ds in (plain, scaled))
     mean = plain.regression_mean(cond)[np.arange(3) % 2]
     to_z = plain.spec.normalize_target
