@@ -597,8 +597,12 @@ def sampler_config(args, **options):
     """The model config section for scoring: CPU, `options`, and the sampler keys given with --sampler."""
     from nrt.errors import ConfigError
 
-    values = {key: None if value == "none" else json.loads(value) if value.startswith("[") else value
-              for key, value in (item.partition("=")[::2] for item in args.sampler)}  # [...]: a list, as JSON
+    values = {}
+    for key, value in (item.partition("=")[::2] for item in args.sampler):
+        try:  # none unsets a key; [...] is a list, as JSON
+            values[key] = None if value == "none" else json.loads(value) if value.startswith("[") else value
+        except ValueError as exc:
+            sys.exit(f"model_skill --sampler {key}: {value!r} is not a JSON list ({exc})")
     try:
         return config.from_dict({"model": {"device": "cpu", **options, **values}}, "model_skill --sampler").model
     except ConfigError as exc:

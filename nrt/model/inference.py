@@ -256,9 +256,9 @@ class Downscaler:
                                   churn_sigma_min=settings.churn_sigma_min, churn_sigma_max=settings.churn_sigma_max,
                                   churn_noise=settings.churn_noise, randn_like=noise.randn_like, workspace=ws,
                                   denoise_to_zero=settings.denoise_to_zero)
-            if settings.residual_scale_by_rate:
-                mean_rate = self.spec.denormalize_target(mean[source]).cpu().numpy()
-                residual.mul_(torch.from_numpy(settings.residual_scales(mean_rate)).to(residual))
+            if settings.residual_scale_by_rate:  # per nowcast member's mean, then spread to its ensemble members
+                mean_rate = self.spec.denormalize_target(mean).cpu().numpy()
+                residual.mul_(torch.from_numpy(settings.residual_scales(mean_rate)).to(residual)[source])
             elif settings.residual_scale != 1:
                 residual.mul_(settings.residual_scale)
             rate = grid.crop(self.spec.denormalize_target(mean[source] + residual.float()))[:, 0].cpu().numpy()
